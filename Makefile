@@ -1,0 +1,48 @@
+# Two commands do all set-up on a fresh Debian machine: `make up` and `make test`.
+# Everything else here is a convenience for the people who work on the platform.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK ?= prod
+OUT ?= build/render/$(STACK)
+# checkov pins packages that conflict with pulumi's, so it lives in its own environment.
+CHECKOV_VENV := .tools/checkov
+
+.PHONY: test plan lint checkov-env venv clean
+
+venv: $(VENV)/.installed
+
+# The virtual environment, rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+		echo "python3-venv is missing: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+checkov-env: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed:
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov>=3.2,<4'
+	@touch $@
+
+test: venv checkov-env
+	$(VENV)/bin/ruff check .
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
+
+# Offline render of a stack under Pulumi's mock runtime: what `pulumi preview` would create.
+plan: venv
+	$(PY) -m infra.render --stack $(STACK) --out $(OUT)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,446 @@
+"""Typed stack configuration, validated before any resource is created.
+
+`Pulumi.<stack>.yaml` holds sizes and switches only; everything else (the services, their
+scaling policies, who may call whom) lives in `stacks/services.py`. This module turns the raw
+config of a stack into a frozen `StackConfig`, or fails with one message that names every bad
+key (`ecommerce:nodePools.apps.minNodes`) and what was expected.
+
+`load_stack_config` is pure so tests and the offline render can feed it a stack file directly;
+`from_pulumi` collects the same raw values from the Pulumi engine for `pulumi up`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from stacks.services import SERVICES, NodePoolName
+
+PROJECT = "ecommerce"
+ENVIRONMENTS = ("dev", "staging", "prod")
+NODE_POOLS: tuple[NodePoolName, ...] = ("apps", "databases", "caches", "payments")
+
+# Secret config: never in a stack file in clear, set with `pulumi config set --secret KEY`.
+SECRET_KEYS = {
+    "pagerdutyRoutingKey": "PagerDuty Events v2 routing key for critical alerts",
+    "slackWebhookUrl": "Slack incoming-webhook URL for warning alerts",
+}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Percent = Annotated[int, Field(gt=0, le=100)]
+
+
+class ConfigError(ValueError):
+    """A stack's config is invalid; the message names each bad key and what it expects."""
+
+
+class KeyProblem(ValueError):
+    """Raised inside a model validator to blame one sub-key rather than the whole object."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+class _Model(BaseModel):
+    # camelCase in YAML, snake_case in Python; unknown keys are an error, not a silent no-op.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+# --- network and cluster ----------------------------------------------------------------------
+
+
+class AuthorizedNetwork(_Model):
+    name: str = Field(min_length=1)
+    cidr: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        return str(_ipv4_network(value))
+
+
+class NetworkConfig(_Model):
+    subnet_cidr: str
+    pods_cidr: str
+    services_cidr: str
+    # The control plane's private range: a /28 that no other range may overlap.
+    master_cidr: str
+    master_authorized_networks: tuple[AuthorizedNetwork, ...] = Field(min_length=1)
+    # Who may reach the gateway's public load balancer.
+    gateway_source_ranges: tuple[str, ...] = ("0.0.0.0/0",)
+
+    @field_validator("subnet_cidr", "pods_cidr", "services_cidr", "master_cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        return str(_ipv4_network(value))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> NetworkConfig:
+        if ipaddress.ip_network(self.master_cidr).prefixlen != 28:
+            raise KeyProblem("masterCidr", f"expected a /28 (GKE's requirement), got {self.master_cidr}")
+        ranges = {
+            "subnetCidr": self.subnet_cidr,
+            "podsCidr": self.pods_cidr,
+            "servicesCidr": self.services_cidr,
+            "masterCidr": self.master_cidr,
+        }
+        names = list(ranges)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if ipaddress.ip_network(ranges[a]).overlaps(ipaddress.ip_network(ranges[b])):
+                    raise KeyProblem(b, f"expected a range that does not overlap {a} ({ranges[a]}), got {ranges[b]}")
+        return self
+
+
+class MaintenanceWindow(_Model):
+    # A weekly window in UTC, as an RFC 5545 recurrence (GKE's recurring window).
+    start: str = "2024-01-06T02:00:00Z"
+    end: str = "2024-01-06T06:00:00Z"
+    recurrence: str = "FREQ=WEEKLY;BYDAY=SA,SU"
+
+
+class ClusterConfig(_Model):
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    maintenance_window: MaintenanceWindow = MaintenanceWindow()
+    # The cluster autoscaler's envelope (seed: 6..20 nodes, 2 per zone); pools must fit in it.
+    min_nodes: PositiveInt = 6
+    max_nodes: PositiveInt = 20
+    deletion_protection: bool = True
+
+
+class NodePoolConfig(_Model):
+    machine_type: str = Field(pattern=r"^[a-z0-9]+-[a-z0-9]+-\d+$")
+    # Totals across the cluster's zones (GKE's total_min/total_max_node_count).
+    min_nodes: NonNegativeInt
+    max_nodes: PositiveInt
+    disk_size_gb: Annotated[int, Field(ge=20)] = 100
+    disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
+    spot: bool = False
+    max_surge: NonNegativeInt = 1
+    max_unavailable: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodePoolConfig:
+        if self.min_nodes > self.max_nodes:
+            raise KeyProblem("minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}")
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise KeyProblem("maxSurge", "expected maxSurge or maxUnavailable > 0, or upgrades cannot progress")
+        return self
+
+
+class NodePools(_Model):
+    apps: NodePoolConfig
+    databases: NodePoolConfig
+    caches: NodePoolConfig
+    payments: NodePoolConfig
+
+    def items(self) -> list[tuple[NodePoolName, NodePoolConfig]]:
+        return [(name, getattr(self, name)) for name in NODE_POOLS]
+
+
+# --- data tier --------------------------------------------------------------------------------
+
+
+class PgpoolConfig(_Model):
+    # 1 (no watchdog) or an odd number >= 3, so the watchdog has a quorum and exactly one
+    # pgpool decides a failover.
+    replicas: PositiveInt = 3
+    num_init_children: PositiveInt = 50
+    max_pool: PositiveInt = 4
+
+    @field_validator("replicas")
+    @classmethod
+    def _quorum(cls, value: int) -> int:
+        if value > 1 and value % 2 == 0:
+            raise ValueError(f"expected 1 or an odd number >= 3 (watchdog quorum), got {value}")
+        return value
+
+
+class BackupConfig(_Model):
+    full_schedule: str = "0 2 * * *"  # daily at 02:00 UTC
+    incremental_schedule: str = "0 */6 * * *"  # every 6 hours
+    pitr_days: PositiveInt = 7
+    # Bucket lifecycle (seed): backups to a colder class after 7 days, archive after 90,
+    # logs deleted after 30.
+    nearline_after_days: PositiveInt = 7
+    archive_after_days: PositiveInt = 90
+    delete_logs_after_days: PositiveInt = 30
+    location: str | None = None  # defaults to the region; a multi-region for cross-region copies
+
+    @field_validator("full_schedule", "incremental_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _lifecycle(self) -> BackupConfig:
+        if self.archive_after_days <= self.nearline_after_days:
+            raise KeyProblem(
+                "archiveAfterDays",
+                f"expected > nearlineAfterDays ({self.nearline_after_days}), got {self.archive_after_days}",
+            )
+        return self
+
+
+class PostgresConfig(_Model):
+    replicas: Annotated[int, Field(ge=1, le=8)] = 3
+    synchronous_standbys: Annotated[int, Field(ge=0)] = 1
+    storage_gb: Annotated[int, Field(ge=10)] = 200
+    cpu: str = "3"
+    memory: str = "12Gi"
+    partitions_ahead_months: Annotated[int, Field(ge=1, le=24)] = 3
+    pgpool: PgpoolConfig = PgpoolConfig()
+    backups: BackupConfig = BackupConfig()
+
+    @model_validator(mode="after")
+    def _sync(self) -> PostgresConfig:
+        if self.synchronous_standbys > self.replicas:
+            raise KeyProblem(
+                "synchronousStandbys",
+                f"expected <= replicas ({self.replicas}), got {self.synchronous_standbys}",
+            )
+        return self
+
+
+class RedisConfig(_Model):
+    masters: Annotated[int, Field(ge=3)] = 3  # Redis Cluster needs at least 3 masters
+    replicas_per_master: NonNegativeInt = 1
+    maxmemory_mb: PositiveInt = 4096
+    storage_gb: PositiveInt = 20
+
+
+class MemcachedConfig(_Model):
+    nodes: PositiveInt = 3
+    memory_mb: PositiveInt = 8192
+    max_connections: PositiveInt = 4096
+
+
+class CacheTtls(_Model):
+    """Seconds each kind of cached data lives (seed: sessions 24 h, catalog 1 h, ...)."""
+
+    sessions: PositiveInt = 24 * 3600
+    catalog: PositiveInt = 3600
+    search: PositiveInt = 15 * 60
+    popular_products: PositiveInt = 30 * 60
+    carts: PositiveInt = 7 * 24 * 3600
+
+
+# --- workloads --------------------------------------------------------------------------------
+
+
+class ServiceOverride(_Model):
+    """Per-stack bounds for a service of the service table (dev runs fewer replicas)."""
+
+    min_replicas: PositiveInt | None = None
+    max_replicas: PositiveInt | None = None
+
+
+class ImagesConfig(_Model):
+    # A CI-built image (`repo@sha256:...`) to deploy instead of building from the Dockerfile.
+    services: str | None = None
+
+    @field_validator("services")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        if value is not None and not re.search(r"@sha256:[0-9a-f]{64}$", value):
+            raise ValueError(f"expected an image pinned by digest (repo@sha256:<64 hex>), got {value!r}")
+        return value
+
+
+class AlertingConfig(_Model):
+    slack_channel: str = "#shop-alerts"
+
+
+class StackConfig(_Model):
+    environment: Literal["dev", "staging", "prod"]
+    gcp_project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z]+-[a-z]+\d$")
+    zones: tuple[str, ...] = Field(min_length=1)
+    cost_center: str = Field(pattern=r"^[a-z0-9_-]{1,63}$")
+    network: NetworkConfig
+    cluster: ClusterConfig = ClusterConfig()
+    node_pools: NodePools
+    postgres: PostgresConfig = PostgresConfig()
+    redis: RedisConfig = RedisConfig()
+    memcached: MemcachedConfig = MemcachedConfig()
+    cache_ttl: CacheTtls = CacheTtls()
+    services: dict[str, ServiceOverride] = {}
+    images: ImagesConfig = ImagesConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    # Advisory budget for the estimated monthly node cost (policy pack).
+    monthly_budget_usd: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _whole_stack(self) -> StackConfig:
+        for i, zone in enumerate(self.zones):
+            if not zone.startswith(f"{self.region}-"):
+                raise KeyProblem(f"zones[{i}]", f"expected a zone of region {self.region} ({self.region}-a, ...), got {zone}")
+        if len(set(self.zones)) != len(self.zones):
+            raise KeyProblem("zones", f"expected distinct zones, got {list(self.zones)}")
+        if self.environment == "prod" and len(self.zones) < 3:
+            raise KeyProblem("zones", f"expected 3 zones in prod (a regional cluster), got {len(self.zones)}")
+        if self.environment == "prod":
+            for i, net in enumerate(self.network.master_authorized_networks):
+                if ipaddress.ip_network(net.cidr).prefixlen == 0:
+                    raise KeyProblem(
+                        f"network.masterAuthorizedNetworks[{i}].cidr",
+                        "expected a specific range in prod (the control plane is never open to 0.0.0.0/0)",
+                    )
+        for name, override in self.services.items():
+            if name not in SERVICES:
+                raise KeyProblem(f"services.{name}", f"unknown service; expected one of {', '.join(SERVICES)}")
+            spec = SERVICES[name].scaling
+            low = override.min_replicas or spec.min_replicas
+            high = override.max_replicas or spec.max_replicas
+            if low > high:
+                raise KeyProblem(f"services.{name}.minReplicas", f"expected <= maxReplicas ({high}), got {low}")
+        self._check_node_envelope()
+        return self
+
+    def _check_node_envelope(self) -> None:
+        floor = sum(pool.min_nodes for _, pool in self.node_pools.items())
+        ceiling = sum(pool.max_nodes for _, pool in self.node_pools.items())
+        if floor < self.cluster.min_nodes:
+            raise KeyProblem("nodePools", f"expected pool minimums summing to >= cluster.minNodes ({self.cluster.min_nodes}), got {floor}")
+        if ceiling > self.cluster.max_nodes:
+            raise KeyProblem("nodePools", f"expected pool maximums summing to <= cluster.maxNodes ({self.cluster.max_nodes}), got {ceiling}")
+        if self.environment == "prod" and floor < 2 * len(self.zones):
+            raise KeyProblem("nodePools", f"expected at least 2 nodes per zone in prod ({2 * len(self.zones)}), got {floor}")
+        for name, pool in self.node_pools.items():
+            # Zone-pinned data needs a node in every zone.
+            if name in ("databases", "caches") and pool.min_nodes < len(self.zones):
+                raise KeyProblem(f"nodePools.{name}.minNodes", f"expected >= {len(self.zones)} (one per zone), got {pool.min_nodes}")
+
+    def replicas_for(self, service: str) -> tuple[int, int]:
+        """The HPA bounds of a service in this stack: the table's, narrowed by the stack file."""
+        spec = SERVICES[service].scaling
+        override = self.services.get(service, ServiceOverride())
+        return (override.min_replicas or spec.min_replicas, override.max_replicas or spec.max_replicas)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_stack_config(
+    raw: Mapping[str, Any], stack: str, secrets_present: set[str] | None = None
+) -> StackConfig:
+    """Validate a stack's raw config: `{"ecommerce:nodePools": {...}, "gcp:project": ...}`.
+
+    Values may be JSON strings (as the Pulumi engine passes objects) or already decoded.
+    `secrets_present` names the secret keys the stack has set; a missing one is an error.
+    """
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        namespace, _, name = key.partition(":")
+        if namespace == "gcp" and name in ("project", "region"):
+            values["gcpProject" if name == "project" else "region"] = _decode(value)
+        elif namespace == PROJECT and name not in SECRET_KEYS:
+            values[name] = _decode(value)
+    for key, what in SECRET_KEYS.items():
+        if secrets_present is not None and key not in secrets_present:
+            problems.append(
+                f"{PROJECT}:{key}: required secret is missing ({what}); "
+                f"set it with `pulumi config set --secret {key} <value> -s {stack}`"
+            )
+    try:
+        config = StackConfig.model_validate(values)
+    except ValidationError as err:
+        problems[:0] = [_describe(e) for e in err.errors()]
+        config = None
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid config for stack {stack!r} (Pulumi.{stack}.yaml):\n{lines}")
+    assert config is not None
+    return config
+
+
+def from_pulumi() -> tuple[StackConfig, dict[str, Any]]:
+    """Read and validate the running stack's config; returns it with the secret Outputs."""
+    import pulumi
+
+    project = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    for field in StackConfig.model_fields.values():
+        alias = field.alias or ""
+        if alias in ("gcpProject", "region"):
+            continue
+        value = project.get(alias)
+        if value is not None:
+            raw[f"{PROJECT}:{alias}"] = value
+    gcp = pulumi.Config("gcp")
+    for key in ("project", "region"):
+        if (value := gcp.get(key)) is not None:
+            raw[f"gcp:{key}"] = value
+    present = {key for key in SECRET_KEYS if pulumi.runtime.get_config(f"{PROJECT}:{key}") is not None}
+    config = load_stack_config(raw, pulumi.get_stack(), secrets_present=present)
+    secrets = {key: project.require_secret(key) for key in SECRET_KEYS}
+    return config, secrets
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _describe(error: Any) -> str:
+    path = [str(p) if isinstance(p, str) else f"[{p}]" for p in error["loc"]]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyProblem):
+        path.append(cause.key)
+        message = cause.problem
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key; expected one of {', '.join(_allowed_keys(error['loc'][:-1]))}"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in error and not isinstance(error["input"], dict | list):
+            message = f"{message} (got {error['input']!r})"
+    key = ".".join(path).replace(".[", "[")
+    namespace = "gcp" if key in ("gcpProject", "region") else PROJECT
+    key = {"gcpProject": "project"}.get(key, key)
+    return f"{namespace}:{key}: {message}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at `loc` accepts, for naming them in an 'unknown key' error."""
+    model: Any = StackConfig
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        field = next(f for n, f in model.model_fields.items() if part in (n, f.alias))
+        model = field.annotation
+        args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type)]
+        if args and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            model = args[-1]
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _ipv4_network(value: str) -> ipaddress.IPv4Network:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as err:
+        raise ValueError(f"expected an IPv4 CIDR such as 10.0.0.0/20, got {value!r} ({err})") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"expected an IPv4 CIDR, got {value!r}")
+    return network

@@ -1,0 +1,244 @@
+"""The service table: the one description of every workload the platform runs.
+
+Each row drives the Kubernetes Deployment, Service, HPA, PDB, ServiceMonitor and
+NetworkPolicies of a service, the gateway's routes, and the local platform's process list.
+Numbers are the seed architecture's (replicas, HPA targets and behaviours, custom metrics).
+Who may call whom is stated once, as `callers`; every network path is derived from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+NodePoolName = Literal["apps", "databases", "caches", "payments"]
+
+SERVICE_PORT = 8080  # every service and the gateway listen here (non-root, > 1024)
+INTERNET = "internet"  # the caller name for traffic from outside the cluster
+
+
+class Dependency(str, Enum):
+    POSTGRES = "postgres"
+    REDIS = "redis"
+    MEMCACHED = "memcached"
+
+
+@dataclass(frozen=True)
+class ScalePolicy:
+    """One HPA behaviour direction: change by `percent` at most every `period_seconds`."""
+
+    percent: int
+    period_seconds: int
+    stabilization_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class CustomMetric:
+    """An extra HPA metric from the services' Prometheus metrics (via the adapter).
+
+    `per_pod` metrics are averaged over the pods (type Pods); others are one value for the
+    whole service (type External) divided across replicas by an AverageValue target.
+    """
+
+    name: str
+    target: str  # a Kubernetes quantity: "1000", "150m"
+    per_pod: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_replicas: int
+    max_replicas: int
+    cpu_percent: int
+    memory_percent: int
+    scale_up: ScalePolicy
+    scale_down: ScalePolicy
+    custom_metric: CustomMetric | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    summary: str
+    namespace: str
+    scaling: Scaling
+    resources: Resources
+    callers: frozenset[str]
+    needs: frozenset[Dependency] = frozenset()
+    route: str | None = None  # the gateway's path prefix, when the gateway routes to it
+    node_pool: NodePoolName = "apps"
+    # Egress to the public internet on 443 (payment providers), nothing else leaves the VPC.
+    internet_egress: bool = False
+    port: int = SERVICE_PORT
+    command: tuple[str, ...] = field(default=())
+
+    @property
+    def is_public(self) -> bool:
+        return INTERNET in self.callers
+
+
+_APP_RESOURCES = Resources("250m", "256Mi", "1", "512Mi")
+
+# Seed: "Scale up: 50% increase every 15s", "Scale down: 10% decrease every 60s", and so on.
+SERVICE_TABLE: tuple[Service, ...] = (
+    Service(
+        name="gateway",
+        summary="Public entry: routes /api/* to the services, rate limits, request ids",
+        namespace="shop",
+        scaling=Scaling(
+            min_replicas=3,
+            max_replicas=12,
+            cpu_percent=70,
+            memory_percent=80,
+            scale_up=ScalePolicy(100, 15),
+            scale_down=ScalePolicy(10, 60, stabilization_seconds=300),
+            custom_metric=CustomMetric(
+                name="gateway_requests_per_second",
+                target="1000",
+                per_pod=True,
+                why="seed: keep each gateway instance under 1,000 requests/s",
+            ),
+        ),
+        resources=Resources("250m", "128Mi", "1", "256Mi"),
+        callers=frozenset({INTERNET}),
+        command=("haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"),
+    ),
+    Service(
+        name="user",
+        summary="Registration, login (JWT), sessions, profiles, password reset",
+        namespace="shop",
+        scaling=Scaling(
+            min_replicas=3,
+            max_replicas=10,
+            cpu_percent=70,
+            memory_percent=80,
+            scale_up=ScalePolicy(100, 15),
+            scale_down=ScalePolicy(10, 60, stabilization_seconds=300),
+        ),
+        resources=_APP_RESOURCES,
+        callers=frozenset({"gateway"}),
+        needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        route="/api/users",
+    ),
+    Service(
+        name="product",
+        summary="Catalog, categories, search, recommendations (read heavy, cached)",
+        namespace="shop",
+        scaling=Scaling(
+            min_replicas=5,
+            max_replicas=20,
+            cpu_percent=65,
+            memory_percent=75,
+            scale_up=ScalePolicy(50, 15),
+            scale_down=ScalePolicy(10, 60, stabilization_seconds=60),
+            custom_metric=CustomMetric(
+                # An HPA scales up when a metric rises above target, so the seed's "hit ratio
+                # above 85 %" is expressed as "miss ratio below 15 %".
+                name="product_cache_miss_ratio",
+                target="150m",
+                per_pod=True,
+                why="seed: scale up when the cache hit ratio drops below 85 %",
+            ),
+        ),
+        resources=Resources("500m", "384Mi", "2", "768Mi"),
+        callers=frozenset({"gateway", "order"}),
+        needs=frozenset({Dependency.POSTGRES, Dependency.REDIS, Dependency.MEMCACHED}),
+        route="/api/products",
+    ),
+    Service(
+        name="order",
+        summary="Carts, orders, the checkout saga and order history",
+        namespace="shop",
+        scaling=Scaling(
+            min_replicas=3,
+            max_replicas=15,
+            cpu_percent=70,
+            memory_percent=80,
+            scale_up=ScalePolicy(100, 15),
+            scale_down=ScalePolicy(10, 300, stabilization_seconds=300),
+            custom_metric=CustomMetric(
+                name="order_queue_depth",
+                target="100",
+                per_pod=False,
+                why="seed: scale up when more than 100 orders per replica are pending",
+            ),
+        ),
+        resources=_APP_RESOURCES,
+        callers=frozenset({"gateway"}),
+        needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        route="/api/orders",
+    ),
+    Service(
+        name="payment",
+        summary="Payments over two providers with breakers, retries and refunds",
+        namespace="payments",
+        scaling=Scaling(
+            min_replicas=2,
+            max_replicas=8,
+            cpu_percent=60,
+            memory_percent=70,
+            scale_up=ScalePolicy(25, 30, stabilization_seconds=60),
+            scale_down=ScalePolicy(5, 600, stabilization_seconds=600),
+        ),
+        resources=_APP_RESOURCES,
+        # Isolated: only the order service's saga reaches it, never the gateway.
+        callers=frozenset({"order"}),
+        needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        node_pool="payments",
+        internet_egress=True,
+    ),
+    Service(
+        name="inventory",
+        summary="Stock, reservations, the audit trail and the live stock feed",
+        namespace="shop",
+        scaling=Scaling(
+            min_replicas=4,
+            max_replicas=12,
+            cpu_percent=70,
+            memory_percent=80,
+            scale_up=ScalePolicy(100, 15),
+            scale_down=ScalePolicy(10, 60, stabilization_seconds=300),
+        ),
+        resources=_APP_RESOURCES,
+        callers=frozenset({"gateway", "order"}),
+        needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        route="/api/inventory",
+    ),
+)
+
+SERVICES: dict[str, Service] = {service.name: service for service in SERVICE_TABLE}
+
+
+def callees(name: str) -> list[Service]:
+    """The services `name` may call: the caller graph read the other way round."""
+    return [service for service in SERVICE_TABLE if name in service.callers]
+
+
+def users_of(dependency: Dependency) -> list[Service]:
+    """The services that need a data-tier dependency (who may reach PgPool, Redis, ...)."""
+    return [service for service in SERVICE_TABLE if dependency in service.needs]
+
+
+def _check_table() -> None:
+    names = set(SERVICES)
+    for service in SERVICE_TABLE:
+        unknown = service.callers - names - {INTERNET}
+        if unknown:
+            raise ValueError(f"service {service.name}: unknown callers {sorted(unknown)}")
+        if service.scaling.min_replicas > service.scaling.max_replicas:
+            raise ValueError(f"service {service.name}: min_replicas > max_replicas")
+    if [s.name for s in SERVICE_TABLE if s.is_public] != ["gateway"]:
+        raise ValueError("only the gateway may take traffic from outside the cluster")
+
+
+_check_table()
