@@ -249,15 +249,24 @@ class ServiceOverride(_Model):
 
 
 class ImagesConfig(_Model):
-    # A CI-built image (`repo@sha256:...`) to deploy instead of building from the Dockerfile.
-    services: str | None = None
+    """CI-built images (`repo@sha256:<digest>`) to deploy instead of building them here."""
 
-    @field_validator("services")
+    service: str | None = None
+    gateway: str | None = None
+    postgres: str | None = None
+    pgpool: str | None = None
+    redis: str | None = None
+    memcached: str | None = None
+
+    @field_validator("*")
     @classmethod
     def _pinned(cls, value: str | None) -> str | None:
         if value is not None and not re.search(r"@sha256:[0-9a-f]{64}$", value):
             raise ValueError(f"expected an image pinned by digest (repo@sha256:<64 hex>), got {value!r}")
         return value
+
+    def prebuilt(self) -> dict[str, str]:
+        return {target: ref for target, ref in self.model_dump().items() if ref is not None}
 
 
 class AlertingConfig(_Model):
@@ -432,7 +441,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         if args and not (isinstance(model, type) and issubclass(model, BaseModel)):
             model = args[-1]
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return [f.alias or n for n, f in model.model_fields.items()]
+        keys = [f.alias or n for n, f in model.model_fields.items()]
+        # gcp:project and gcp:region are set in the gcp namespace, not ours.
+        return [k for k in keys if not (model is StackConfig and k in ("gcpProject", "region"))]
     return []
 
 

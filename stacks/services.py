@@ -8,8 +8,8 @@ Who may call whom is stated once, as `callers`; every network path is derived fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 NodePoolName = Literal["apps", "databases", "caches", "payments"]
@@ -18,7 +18,7 @@ SERVICE_PORT = 8080  # every service and the gateway listen here (non-root, > 10
 INTERNET = "internet"  # the caller name for traffic from outside the cluster
 
 
-class Dependency(str, Enum):
+class Dependency(StrEnum):
     POSTGRES = "postgres"
     REDIS = "redis"
     MEMCACHED = "memcached"
@@ -75,12 +75,20 @@ class Service:
     resources: Resources
     callers: frozenset[str]
     needs: frozenset[Dependency] = frozenset()
-    route: str | None = None  # the gateway's path prefix, when the gateway routes to it
+    route: str | None = None  # the gateway serves it at /api/<route>
     node_pool: NodePoolName = "apps"
     # Egress to the public internet on 443 (payment providers), nothing else leaves the VPC.
     internet_egress: bool = False
     port: int = SERVICE_PORT
-    command: tuple[str, ...] = field(default=())
+    metrics_port: int = SERVICE_PORT
+    # The build target of services/Dockerfile this workload runs.
+    image: Literal["service", "gateway"] = "service"
+    command: tuple[str, ...] = ()
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What the container (or the local runner) executes for this service."""
+        return self.command or ("python", "-m", f"services.{self.name}")
 
     @property
     def is_public(self) -> bool:
@@ -111,6 +119,8 @@ SERVICE_TABLE: tuple[Service, ...] = (
         ),
         resources=Resources("250m", "128Mi", "1", "256Mi"),
         callers=frozenset({INTERNET}),
+        metrics_port=8404,  # HAProxy's built-in Prometheus exporter, apart from the traffic
+        image="gateway",
         command=("haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"),
     ),
     Service(
@@ -128,7 +138,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         resources=_APP_RESOURCES,
         callers=frozenset({"gateway"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
-        route="/api/users",
+        route="users",
     ),
     Service(
         name="product",
@@ -153,7 +163,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         resources=Resources("500m", "384Mi", "2", "768Mi"),
         callers=frozenset({"gateway", "order"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS, Dependency.MEMCACHED}),
-        route="/api/products",
+        route="products",
     ),
     Service(
         name="order",
@@ -176,7 +186,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         resources=_APP_RESOURCES,
         callers=frozenset({"gateway"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
-        route="/api/orders",
+        route="orders",
     ),
     Service(
         name="payment",
@@ -212,7 +222,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         resources=_APP_RESOURCES,
         callers=frozenset({"gateway", "order"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
-        route="/api/inventory",
+        route="inventory",
     ),
 )
 
@@ -242,3 +252,31 @@ def _check_table() -> None:
 
 
 _check_table()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a shared backend listens inside the cluster: `<app>.<namespace>.svc:<port>`."""
+
+    namespace: str
+    app: str
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"{self.app}.{self.namespace}.svc.cluster.local"
+
+
+# The data tier as the services see it: every client reaches PostgreSQL through PgPool-II.
+DATA_ENDPOINTS: dict[Dependency, Endpoint] = {
+    Dependency.POSTGRES: Endpoint("data", "pgpool", 5432),
+    Dependency.REDIS: Endpoint("cache", "redis", 6379),
+    Dependency.MEMCACHED: Endpoint("cache", "memcached", 11211),
+}
+MONITORING_NAMESPACE = "monitoring"
+
+
+def namespaces() -> list[str]:
+    """Every namespace the platform creates, in a stable order."""
+    found = [s.namespace for s in SERVICE_TABLE] + [e.namespace for e in DATA_ENDPOINTS.values()]
+    return [*dict.fromkeys(found), MONITORING_NAMESPACE]

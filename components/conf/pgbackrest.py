@@ -1,0 +1,174 @@
+"""pgBackRest configuration: WAL archiving, full and incremental backups, point-in-time recovery.
+
+Two roles read it. Each PostgreSQL server pushes its WAL (`archive_command`) and runs
+`pgbackrest server` so a backup job can reach its data directory over TLS. The backup job (a
+CronJob on Kubernetes, the local runner's scheduler locally) lists every member, and backs up
+from a standby so the primary only streams WAL. The repository is object storage: GCS in the
+cloud (credentials from Workload Identity), the S3 API locally (moto), or a directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from components.conf.postgres import PgMember
+
+STANZA = "shop"
+TLS_PORT = 8432
+
+
+@dataclass(frozen=True)
+class Repository:
+    kind: Literal["gcs", "s3", "posix"]
+    path: str = "/pgbackrest"
+    bucket: str | None = None
+    # S3 only (the local platform's moto server): endpoint host, port and region.
+    endpoint: str | None = None
+    port: int | None = None
+    region: str = "us-east-1"
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind != "posix" and not self.bucket:
+            raise ValueError(f"a {self.kind} repository needs a bucket")
+        if self.kind == "s3" and not self.endpoint:
+            raise ValueError("an s3 repository needs an endpoint")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Paths of the certificates that authenticate backup jobs and servers to each other."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_name: str = "pgbackrest-client"  # the CN the servers accept
+
+
+@dataclass(frozen=True)
+class Retention:
+    # Full backups are kept for this many days, and with them every WAL segment needed to
+    # recover to any moment inside the window (the seed's 7-day point-in-time recovery).
+    full_days: int = 7
+
+    def __post_init__(self) -> None:
+        if self.full_days < 1:
+            raise ValueError("full_days must be >= 1")
+
+
+def archive_command(config_path: str) -> str:
+    """The `archive_command` PostgreSQL runs for each finished WAL segment."""
+    return f"pgbackrest --config={config_path} --stanza={STANZA} archive-push %p"
+
+
+def restore_command(config_path: str) -> str:
+    return f"pgbackrest --config={config_path} --stanza={STANZA} archive-get %f \"%p\""
+
+
+def _global(repo: Repository, retention: Retention, spool_dir: str, log_dir: str | None) -> list[str]:
+    lines = [
+        "[global]",
+        f"repo1-type={repo.kind}",
+        f"repo1-path={repo.path}",
+        "repo1-retention-full-type=time",
+        f"repo1-retention-full={retention.full_days}",
+        # Backups are compressed as they are written (the seed's "compress backups").
+        "compress-type=zst",
+        "compress-level=3",
+        "process-max=2",
+        "start-fast=y",
+        # Asynchronous archiving: a slow bucket never stalls commits on the primary.
+        "archive-async=y",
+        f"spool-path={spool_dir}",
+        "log-level-console=info",
+        f"log-level-file={'detail' if log_dir else 'off'}",
+    ]
+    if log_dir:
+        lines.append(f"log-path={log_dir}")
+    if repo.kind == "gcs":
+        lines += [f"repo1-gcs-bucket={repo.bucket}", "repo1-gcs-key-type=auto"]  # Workload Identity
+    elif repo.kind == "s3":
+        lines += [
+            f"repo1-s3-bucket={repo.bucket}",
+            f"repo1-s3-endpoint={repo.endpoint}",
+            f"repo1-s3-region={repo.region}",
+            "repo1-s3-uri-style=path",
+            "repo1-s3-key-type=shared",  # keys come from PGBACKREST_REPO1_S3_KEY{,_SECRET}
+        ]
+        if repo.port:
+            lines.append(f"repo1-storage-port={repo.port}")
+        if not repo.verify_tls:
+            lines.append("repo1-storage-verify-tls=n")
+    return lines
+
+
+def server_conf(
+    member: PgMember,
+    data_dir: str,
+    socket_dir: str,
+    repo: Repository,
+    tls: Tls | None,
+    retention: Retention = Retention(),
+    spool_dir: str = "/var/spool/pgbackrest",
+    log_dir: str | None = None,
+) -> str:
+    """pgbackrest.conf on a PostgreSQL server: archive-push, and the TLS server for backups."""
+    lines = _global(repo, retention, spool_dir, log_dir)
+    if tls:
+        lines += [
+            "tls-server-address=*",
+            f"tls-server-ca-file={tls.ca_file}",
+            f"tls-server-cert-file={tls.cert_file}",
+            f"tls-server-key-file={tls.key_file}",
+            f"tls-server-auth={tls.client_name}={STANZA}",
+            f"tls-server-port={TLS_PORT}",
+        ]
+    lines += [
+        "",
+        f"[{STANZA}]",
+        f"pg1-path={data_dir}",
+        f"pg1-port={member.port}",
+        f"pg1-socket-path={socket_dir}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def backup_job_conf(
+    members: Sequence[PgMember],
+    data_dir: str,
+    repo: Repository,
+    tls: Tls | None,
+    retention: Retention = Retention(),
+    spool_dir: str = "/tmp/pgbackrest",
+    log_dir: str | None = None,
+    socket_dir: str | None = None,
+) -> str:
+    """pgbackrest.conf for the backup job: every member, so it finds the primary wherever it
+    is after a failover, and copies files from a standby (`backup-standby`)."""
+    lines = _global(repo, retention, spool_dir, log_dir)
+    lines += ["", f"[{STANZA}]", f"backup-standby={'y' if len(members) > 1 else 'n'}"]
+    for i, member in enumerate(members, start=1):
+        path = member.data_dir or data_dir
+        lines.append(f"pg{i}-path={path}")
+        lines.append(f"pg{i}-port={member.port}")
+        if tls:
+            lines += [
+                f"pg{i}-host={member.host}",
+                f"pg{i}-host-type=tls",
+                f"pg{i}-host-port={TLS_PORT}",
+                f"pg{i}-host-ca-file={tls.ca_file}",
+                f"pg{i}-host-cert-file={tls.cert_file}",
+                f"pg{i}-host-key-file={tls.key_file}",
+            ]
+        elif socket_dir:
+            # Same machine (the local platform): reach each server by its socket.
+            lines.append(f"pg{i}-socket-path={socket_dir}")
+    return "\n".join(lines) + "\n"
+
+
+def backup_command(config_path: str, kind: Literal["full", "incr", "diff"]) -> list[str]:
+    """Create the stanza when it is missing (idempotent), then take the backup."""
+    base = f"pgbackrest --config={config_path} --stanza={STANZA}"
+    return ["sh", "-c", f"{base} stanza-create && {base} check && {base} backup --type={kind}"]

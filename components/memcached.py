@@ -1,0 +1,115 @@
+"""Memcached for the product catalog: N nodes with stable names on the cache pool.
+
+Clients hash keys over the nodes themselves (rendezvous hashing), so each node needs a stable
+address: a StatefulSet behind a headless Service gives `memcached-<i>.memcached.cache.svc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.conf.memcached import memcached_args
+from components.kube import (
+    Labels,
+    container_security,
+    meta,
+    placement,
+    pod_security,
+    resources,
+    zone_spread,
+)
+from components.network_policy import Flow
+from infra.config import MemcachedConfig
+from stacks.services import DATA_ENDPOINTS, Dependency
+
+ENDPOINT = DATA_ENDPOINTS[Dependency.MEMCACHED]
+THREADS = 2  # n2-highmem-2: two vCPUs per cache node
+
+
+@dataclass
+class MemcachedArgs:
+    config: MemcachedConfig
+    image: pulumi.Input[str]
+    labels: Labels
+
+
+class Memcached(pulumi.ComponentResource):
+    nodes: tuple[str, ...]
+    flows: list[Flow]
+
+    def __init__(self, name: str, args: MemcachedArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("platform:cache:Memcached", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        app, ns, port = ENDPOINT.app, ENDPOINT.namespace, ENDPOINT.port
+        labels = args.labels.k8s(app, "cache")
+        count = args.config.nodes
+        self.nodes = tuple(f"{app}-{i}.{ENDPOINT.host}:{port}" for i in range(count))
+        self.flows = []  # clients only (from the service table); nodes never talk to each other
+
+        service = k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=meta(app, ns, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",
+                publish_not_ready_addresses=False,
+                selector={"app": app},
+                ports=[k8s.core.v1.ServicePortArgs(name="memcache", port=port, target_port="memcache")],
+            ),
+            opts=child,
+        )
+        # The container's memory limit leaves room above the item memory for connections.
+        memory_limit = f"{int(args.config.memory_mb * 1.15) + 64}Mi"
+        probe = k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="memcache"))
+        k8s.apps.v1.StatefulSet(
+            f"{name}-statefulset",
+            metadata=meta(app, ns, labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                service_name=service.metadata.name,
+                replicas=count,
+                pod_management_policy="Parallel",  # nodes are independent: start them together
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app}),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=pod_security(),
+                        topology_spread_constraints=zone_spread(app),
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name=app,
+                                image=args.image,
+                                image_pull_policy="IfNotPresent",
+                                command=["memcached"],
+                                args=memcached_args(
+                                    port,
+                                    args.config.memory_mb,
+                                    args.config.max_connections,
+                                    THREADS,
+                                    listen="0.0.0.0",
+                                ),
+                                ports=[k8s.core.v1.ContainerPortArgs(name="memcache", container_port=port)],
+                                resources=resources("500m", memory_limit, "2", memory_limit),
+                                security_context=container_security(),
+                                liveness_probe=probe,
+                                readiness_probe=probe,
+                            )
+                        ],
+                        **placement("caches"),
+                    ),
+                ),
+            ),
+            opts=child,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta(app, ns, labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app})
+            ),
+            opts=child,
+        )
+        self.register_outputs({"nodes": list(self.nodes)})

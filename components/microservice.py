@@ -1,0 +1,302 @@
+"""One service of the service table, as Kubernetes runs it.
+
+A ServiceAccount without a token, a Deployment of restricted pods spread over zones, a
+Service, an autoscaling/v2 HPA with the table's targets and behaviour (the HPA owns the
+replica count, so the Deployment has none), a PodDisruptionBudget and a ServiceMonitor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.kube import (
+    Labels,
+    container_security,
+    empty_dir,
+    meta,
+    mount,
+    placement,
+    pod_security,
+    resources,
+    zone_spread,
+)
+from stacks.services import CustomMetric, ScalePolicy, Service
+
+SECRETS_DIR = "/var/run/secrets/shop"
+CONFIG_DIR = "/etc/shop"
+
+
+@dataclass
+class MicroserviceArgs:
+    service: Service
+    image: pulumi.Input[str]
+    min_replicas: int
+    max_replicas: int
+    labels: Labels
+    env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Kubernetes Secret names mounted as files under SECRETS_DIR/<name>/ (never env values).
+    secrets: tuple[str, ...] = ()
+    # Files rendered for this service (the gateway's haproxy.cfg), mounted at `config_path`.
+    config_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    config_path: str = CONFIG_DIR
+    # Only the gateway: who may reach its public load balancer.
+    public_source_ranges: tuple[str, ...] = ()
+    # The label kube-prometheus-stack selects ServiceMonitors by.
+    monitor_selector: dict[str, str] = field(default_factory=dict)
+
+
+class Microservice(pulumi.ComponentResource):
+    deployment: k8s.apps.v1.Deployment
+    service: k8s.core.v1.Service
+
+    def __init__(self, name: str, args: MicroserviceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("platform:apps:Microservice", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        svc = args.service
+        ns = svc.namespace
+        labels = args.labels.k8s(svc.name, "edge" if svc.is_public else "app")
+
+        # Its own identity, and no API token: services never talk to the Kubernetes API.
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=meta(svc.name, ns, labels),
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        volumes = [empty_dir("tmp")]
+        mounts = [mount("tmp", "/tmp")]
+        for secret in args.secrets:
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name=f"secret-{secret}",
+                    secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret, default_mode=0o440),
+                )
+            )
+            mounts.append(mount(f"secret-{secret}", f"{SECRETS_DIR}/{secret}", read_only=True))
+        config_hash = None
+        if args.config_files:
+            config_map = k8s.core.v1.ConfigMap(
+                f"{name}-config",
+                metadata=meta(f"{svc.name}-config", ns, labels),
+                data=args.config_files,
+                immutable=False,
+                opts=child,
+            )
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name="config",
+                    config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map.metadata.name),
+                )
+            )
+            mounts.append(mount("config", args.config_path, read_only=True))
+            # Roll the pods when their configuration changes.
+            config_hash = pulumi.Output.all(*args.config_files.values()).apply(_digest)
+
+        selector = {"app": svc.name}
+        container = k8s.core.v1.ContainerArgs(
+            name=svc.name,
+            image=args.image,
+            image_pull_policy="IfNotPresent",  # images are pinned by digest
+            command=list(svc.argv),
+            ports=_ports(svc),
+            env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(args.env.items())],
+            resources=resources(
+                svc.resources.cpu_request,
+                svc.resources.memory_request,
+                svc.resources.cpu_limit,
+                svc.resources.memory_limit,
+            ),
+            security_context=container_security(),
+            volume_mounts=mounts,
+            **_probes(svc),
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=meta(svc.name, ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                # No `replicas`: the HPA owns the count, and a re-apply must not reset it.
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                revision_history_limit=5,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                        max_surge="25%", max_unavailable=0
+                    ),
+                ),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels,
+                        annotations={"shop.platform/config-hash": config_hash} if config_hash else None,
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=account.metadata.name,
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=pod_security(),
+                        containers=[container],
+                        volumes=volumes,
+                        topology_spread_constraints=zone_spread(svc.name),
+                        termination_grace_period_seconds=30,
+                        **placement(svc.node_pool),
+                    ),
+                ),
+            ),
+            opts=child,
+        )
+
+        public = svc.is_public
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=meta(svc.name, ns, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="LoadBalancer" if public else "ClusterIP",
+                selector=selector,
+                ports=[
+                    k8s.core.v1.ServicePortArgs(
+                        name="http", port=80 if public else svc.port, target_port="http"
+                    ),
+                    *(
+                        [k8s.core.v1.ServicePortArgs(name="metrics", port=svc.metrics_port, target_port="metrics")]
+                        if svc.metrics_port != svc.port
+                        else []
+                    ),
+                ],
+                load_balancer_source_ranges=list(args.public_source_ranges) if public else None,
+                external_traffic_policy="Local" if public else None,  # keep client addresses
+            ),
+            opts=child,
+        )
+
+        if svc.route is not None:
+            # The gateway balances over the pods themselves: a headless Service's DNS answers
+            # are the ready pods (see stacks/gateway.py).
+            k8s.core.v1.Service(
+                f"{name}-pods",
+                metadata=meta(f"{svc.name}-pods", ns, labels),
+                spec=k8s.core.v1.ServiceSpecArgs(
+                    cluster_ip="None",
+                    selector=selector,
+                    ports=[k8s.core.v1.ServicePortArgs(name="http", port=svc.port, target_port="http")],
+                ),
+                opts=child,
+            )
+
+        scaling = svc.scaling
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta(svc.name, ns, labels),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=self.deployment.metadata.name
+                ),
+                min_replicas=args.min_replicas,
+                max_replicas=args.max_replicas,
+                metrics=[
+                    _resource_metric("cpu", scaling.cpu_percent),
+                    _resource_metric("memory", scaling.memory_percent),
+                    *([_custom_metric(scaling.custom_metric)] if scaling.custom_metric else []),
+                ],
+                behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+                    scale_up=_rules(scaling.scale_up),
+                    scale_down=_rules(scaling.scale_down),
+                ),
+            ),
+            opts=child,
+        )
+        # maxUnavailable rather than minAvailable: a 1-replica dev service can still be drained.
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta(svc.name, ns, labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+            ),
+            opts=child,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-monitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="ServiceMonitor",
+            metadata=meta(svc.name, ns, {**labels, **args.monitor_selector}),
+            spec={
+                "selector": {"matchLabels": selector},
+                "endpoints": [{"port": "metrics" if svc.metrics_port != svc.port else "http",
+                               "path": "/metrics", "interval": "15s"}],
+            },
+            opts=child,
+        )
+        self.register_outputs({"deployment": self.deployment.metadata.name})
+
+
+def _ports(svc: Service) -> list[k8s.core.v1.ContainerPortArgs]:
+    ports = [k8s.core.v1.ContainerPortArgs(name="http", container_port=svc.port)]
+    if svc.metrics_port != svc.port:
+        ports.append(k8s.core.v1.ContainerPortArgs(name="metrics", container_port=svc.metrics_port))
+    return ports
+
+
+def _probes(svc: Service) -> dict[str, k8s.core.v1.ProbeArgs]:
+    """Liveness asks "is the process alive", readiness "can it serve": distinct on purpose,
+    so a database outage takes pods out of rotation without restarting them all. HAProxy has
+    no readiness of its own beyond answering its monitor URI."""
+    gateway = svc.image == "gateway"
+
+    def probe(path: str | None, **timing: int) -> k8s.core.v1.ProbeArgs:
+        return k8s.core.v1.ProbeArgs(
+            http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port="http") if path else None,
+            tcp_socket=None if path else k8s.core.v1.TCPSocketActionArgs(port="http"),
+            timeout_seconds=2,
+            **timing,
+        )
+
+    return {
+        "liveness_probe": probe(None if gateway else "/healthz", period_seconds=10, failure_threshold=3),
+        "readiness_probe": probe("/healthz" if gateway else "/readyz", period_seconds=5, failure_threshold=2),
+        "startup_probe": probe(None if gateway else "/healthz", period_seconds=2, failure_threshold=30),
+    }
+
+
+def _resource_metric(resource: str, percent: int) -> k8s.autoscaling.v2.MetricSpecArgs:
+    return k8s.autoscaling.v2.MetricSpecArgs(
+        type="Resource",
+        resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+            name=resource,
+            target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=percent),
+        ),
+    )
+
+
+def _custom_metric(metric: CustomMetric) -> k8s.autoscaling.v2.MetricSpecArgs:
+    target = k8s.autoscaling.v2.MetricTargetArgs(type="AverageValue", average_value=metric.target)
+    identifier = k8s.autoscaling.v2.MetricIdentifierArgs(name=metric.name)
+    if metric.per_pod:
+        return k8s.autoscaling.v2.MetricSpecArgs(
+            type="Pods",
+            pods=k8s.autoscaling.v2.PodsMetricSourceArgs(metric=identifier, target=target),
+        )
+    return k8s.autoscaling.v2.MetricSpecArgs(
+        type="External",
+        external=k8s.autoscaling.v2.ExternalMetricSourceArgs(metric=identifier, target=target),
+    )
+
+
+def _rules(policy: ScalePolicy) -> k8s.autoscaling.v2.HPAScalingRulesArgs:
+    return k8s.autoscaling.v2.HPAScalingRulesArgs(
+        stabilization_window_seconds=policy.stabilization_seconds,
+        select_policy="Max",
+        policies=[
+            k8s.autoscaling.v2.HPAScalingPolicyArgs(
+                type="Percent", value=policy.percent, period_seconds=policy.period_seconds
+            )
+        ],
+    )
+
+
+def _digest(values: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\0".join(values).encode()).hexdigest()[:16]

@@ -1,0 +1,235 @@
+"""Metrics, alerts and the custom metrics the autoscalers read.
+
+Prometheus and Alertmanager come from kube-prometheus-stack; the prometheus-adapter turns the
+service table's custom metrics into the Pods/External metrics the HPAs ask for. Alerts are the
+seed's (stacks/alerts.py). Alertmanager's routing (pager for critical, chat for warning in
+business hours, dashboards only for info) lives in a Secret, since its endpoints are secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from components.kube import APP_UID, Labels, meta
+from components.network_policy import MONITORING, PUBLIC_INTERNET, Cidr, Flow
+from stacks.alerts import ALERTS, Alert
+from stacks.services import MONITORING_NAMESPACE, SERVICE_TABLE, Service
+
+PROMETHEUS_STACK_CHART = ("kube-prometheus-stack", "65.8.1")
+ADAPTER_CHART = ("prometheus-adapter", "4.11.0")
+CHART_REPO = "https://prometheus-community.github.io/helm-charts"
+ALERTMANAGER_SECRET = "alertmanager-routing"
+
+
+@dataclass
+class MonitoringArgs:
+    labels: Labels
+    pagerduty_routing_key: pulumi.Input[str]
+    slack_webhook_url: pulumi.Input[str]
+    slack_channel: str
+    retention_days: int = 15
+
+
+class Monitoring(pulumi.ComponentResource):
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("platform:observability:Monitoring", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns = MONITORING_NAMESPACE
+        labels = args.labels.k8s("monitoring", "observability")
+
+        routing = k8s.core.v1.Secret(
+            f"{name}-alertmanager-routing",
+            metadata=meta(ALERTMANAGER_SECRET, ns, labels),
+            type="Opaque",
+            string_data={
+                "alertmanager.yaml": pulumi.Output.all(
+                    args.pagerduty_routing_key, args.slack_webhook_url
+                ).apply(lambda s: alertmanager_config(s[0], s[1], args.slack_channel))
+            },
+            opts=child,
+        )
+
+        stack = k8s.helm.v3.Release(
+            f"{name}-prometheus",
+            name="prometheus",
+            namespace=ns,
+            chart=PROMETHEUS_STACK_CHART[0],
+            version=PROMETHEUS_STACK_CHART[1],
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
+            atomic=True,
+            values=_prometheus_values(args.retention_days),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[routing]),
+        )
+        k8s.helm.v3.Release(
+            f"{name}-adapter",
+            name="prometheus-adapter",
+            namespace=ns,
+            chart=ADAPTER_CHART[0],
+            version=ADAPTER_CHART[1],
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
+            atomic=True,
+            values={
+                "prometheus": {"url": "http://prometheus-kube-prometheus-prometheus.monitoring.svc", "port": 9090},
+                "securityContext": _chart_security(),
+                "rules": {"default": False, **adapter_rules(SERVICE_TABLE)},
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-rules",
+            api_version="monitoring.coreos.com/v1",
+            kind="PrometheusRule",
+            metadata=meta("platform-alerts", ns, labels),
+            spec={"groups": alert_groups(ALERTS)},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
+        )
+        self.register_outputs({})
+
+    @staticmethod
+    def flows(master_cidr: str, node_cidr: str) -> list[Flow]:
+        """The monitoring stack's own paths (scrapes of each workload are declared by it)."""
+        return [
+            Flow(MONITORING, MONITORING, ()),  # Grafana, Prometheus, Alertmanager, the adapter
+            Flow(MONITORING, Cidr(master_cidr), (443,)),  # the operator and the adapter watch the API
+            Flow(Cidr(master_cidr), MONITORING, ()),  # admission webhooks, the metrics API
+            Flow(MONITORING, Cidr(node_cidr), (10250,)),  # kubelet and cAdvisor metrics
+            Flow(MONITORING, PUBLIC_INTERNET, (443,)),  # Alertmanager to PagerDuty and Slack
+        ]
+
+
+def alert_groups(alerts: tuple[Alert, ...]) -> list[dict[str, object]]:
+    """PrometheusRule groups, one per severity."""
+    groups: dict[str, list[dict[str, object]]] = {}
+    for alert in alerts:
+        groups.setdefault(alert.severity, []).append(
+            {
+                "alert": alert.name,
+                "expr": alert.expr,
+                "for": alert.for_,
+                "labels": {"severity": alert.severity},
+                "annotations": {"summary": alert.summary},
+            }
+        )
+    return [{"name": f"platform-{severity}", "rules": rules} for severity, rules in groups.items()]
+
+
+def alertmanager_config(pagerduty_routing_key: str, slack_webhook_url: str, slack_channel: str) -> str:
+    """Critical pages 24/7, warnings go to chat in business hours, info stays on dashboards."""
+    config = {
+        "route": {
+            "receiver": "dashboard-only",
+            "group_by": ["alertname", "namespace", "service"],
+            "group_wait": "30s",
+            "group_interval": "5m",
+            "repeat_interval": "4h",
+            "routes": [
+                {"matchers": ['severity="critical"'], "receiver": "pager", "repeat_interval": "1h"},
+                {
+                    "matchers": ['severity="warning"'],
+                    "receiver": "chat",
+                    "active_time_intervals": ["business-hours"],
+                },
+            ],
+        },
+        "time_intervals": [
+            {
+                "name": "business-hours",
+                "time_intervals": [
+                    {"weekdays": ["monday:friday"], "times": [{"start_time": "09:00", "end_time": "18:00"}]}
+                ],
+            }
+        ],
+        "inhibit_rules": [
+            # While something pages, do not also chat about the same service.
+            {
+                "source_matchers": ['severity="critical"'],
+                "target_matchers": ['severity="warning"'],
+                "equal": ["namespace", "service"],
+            }
+        ],
+        "receivers": [
+            {"name": "dashboard-only"},
+            {"name": "pager", "pagerduty_configs": [{"routing_key": pagerduty_routing_key, "send_resolved": True}]},
+            {
+                "name": "chat",
+                "slack_configs": [
+                    {"api_url": slack_webhook_url, "channel": slack_channel, "send_resolved": True}
+                ],
+            },
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def adapter_rules(table: tuple[Service, ...]) -> dict[str, list[dict[str, object]]]:
+    """prometheus-adapter rules for each custom HPA metric of the service table."""
+    custom: list[dict[str, object]] = []
+    external: list[dict[str, object]] = []
+    for svc in table:
+        metric = svc.scaling.custom_metric
+        if metric is None:
+            continue
+        rule = {
+            "seriesQuery": f'{metric.name}{{namespace!="",pod!=""}}',
+            "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+            "name": {"matches": f"^{metric.name}$", "as": metric.name},
+            "metricsQuery": "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+        }
+        if metric.per_pod:
+            custom.append(rule)
+        else:
+            rule["resources"] = {"overrides": {"namespace": {"resource": "namespace"}}}
+            # One value for the whole service: every replica reports the same queue.
+            rule["metricsQuery"] = "max(<<.Series>>{<<.LabelMatchers>>})"
+            external.append(rule)
+    return {"custom": custom, "external": external}
+
+
+def _chart_security() -> dict[str, object]:
+    return {"runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID, "fsGroup": APP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _prometheus_values(retention_days: int) -> dict[str, object]:
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return {
+        # Node metrics come from GKE's system monitoring; node-exporter would need host access,
+        # which the 'restricted' namespace refuses.
+        "nodeExporter": {"enabled": False},
+        "prometheusOperator": {"securityContext": _chart_security(), "containerSecurityContext": container},
+        "kube-state-metrics": {"securityContext": _chart_security(), "containerSecurityContext": container},
+        "grafana": {
+            "enabled": True,
+            "securityContext": _chart_security(),
+            "containerSecurityContext": container,
+        },
+        "prometheus": {
+            "prometheusSpec": {
+                "retention": f"{retention_days}d",
+                # Pick up every ServiceMonitor and rule, not only the chart's own.
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "podMonitorSelectorNilUsesHelmValues": False,
+                "securityContext": _chart_security(),
+                "storageSpec": {
+                    "volumeClaimTemplate": {
+                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}}
+                    }
+                },
+            }
+        },
+        "alertmanager": {
+            "alertmanagerSpec": {
+                "configSecret": ALERTMANAGER_SECRET,
+                "securityContext": _chart_security(),
+            }
+        },
+    }

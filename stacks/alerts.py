@@ -1,0 +1,135 @@
+"""The platform's alerts, with the seed's thresholds, and the metric names they read.
+
+Critical alerts page (PagerDuty, 24/7), warnings go to chat in business hours, info alerts
+only show on dashboards. The services export the metrics named here (the contract between
+`services/` and monitoring); the data tier's exporters export the `pg_*` and `redis_*` ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["critical", "warning", "info"]
+
+# Metric names the services export (see services/ kit).
+HTTP_REQUESTS = "http_requests_total"  # labels: service, route, method, status
+HTTP_LATENCY = "http_request_duration_seconds"  # histogram; labels: service, route
+CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), result (hit|miss)
+ORDER_QUEUE_DEPTH = "order_queue_depth"
+
+# Seed thresholds.
+ERROR_RATE_CRITICAL = 0.05
+LATENCY_CRITICAL_SECONDS = 5
+RESOURCE_WARNING_RATIO = 0.80
+CACHE_HIT_WARNING_RATIO = 0.80
+DISK_WARNING_RATIO = 0.85
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    severity: Severity
+    expr: str
+    for_: str
+    summary: str
+
+
+ALERTS: tuple[Alert, ...] = (
+    # --- critical: page someone, day or night -------------------------------------------------
+    Alert(
+        "DatabasePrimaryDown",
+        "critical",
+        # Fires when no PostgreSQL member reports itself as a primary (not in recovery).
+        "absent(pg_replication_is_replica == 0)",
+        "30s",
+        "No PostgreSQL primary is up: writes are failing until PgPool-II promotes a replica",
+    ),
+    Alert(
+        "PaymentServiceUnavailable",
+        "critical",
+        'sum(up{namespace="payments", service="payment"}) < 1 or absent(up{service="payment"})',
+        "1m",
+        "No payment pod answers: checkouts cannot complete",
+    ),
+    Alert(
+        "HighErrorRate",
+        "critical",
+        f'sum by (service) (rate({HTTP_REQUESTS}{{status=~"5.."}}[5m]))'
+        f" / sum by (service) (rate({HTTP_REQUESTS}[5m])) > {ERROR_RATE_CRITICAL}",
+        "2m",
+        "More than 5 % of a service's requests fail",
+    ),
+    Alert(
+        "SlowResponses",
+        "critical",
+        f"histogram_quantile(0.95, sum by (service, le) (rate({HTTP_LATENCY}_bucket[5m])))"
+        f" > {LATENCY_CRITICAL_SECONDS}",
+        "5m",
+        "A service's 95th percentile response time is above 5 seconds",
+    ),
+    # --- warning: chat, business hours ----------------------------------------------------------
+    Alert(
+        "HighCpu",
+        "warning",
+        'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{container!=""}[5m]))'
+        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="cpu"})'
+        f" > {RESOURCE_WARNING_RATIO}",
+        "10m",
+        "A pod uses more than 80 % of its CPU limit",
+    ),
+    Alert(
+        "HighMemory",
+        "warning",
+        'sum by (namespace, pod) (container_memory_working_set_bytes{container!=""})'
+        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="memory"})'
+        f" > {RESOURCE_WARNING_RATIO}",
+        "10m",
+        "A pod uses more than 80 % of its memory limit",
+    ),
+    Alert(
+        "LowCacheHitRatio",
+        "warning",
+        f'sum by (service) (rate({CACHE_REQUESTS}{{result="hit"}}[10m]))'
+        f" / sum by (service) (rate({CACHE_REQUESTS}[10m])) < {CACHE_HIT_WARNING_RATIO}",
+        "15m",
+        "A service's cache hit ratio is below 80 %",
+    ),
+    Alert(
+        "DiskFilling",
+        "warning",
+        "kubelet_volume_stats_used_bytes / kubelet_volume_stats_capacity_bytes"
+        f" > {DISK_WARNING_RATIO}",
+        "10m",
+        "A persistent volume is more than 85 % full",
+    ),
+    Alert(
+        "OrderQueueGrowing",
+        "warning",
+        f"deriv({ORDER_QUEUE_DEPTH}[10m]) > 0 and {ORDER_QUEUE_DEPTH} > 10",
+        "15m",
+        "Pending orders have kept increasing for 15 minutes",
+    ),
+    # --- info: dashboards only ----------------------------------------------------------------
+    Alert(
+        "DeploymentRolledOut",
+        "info",
+        "changes(kube_deployment_status_observed_generation[10m]) > 0",
+        "0m",
+        "A deployment completed a rollout",
+    ),
+    Alert(
+        "AutoscalerScaled",
+        "info",
+        "changes(kube_horizontalpodautoscaler_status_desired_replicas[10m]) > 0",
+        "0m",
+        "An autoscaler changed a service's replica count",
+    ),
+    Alert(
+        "BackgroundJobFailed",
+        "info",
+        "kube_job_status_failed > 0",
+        "0m",
+        "A background job (backup, partition maintenance, bootstrap) failed",
+    ),
+)

@@ -1,0 +1,186 @@
+"""What a stack deploys: the whole platform, composed from the components.
+
+Reads like the architecture diagram: network, cluster and node pools, images, namespaces,
+the data tier (PostgreSQL behind PgPool-II, Redis cluster, Memcached), the services and the
+gateway from the service table, the network policies generated from who talks to whom, and
+monitoring. Sizes come from the stack's config; everything else from the service table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.cluster import GkeCluster, GkeClusterArgs
+from components.conf.haproxy import haproxy_cfg
+from components.images import ImagesArgs, PlatformImages
+from components.kube import Labels
+from components.memcached import Memcached, MemcachedArgs
+from components.microservice import SECRETS_DIR, Microservice, MicroserviceArgs
+from components.monitoring import Monitoring, MonitoringArgs
+from components.namespaces import Namespaces, NamespacesArgs
+from components.network import Network, NetworkArgs
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, service_flows
+from components.postgres import PostgresArgs, PostgresCluster
+from components.redis import RedisArgs, RedisCluster
+from infra.config import StackConfig
+from stacks.gateway import kubernetes_routes
+from stacks.services import SERVICE_TABLE, Dependency, namespaces, users_of
+from stacks.wiring import Addresses, SecretFiles, service_environment
+
+NAME = "shop"
+
+
+class Platform:
+    def __init__(self, config: StackConfig, secrets: dict[str, Any]):
+        labels = Labels(config.environment, config.cost_center)
+        gcp_labels = labels.gcp("platform", "infrastructure")
+
+        # --- Google Cloud: network, cluster, node pools, images --------------------------------
+        self.network = Network(
+            NAME,
+            NetworkArgs(
+                region=config.region,
+                subnet_cidr=config.network.subnet_cidr,
+                pods_cidr=config.network.pods_cidr,
+                services_cidr=config.network.services_cidr,
+            ),
+        )
+        self.cluster = GkeCluster(
+            NAME,
+            GkeClusterArgs(
+                project=config.gcp_project,
+                region=config.region,
+                zones=config.zones,
+                network=self.network,
+                master_cidr=config.network.master_cidr,
+                master_authorized_networks=tuple(
+                    (n.name, n.cidr) for n in config.network.master_authorized_networks
+                ),
+                cluster=config.cluster,
+                node_pools=config.node_pools,
+                labels=gcp_labels,
+            ),
+        )
+        self.images = PlatformImages(
+            NAME,
+            ImagesArgs(
+                project=config.gcp_project,
+                region=config.region,
+                labels=gcp_labels,
+                prebuilt=config.images.prebuilt(),
+            ),
+        )
+
+        # --- inside the cluster ----------------------------------------------------------------
+        k8s = pulumi.ResourceOptions(provider=self.cluster.provider)
+        spaces = Namespaces("namespaces", NamespacesArgs(namespaces(), labels), k8s)
+        in_cluster = pulumi.ResourceOptions(
+            provider=self.cluster.provider, depends_on=list(spaces.resources.values())
+        )
+
+        self.postgres = PostgresCluster(
+            "postgres",
+            PostgresArgs(
+                config=config.postgres,
+                project=config.gcp_project,
+                region=config.region,
+                zones=config.zones,
+                image=self.images.refs["postgres"],
+                pgpool_image=self.images.refs["pgpool"],
+                labels=labels,
+                gcp_labels=labels.gcp("postgres", "data"),
+                client_namespaces=_namespaces_of(Dependency.POSTGRES),
+                deletion_protection=config.cluster.deletion_protection,
+            ),
+            in_cluster,
+        )
+        self.redis = RedisCluster(
+            "redis",
+            RedisArgs(
+                config=config.redis,
+                image=self.images.refs["redis"],
+                labels=labels,
+                client_namespaces=_namespaces_of(Dependency.REDIS),
+            ),
+            in_cluster,
+        )
+        self.memcached = Memcached(
+            "memcached",
+            MemcachedArgs(config=config.memcached, image=self.images.refs["memcached"], labels=labels),
+            in_cluster,
+        )
+
+        addresses = Addresses(
+            database=self.postgres.address,
+            redis_nodes=self.redis.nodes,
+            memcached_nodes=self.memcached.nodes,
+        )
+        secret_files = SecretFiles(
+            database_password=f"{SECRETS_DIR}/{self.postgres.app_secret}/password",
+            redis_password=f"{SECRETS_DIR}/{self.redis.auth_secret}/password",
+        )
+        self.services: dict[str, Microservice] = {}
+        for svc in SERVICE_TABLE:
+            low, high = config.replicas_for(svc.name)
+            secrets_needed = tuple(
+                secret
+                for dependency, secret in (
+                    (Dependency.POSTGRES, self.postgres.app_secret),
+                    (Dependency.REDIS, self.redis.auth_secret),
+                )
+                if dependency in svc.needs
+            )
+            self.services[svc.name] = Microservice(
+                svc.name,
+                MicroserviceArgs(
+                    service=svc,
+                    image=self.images.refs[svc.image],
+                    min_replicas=low,
+                    max_replicas=high,
+                    labels=labels,
+                    env=service_environment(svc, config.environment, addresses, secret_files, config.cache_ttl),
+                    secrets=secrets_needed,
+                    config_files={"haproxy.cfg": haproxy_cfg(kubernetes_routes())} if svc.image == "gateway" else {},
+                    config_path="/etc/haproxy",
+                    public_source_ranges=config.network.gateway_source_ranges,
+                ),
+                in_cluster,
+            )
+
+        NetworkPolicies(
+            "network-policies",
+            NetworkPoliciesArgs(
+                namespaces=namespaces(),
+                flows=[
+                    *service_flows(),
+                    *self.postgres.flows,
+                    *self.redis.flows,
+                    *self.memcached.flows,
+                    *Monitoring.flows(config.network.master_cidr, config.network.subnet_cidr),
+                ],
+                labels=labels,
+            ),
+            in_cluster,
+        )
+        Monitoring(
+            "monitoring",
+            MonitoringArgs(
+                labels=labels,
+                pagerduty_routing_key=secrets["pagerdutyRoutingKey"],
+                slack_webhook_url=secrets["slackWebhookUrl"],
+                slack_channel=config.alerting.slack_channel,
+            ),
+            in_cluster,
+        )
+
+        gateway = self.services["gateway"].service
+        self.gateway_address = gateway.status.apply(
+            lambda s: (s.load_balancer.ingress or [None])[0].ip if s and s.load_balancer else None
+        )
+
+
+def _namespaces_of(dependency: Dependency) -> tuple[str, ...]:
+    """Namespaces whose services need a backend: its client Secret must exist there."""
+    return tuple(dict.fromkeys(s.namespace for s in users_of(dependency)))

@@ -1,0 +1,71 @@
+"""How a service finds its dependencies: the environment it is started with.
+
+One function for both places a service runs: the GKE stack (cluster DNS names, secrets
+mounted as files) and the local platform (127.0.0.1 ports, secret files in the state dir).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infra.config import CacheTtls
+from stacks.services import Dependency, Service
+
+DATABASE_NAME = "shop"
+DATABASE_USER = "shop"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the shared backends are, as `host:port` strings."""
+
+    database: str  # PgPool-II: writes to the primary, reads balanced over the replicas
+    redis_nodes: tuple[str, ...]  # cluster seed nodes
+    memcached_nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """Paths of the secret files a service reads (never secret values in the environment)."""
+
+    database_password: str
+    redis_password: str
+
+
+def service_environment(
+    service: Service,
+    environment: str,
+    addresses: Addresses,
+    secrets: SecretFiles,
+    ttl: CacheTtls,
+) -> dict[str, str]:
+    env = {
+        "SERVICE_NAME": service.name,
+        "ENVIRONMENT": environment,
+        "PORT": str(service.port),
+    }
+    if Dependency.POSTGRES in service.needs:
+        host, port = addresses.database.rsplit(":", 1)
+        env |= {
+            "DATABASE_HOST": host,
+            "DATABASE_PORT": port,
+            "DATABASE_NAME": DATABASE_NAME,
+            "DATABASE_USER": DATABASE_USER,
+            "DATABASE_PASSWORD_FILE": secrets.database_password,
+        }
+    if Dependency.REDIS in service.needs:
+        env |= {
+            "REDIS_NODES": ",".join(addresses.redis_nodes),
+            "REDIS_PASSWORD_FILE": secrets.redis_password,
+        }
+    if Dependency.MEMCACHED in service.needs:
+        env["MEMCACHED_NODES"] = ",".join(addresses.memcached_nodes)
+    if service.needs & {Dependency.REDIS, Dependency.MEMCACHED}:
+        env |= {
+            "CACHE_TTL_SESSIONS": str(ttl.sessions),
+            "CACHE_TTL_CATALOG": str(ttl.catalog),
+            "CACHE_TTL_SEARCH": str(ttl.search),
+            "CACHE_TTL_POPULAR_PRODUCTS": str(ttl.popular_products),
+            "CACHE_TTL_CARTS": str(ttl.carts),
+        }
+    return env
