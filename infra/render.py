@@ -28,6 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "offline-placeholder"
+# How the engine marks a secret value in resource inputs (pulumi.runtime.rpc).
+SECRET_SIG_KEY, SECRET_SIG = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 
 
 @dataclass
@@ -59,10 +61,13 @@ class Render:
 
 
 def _plain(value: Any) -> Any:
-    """Numbers arrive as floats from the engine: whole ones become ints again."""
+    """Engine values as plain data: whole floats become ints again (the engine passes every
+    number as a float) and secret-wrapped values are unwrapped (they are placeholders here)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
+        if value.get(SECRET_SIG_KEY) == SECRET_SIG:
+            return _plain(value["value"])
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
@@ -100,7 +105,7 @@ def _computed_outputs(type_: str, name: str, inputs: dict[str, Any], project: st
 def render(stack: str) -> Render:
     """Run the stack's program under Pulumi's mock runtime and record every resource."""
     import pulumi
-    from pulumi.runtime.stack import run_in_stack
+    from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
     from infra.config import PROJECT, SECRET_KEYS
@@ -124,12 +129,12 @@ def render(stack: str) -> Render:
             result.resources.append(Recorded(args.typ, args.name, inputs))
             return f"{args.name}-id", _computed_outputs(args.typ, args.name, inputs, project_id)
 
-        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
             if args.token == "gcp:organizations/getProject:getProject":
-                return {"number": "123456789012", "projectId": project_id}, None
+                return {"number": "123456789012", "projectId": project_id}, []
             if args.token == "gcp:organizations/getClientConfig:getClientConfig":
-                return {"accessToken": PLACEHOLDER, "project": project_id}, None
-            return {}, None
+                return {"accessToken": PLACEHOLDER, "project": project_id}, []
+            return {}, []
 
     started = time.perf_counter()
     pulumi.runtime.set_all_config(config, [f"{PROJECT}:{key}" for key in SECRET_KEYS])
@@ -137,7 +142,8 @@ def render(stack: str) -> Render:
 
     from infra.program import main
 
-    _sync_await(run_in_stack(main))
+    # set_mocks made the root stack; run the program inside it as the engine would.
+    _sync_await(run_pulumi_func(main))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.conf.postgres import PgUsers
 from infra.config import CacheTtls
 from stacks.services import Dependency, Service
 
-DATABASE_NAME = "shop"
-DATABASE_USER = "shop"
+USERS = PgUsers()
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def service_environment(
         env |= {
             "DATABASE_HOST": host,
             "DATABASE_PORT": port,
-            "DATABASE_NAME": DATABASE_NAME,
-            "DATABASE_USER": DATABASE_USER,
+            "DATABASE_NAME": USERS.app_database,
+            "DATABASE_USER": USERS.app,
             "DATABASE_PASSWORD_FILE": secrets.database_password,
         }
     if Dependency.REDIS in service.needs:

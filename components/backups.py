@@ -1,0 +1,284 @@
+"""PostgreSQL backups: a GCS bucket, the identity that writes to it, and the backup schedule.
+
+WAL is archived continuously by every PostgreSQL server (pgBackRest `archive-push`); a daily
+full and a 6-hourly incremental backup run as CronJobs that reach the servers' pgBackRest TLS
+endpoints. Together they give the seed's 7-day point-in-time recovery. The bucket's lifecycle
+follows the seed: backups move to a colder class after 7 days and to archive after 90; logs
+are deleted after 30 days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_tls as tls
+from pulumi_gcp import serviceaccount, storage
+
+from components.conf import pgbackrest
+from components.conf.postgres import PgMember
+from components.kube import (
+    Labels,
+    container_security,
+    empty_dir,
+    meta,
+    mount,
+    placement,
+    pod_security,
+    resources,
+)
+from infra.config import BackupConfig
+
+BACKUP_APP = "pgbackrest"
+TLS_SECRET = "pgbackrest-tls"
+TLS_DIR = "/etc/pgbackrest/tls"
+CONFIG_DIR = "/etc/pgbackrest/conf"
+LOG_PREFIX = "logs/"
+
+
+@dataclass
+class BackupsArgs:
+    project: str
+    region: str
+    namespace: str
+    members: tuple[PgMember, ...]
+    data_dir: str
+    image: pulumi.Input[str]
+    config: BackupConfig
+    labels: Labels
+    gcp_labels: dict[str, str]
+    # Kubernetes service accounts (in `namespace`) that write to the bucket: the servers.
+    writer_accounts: tuple[str, ...]
+    deletion_protection: bool = True
+
+
+class PostgresBackups(pulumi.ComponentResource):
+    bucket: storage.Bucket
+    server_config: str  # pgbackrest.conf for the PostgreSQL servers
+    tls_secret: str
+
+    def __init__(self, name: str, args: BackupsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("platform:data:PostgresBackups", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns = args.namespace
+        labels = args.labels.k8s(BACKUP_APP, "data")
+        cfg = args.config
+
+        self.bucket = storage.Bucket(
+            f"{name}-bucket",
+            name=f"{args.project}-pg-backups",
+            location=(cfg.location or args.region).upper(),
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,  # IAM only, no per-object ACLs
+            public_access_prevention="enforced",
+            versioning=storage.BucketVersioningArgs(enabled=True),
+            # Deleting backups must be deliberate; an object survives at least the PITR window.
+            soft_delete_policy=storage.BucketSoftDeletePolicyArgs(
+                retention_duration_seconds=cfg.pitr_days * 24 * 3600
+            ),
+            lifecycle_rules=[
+                storage.BucketLifecycleRuleArgs(
+                    action=storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="NEARLINE"),
+                    condition=storage.BucketLifecycleRuleConditionArgs(
+                        age=cfg.nearline_after_days, matches_storage_classes=["STANDARD"]
+                    ),
+                ),
+                storage.BucketLifecycleRuleArgs(
+                    action=storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="ARCHIVE"),
+                    condition=storage.BucketLifecycleRuleConditionArgs(
+                        age=cfg.archive_after_days, matches_storage_classes=["NEARLINE", "COLDLINE"]
+                    ),
+                ),
+                storage.BucketLifecycleRuleArgs(
+                    action=storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=storage.BucketLifecycleRuleConditionArgs(
+                        age=cfg.delete_logs_after_days, matches_prefixes=[LOG_PREFIX]
+                    ),
+                ),
+                # Versioning keeps overwritten objects: drop them once PITR no longer needs them.
+                storage.BucketLifecycleRuleArgs(
+                    action=storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=cfg.pitr_days, with_state="ARCHIVED"
+                    ),
+                ),
+            ],
+            labels=args.gcp_labels,
+            force_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
+        )
+
+        # One Google identity for everything that writes backups, bound through Workload
+        # Identity to the Kubernetes service accounts: no keys anywhere.
+        writer = serviceaccount.Account(
+            f"{name}-writer", account_id="pg-backups", display_name="PostgreSQL backups", opts=child
+        )
+        storage.BucketIAMMember(
+            f"{name}-writer-objects",
+            bucket=self.bucket.name,
+            role="roles/storage.objectAdmin",
+            member=writer.email.apply(lambda e: f"serviceAccount:{e}"),
+            opts=child,
+        )
+        accounts = (*args.writer_accounts, BACKUP_APP)
+        for account in accounts:
+            serviceaccount.IAMMember(
+                f"{name}-wi-{account}",
+                service_account_id=writer.name,
+                role="roles/iam.workloadIdentityUser",
+                member=f"serviceAccount:{args.project}.svc.id.goog[{ns}/{account}]",
+                opts=child,
+            )
+        job_account = k8s.core.v1.ServiceAccount(
+            f"{name}-account",
+            metadata=meta(
+                BACKUP_APP, ns, labels, annotations={"iam.gke.io/gcp-service-account": writer.email}
+            ),
+            automount_service_account_token=False,
+            opts=child,
+        )
+        self.writer_email = writer.email
+
+        # TLS between the backup jobs and the servers' pgBackRest endpoints.
+        self.tls_secret = TLS_SECRET
+        self._certificates(name, args, labels, child)
+
+        repo = pgbackrest.Repository(kind="gcs", bucket=f"{args.project}-pg-backups")
+        tls_paths = pgbackrest.Tls(
+            ca_file=f"{TLS_DIR}/ca.crt", cert_file=f"{TLS_DIR}/tls.crt", key_file=f"{TLS_DIR}/tls.key"
+        )
+        retention = pgbackrest.Retention(full_days=cfg.pitr_days)
+        self.server_config = pgbackrest.server_conf(
+            args.members[0], args.data_dir, "/var/run/postgresql", repo, tls_paths, retention
+        )
+        job_config = k8s.core.v1.ConfigMap(
+            f"{name}-job-config",
+            metadata=meta(f"{BACKUP_APP}-job", ns, labels),
+            data={"pgbackrest.conf": pgbackrest.backup_job_conf(args.members, args.data_dir, repo, tls_paths, retention)},
+            opts=child,
+        )
+        for kind, schedule in (("full", cfg.full_schedule), ("incr", cfg.incremental_schedule)):
+            self._cron_job(name, kind, schedule, args, labels, job_account, job_config, child)
+        self.register_outputs({"bucket": self.bucket.url})
+
+    def _certificates(
+        self, name: str, args: BackupsArgs, labels: dict[str, str], child: pulumi.ResourceOptions
+    ) -> None:
+        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+        ca = tls.SelfSignedCert(
+            f"{name}-ca",
+            private_key_pem=ca_key.private_key_pem,
+            is_ca_certificate=True,
+            validity_period_hours=5 * 365 * 24,
+            allowed_uses=["cert_signing", "crl_signing"],
+            subject=tls.SelfSignedCertSubjectArgs(common_name="pgbackrest-ca", organization="shop"),
+            opts=child,
+        )
+
+        def signed(role: str, common_name: str, dns_names: list[str], uses: list[str]) -> tuple:
+            key = tls.PrivateKey(f"{name}-{role}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+            request = tls.CertRequest(
+                f"{name}-{role}-csr",
+                private_key_pem=key.private_key_pem,
+                dns_names=dns_names,
+                subject=tls.CertRequestSubjectArgs(common_name=common_name, organization="shop"),
+                opts=child,
+            )
+            cert = tls.LocallySignedCert(
+                f"{name}-{role}-cert",
+                cert_request_pem=request.cert_request_pem,
+                ca_private_key_pem=ca_key.private_key_pem,
+                ca_cert_pem=ca.cert_pem,
+                validity_period_hours=365 * 24,
+                early_renewal_hours=30 * 24,  # `pulumi up` in the last month renews it
+                allowed_uses=["digital_signature", "key_encipherment", *uses],
+                opts=child,
+            )
+            return key, cert
+
+        server_key, server_cert = signed(
+            "server", "pgbackrest-server", [m.host for m in args.members], ["server_auth"]
+        )
+        client_key, client_cert = signed("client", "pgbackrest-client", [], ["client_auth"])
+        for role, key, cert in (("server", server_key, server_cert), ("client", client_key, client_cert)):
+            k8s.core.v1.Secret(
+                f"{name}-tls-{role}",
+                metadata=meta(f"{TLS_SECRET}-{role}", args.namespace, labels),
+                type="kubernetes.io/tls",
+                string_data={"ca.crt": ca.cert_pem, "tls.crt": cert.cert_pem, "tls.key": key.private_key_pem},
+                opts=child,
+            )
+
+    def _cron_job(
+        self,
+        name: str,
+        kind: str,
+        schedule: str,
+        args: BackupsArgs,
+        labels: dict[str, str],
+        account: k8s.core.v1.ServiceAccount,
+        config: k8s.core.v1.ConfigMap,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        job_labels = {**labels, "backup": kind}
+        k8s.batch.v1.CronJob(
+            f"{name}-{kind}",
+            metadata=meta(f"pg-backup-{kind}", args.namespace, job_labels),
+            spec=k8s.batch.v1.CronJobSpecArgs(
+                schedule=schedule,
+                time_zone="Etc/UTC",
+                concurrency_policy="Forbid",  # pgBackRest holds a lock; never stack backups
+                starting_deadline_seconds=3600,
+                successful_jobs_history_limit=3,
+                failed_jobs_history_limit=5,
+                job_template=k8s.batch.v1.JobTemplateSpecArgs(
+                    spec=k8s.batch.v1.JobSpecArgs(
+                        backoff_limit=2,
+                        active_deadline_seconds=6 * 3600,
+                        template=k8s.core.v1.PodTemplateSpecArgs(
+                            metadata=k8s.meta.v1.ObjectMetaArgs(labels=job_labels),
+                            spec=k8s.core.v1.PodSpecArgs(
+                                service_account_name=account.metadata.name,
+                                # The GKE metadata server hands out the Workload Identity token
+                                # without the Kubernetes API token being mounted.
+                                automount_service_account_token=False,
+                                enable_service_links=False,
+                                restart_policy="Never",
+                                security_context=pod_security(),
+                                containers=[
+                                    k8s.core.v1.ContainerArgs(
+                                        name="backup",
+                                        image=args.image,
+                                        image_pull_policy="IfNotPresent",
+                                        command=pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind),
+                                        resources=resources("500m", "512Mi", "2", "1Gi"),
+                                        security_context=container_security(),
+                                        volume_mounts=[
+                                            mount("config", CONFIG_DIR, read_only=True),
+                                            mount("tls", TLS_DIR, read_only=True),
+                                            mount("tmp", "/tmp"),
+                                        ],
+                                    )
+                                ],
+                                volumes=[
+                                    k8s.core.v1.VolumeArgs(
+                                        name="config",
+                                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                                    ),
+                                    k8s.core.v1.VolumeArgs(
+                                        name="tls",
+                                        secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                            secret_name=f"{TLS_SECRET}-client", default_mode=0o400
+                                        ),
+                                    ),
+                                    empty_dir("tmp", "1Gi"),
+                                ],
+                                **placement("databases"),
+                            ),
+                        ),
+                    )
+                ),
+            ),
+            opts=child,
+        )

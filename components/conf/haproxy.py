@@ -1,0 +1,471 @@
+"""The API gateway's ``haproxy.cfg`` (HAProxy 2.6), rendered from a list of routes.
+
+Pure function, no I/O. Kubernetes puts the output in a ConfigMap and its routes point at
+headless Services through ``server-template`` + DNS resolvers; the local platform writes it to
+a temp dir, its routes list ``127.0.0.1:<port>`` servers, and runs ``haproxy -f <file>``.
+
+What the gateway does, in order, for every request on the public frontend:
+
+1. ``X-Request-ID``: keep the client's if it is one well-formed header, else a UUIDv4; sent
+   upstream, returned on every response (including the gateway's own errors), logged.
+2. Per-client rate limit (stick table, ``http_req_rate``): 429 JSON with ``Retry-After``.
+3. Body size limit: 413 JSON (411 for chunked bodies, whose size is unknown up front).
+4. Routes with ``auth=True``: the JWT hook (see below).
+5. ``/api/<prefix>`` and ``/api/<prefix>/...`` go to the route's backend (the path is
+   forwarded unchanged); anything else gets a 404 JSON.
+
+JWT: verification lands in a later issue. ``Route.auth`` marks the routes that need it and the
+rendered config has one marked place for it. Today the gateway only answers 401 when a
+request to such a route carries no ``Authorization: Bearer`` header at all; it does not
+pretend to check signatures: the services verify the token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
+_HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
+# What a client-supplied X-Request-ID may look like: safe to log and to echo into JSON.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# Names of HAProxy-rendered objects, so tests and the runner can refer to them.
+FRONTEND = "gateway"
+METRICS_FRONTEND = "metrics"
+NOT_FOUND_BACKEND = "be_not_found"
+RESOLVERS = "dns"
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} must be in 1..65535, got {port}")
+
+
+def _check_host(host: str, what: str) -> None:
+    if not _HOST_RE.match(host):
+        raise ValueError(f"{what} {host!r} is not a hostname or IP")
+
+
+@dataclass(frozen=True)
+class StaticServers:
+    """Fixed ``(host, port)`` servers: the local platform (one per service process)."""
+
+    servers: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("StaticServers needs at least one server")
+        for host, port in self.servers:
+            _check_host(host, "server host")
+            _check_port(port, "server port")
+
+
+@dataclass(frozen=True)
+class DnsServers:
+    """Servers discovered through DNS: Kubernetes.
+
+    ``fqdn`` should name a *headless* Service (``user.shop.svc.cluster.local``): its A records
+    are the ready pods, so HAProxy balances and health-checks each pod itself. A ClusterIP
+    Service works too but shows up as a single server. The name must be fully qualified:
+    HAProxy's resolver does not apply resolv.conf search domains. ``slots`` caps the pods
+    HAProxy tracks (set it to the service's HPA maximum).
+    """
+
+    fqdn: str
+    port: int = 8080
+    slots: int = 10
+
+    def __post_init__(self) -> None:
+        _check_host(self.fqdn, "DNS name")
+        _check_port(self.port, "DNS service port")
+        if not 1 <= self.slots <= 1000:
+            raise ValueError("DnsServers.slots must be in 1..1000")
+
+
+@dataclass(frozen=True)
+class Route:
+    """``/api/<path_prefix>`` and everything below it go to ``service``."""
+
+    service: str
+    path_prefix: str
+    backend: StaticServers | DnsServers
+    # Server timeout (time to first response byte) for this service.
+    timeout_ms: int = 5000
+    # Requests must carry a JWT. Hook for the later JWT issue; see the module docstring.
+    auth: bool = False
+    health_path: str = "/healthz"
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.service):
+            raise ValueError(f"route service {self.service!r} must be a DNS label")
+        if not _PREFIX_RE.match(self.path_prefix):
+            raise ValueError(
+                f"route path_prefix {self.path_prefix!r}: lowercase segments without the "
+                "leading /api/ (e.g. 'users' or 'users/me')"
+            )
+        if not 1 <= self.timeout_ms <= 600_000:
+            raise ValueError("route timeout_ms must be in 1..600000")
+        if not self.health_path.startswith("/") or " " in self.health_path:
+            raise ValueError(f"route health_path {self.health_path!r} must be an absolute path")
+
+    @property
+    def path(self) -> str:
+        return f"/api/{self.path_prefix}"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per-client request budget (per gateway replica: tables are not shared)."""
+
+    # 500 per 10 s = 50 req/s per client IP: far above one shopper, room for users behind NAT.
+    requests: int = 500
+    window_s: int = 10
+    table_size: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.window_s < 1 or self.table_size < 1:
+            raise ValueError("RateLimit fields must be >= 1")
+
+
+@dataclass(frozen=True)
+class GatewayTimeouts:
+    connect_ms: int = 2000
+    # Idle time allowed on the client side while a request or response is in flight.
+    client_ms: int = 30_000
+    # Whole request (headers and, with http-buffer-request, body): cuts slowloris clients.
+    http_request_ms: int = 10_000
+    http_keep_alive_ms: int = 5000
+    # Time a request may wait for a free server slot before a 503.
+    queue_ms: int = 5000
+    check_ms: int = 2000
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"GatewayTimeouts.{name} must be >= 1 ms")
+
+
+def _json_error(code: str, extra: str = "") -> str:
+    """A JSON error body as an HAProxy lf-string, carrying the request id."""
+    body = f'{{"error":"{code}",{extra}"request_id":"%[var(txn.request_id)]"}}'
+    return f"content-type application/json lf-string '{body}'"
+
+
+# HAProxy's own error responses, made JSON like the services' errors.
+_HTTP_ERRORS = (
+    (400, "bad_request"),
+    (403, "forbidden"),
+    (408, "request_timeout"),
+    (500, "internal_error"),
+    (502, "bad_gateway"),
+    (503, "service_unavailable"),
+    (504, "gateway_timeout"),
+)
+
+
+def haproxy_cfg(
+    routes: Sequence[Route],
+    *,
+    port: int = 8080,
+    bind: str = "127.0.0.1",
+    metrics_port: int = 8404,
+    metrics_bind: str = "127.0.0.1",
+    max_body_bytes: int = 1024 * 1024,
+    rate_limit: RateLimit | None = RateLimit(),
+    timeouts: GatewayTimeouts = GatewayTimeouts(),
+    maxconn: int = 8000,
+    nbthread: int | None = None,
+    client_ip_header: str | None = None,
+    client_ip_occurrence: int = -1,
+    stats_socket: str | None = None,
+    allow_chunked_bodies: bool = False,
+) -> str:
+    """Render ``haproxy.cfg`` for the API gateway.
+
+    ``bind``/``metrics_bind`` default to loopback; Kubernetes passes ``0.0.0.0`` (8080 and
+    8404 are unprivileged: the container runs as non-root). ``/metrics`` (Prometheus) and a
+    ``/healthz`` live on the separate metrics port so scrapes never share the public
+    frontend's rate limit. ``client_ip_header``: only when a trusted proxy in front of the
+    gateway sets it (e.g. ``X-Forwarded-For`` from the load balancer); value number
+    ``client_ip_occurrence`` (negative counts from the end: -1 is the last, which a proxy
+    appends; GCP's HTTP(S) load balancer appends "<client>, <lb>", so -2 there) is the
+    rate-limit key. Without it the key is the TCP source address.
+    ``maxconn`` is per replica (the HPA adds replicas); HAProxy needs about 2 file
+    descriptors per connection and refuses to start if ``ulimit -n`` is below that.
+    ``nbthread``: set it to the container's CPU limit (HAProxy sizes itself from the node's
+    CPUs otherwise). ``stats_socket``: an admin socket path (drills use it to drain servers).
+    ``allow_chunked_bodies=False`` answers 411 to chunked request bodies: the gateway can only
+    enforce ``max_body_bytes`` on a declared Content-Length (the services still enforce their
+    own limit, e.g. aiohttp's ``client_max_size``, whichever way the body arrives).
+    """
+    if not routes:
+        raise ValueError("the gateway needs at least one route")
+    _check_port(port, "gateway port")
+    _check_port(metrics_port, "gateway metrics port")
+    if (bind, port) == (metrics_bind, metrics_port):
+        raise ValueError("gateway and metrics frontends cannot share an address")
+    _check_host(bind, "gateway bind")
+    _check_host(metrics_bind, "metrics bind")
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be >= 1")
+    if maxconn < 1:
+        raise ValueError("maxconn must be >= 1")
+    if nbthread is not None and nbthread < 1:
+        raise ValueError("nbthread must be >= 1")
+    if client_ip_header is not None and not _HEADER_RE.match(client_ip_header):
+        raise ValueError(f"client_ip_header {client_ip_header!r} is not a header name")
+    if client_ip_occurrence == 0:
+        raise ValueError("client_ip_occurrence counts from 1 (or from the end, -1)")
+    for attr in ("service", "path_prefix"):
+        values = [getattr(r, attr) for r in routes]
+        if len(set(values)) != len(values):
+            raise ValueError(f"route {attr} values must be unique")
+
+    # Longest prefix first, so /api/users/me wins over /api/users.
+    ordered = sorted(routes, key=lambda r: (-r.path.count("/"), -len(r.path), r.path))
+    out: list[str] = ["# API gateway; rendered by components/conf/haproxy.py (do not edit)."]
+    out += _global(maxconn, nbthread, stats_socket)
+    if any(isinstance(r.backend, DnsServers) for r in routes):
+        out += _resolvers()
+    out += _defaults(timeouts)
+    out += _frontend(
+        ordered,
+        bind,
+        port,
+        max_body_bytes,
+        rate_limit,
+        client_ip_header,
+        client_ip_occurrence,
+        allow_chunked_bodies,
+    )
+    out += _not_found_backend()
+    for route in ordered:
+        out += _backend(route)
+    out += _metrics_frontend(metrics_bind, metrics_port)
+    return "\n".join(out) + "\n"
+
+
+def _global(maxconn: int, nbthread: int | None, stats_socket: str | None) -> list[str]:
+    lines = [
+        "",
+        "global",
+        # Logs to stdout: container logs in Kubernetes, the runner's capture locally.
+        "    log stdout format raw local0 info",
+        f"    maxconn {maxconn}",
+        # Old processes finish in-flight requests after a reload, but not forever.
+        "    hard-stop-after 30s",
+    ]
+    if nbthread is not None:
+        lines.append(f"    nbthread {nbthread}")
+    if stats_socket is not None:
+        lines.append(f"    stats socket {stats_socket} mode 600 level admin")
+    return lines
+
+
+def _resolvers() -> list[str]:
+    return [
+        "",
+        f"resolvers {RESOLVERS}",
+        # The pod's resolv.conf names the cluster DNS: no cluster-specific IP in this file.
+        "    parse-resolv-conf",
+        "    accepted_payload_size 8192",
+        "    resolve_retries 3",
+        "    timeout resolve 1s",
+        "    timeout retry 1s",
+        # Re-resolve every 5 s so scaled pods join fast; keep the last answer 30 s on errors.
+        "    hold valid 5s",
+        "    hold obsolete 30s",
+        "    hold other 30s",
+        "    hold refused 30s",
+        "    hold nx 30s",
+        "    hold timeout 30s",
+    ]
+
+
+def _defaults(t: GatewayTimeouts) -> list[str]:
+    lines = [
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option dontlognull",
+        "    option forwardfor",
+        # Retry only when the connection could not be made: the request never reached a
+        # service, so even a POST (order, payment) cannot run twice.
+        "    retries 2",
+        "    retry-on conn-failure",
+        "    option redispatch 1",
+        f"    timeout connect {t.connect_ms}ms",
+        f"    timeout client {t.client_ms}ms",
+        "    timeout server 5000ms",
+        f"    timeout http-request {t.http_request_ms}ms",
+        f"    timeout http-keep-alive {t.http_keep_alive_ms}ms",
+        f"    timeout queue {t.queue_ms}ms",
+        f"    timeout check {t.check_ms}ms",
+        "    default-server inter 2s fall 3 rise 2",
+    ]
+    lines += [f"    http-error status {code} {_json_error(name)}" for code, name in _HTTP_ERRORS]
+    return lines
+
+
+def _route_acl(route: Route) -> str:
+    return "route_" + route.service.replace("-", "_")
+
+
+def _frontend(
+    routes: Sequence[Route],
+    bind: str,
+    port: int,
+    max_body_bytes: int,
+    rate_limit: RateLimit | None,
+    client_ip_header: str | None,
+    client_ip_occurrence: int,
+    allow_chunked_bodies: bool,
+) -> list[str]:
+    lines = [
+        "",
+        f"frontend {FRONTEND}",
+        f"    bind {bind}:{port}",
+        # The gateway's own liveness/readiness: answered here, never forwarded, not logged.
+        "    monitor-uri /healthz",
+        # Wait for the body before the rules run: body size known for chunked requests too,
+        # and `timeout http-request` covers a slowly sent body.
+        "    option http-buffer-request",
+        "    unique-id-format %[var(txn.request_id)]",
+        '    log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc '
+        '%ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs %{+Q}r %ID"',
+        "",
+        "    # 1. X-Request-ID: the client's if it is a single well-formed header, else a UUID.",
+        "    http-request set-var(txn.request_id) req.fhdr(x-request-id) "
+        "if { req.fhdr_cnt(x-request-id) eq 1 } "
+        f"{{ req.fhdr(x-request-id) -m reg {REQUEST_ID_PATTERN} }}",
+        "    http-request set-var(txn.request_id) uuid() unless { var(txn.request_id) -m found }",
+        "    http-request set-header X-Request-ID %[var(txn.request_id)]",
+        "    http-after-response set-header X-Request-ID %[var(txn.request_id)] "
+        "if { var(txn.request_id) -m found }",
+    ]
+    if rate_limit is not None:
+        key = (
+            "src"
+            if client_ip_header is None
+            else f"req.hdr_ip({client_ip_header},{client_ip_occurrence})"
+        )
+        window = rate_limit.window_s
+        lines += [
+            "",
+            f"    # 2. Rate limit: {rate_limit.requests} requests per {window}s per client.",
+            f"    stick-table type ipv6 size {rate_limit.table_size} expire {2 * window}s "
+            f"store http_req_rate({window}s)",
+            f"    http-request track-sc0 {key}",
+            "    http-request deny deny_status 429 "
+            + _json_error("rate_limited", f'"retry_after_s":{window},')
+            + f" hdr Retry-After {window}"
+            + f" if {{ sc_http_req_rate(0) gt {rate_limit.requests} }}",
+        ]
+    lines += [
+        "",
+        f"    # 3. Body size: at most {max_body_bytes} bytes.",
+        "    http-request deny deny_status 413 "
+        + _json_error("payload_too_large", f'"max_bytes":{max_body_bytes},')
+        + f" if {{ req.body_size gt {max_body_bytes} }}",
+    ]
+    if not allow_chunked_bodies:
+        lines += [
+            "    # A chunked body's size is unknown until it is read, and HAProxy buffers only",
+            "    # tune.bufsize of it: the limit above holds for declared lengths only. JSON",
+            "    # clients send Content-Length, so require it (411) instead of a hole.",
+            "    http-request deny deny_status 411 "
+            + _json_error("length_required")
+            + " if { req.hdr(transfer-encoding) -m found }",
+        ]
+    lines += [
+        "",
+        "    # Routes: /api/<prefix> and /api/<prefix>/...",
+    ]
+    for route in routes:
+        acl = _route_acl(route)
+        lines += [
+            f"    acl {acl} path {route.path}",
+            f"    acl {acl} path_beg {route.path}/",
+        ]
+    auth_routes = [r for r in routes if r.auth]
+    if auth_routes:
+        names = ", ".join(r.service for r in auth_routes)
+        missing = " || ".join(f"{_route_acl(r)} !has_bearer" for r in auth_routes)
+        lines += [
+            "",
+            f"    # 4. JWT HOOK: routes with auth=True ({names}).",
+            "    # Token verification (http_auth_bearer + jwt_verify) is a later issue and goes",
+            "    # here. Until then: no bearer token at all -> 401; the services verify tokens.",
+            "    acl has_bearer http_auth_bearer -m found",
+            "    http-request deny deny_status 401 "
+            + _json_error("unauthorized")
+            + ' hdr WWW-Authenticate "Bearer"'
+            + f" if {missing}",
+        ]
+    lines.append("")
+    lines += [f"    use_backend be_{r.service} if {_route_acl(r)}" for r in routes]
+    lines.append(f"    default_backend {NOT_FOUND_BACKEND}")
+    return lines
+
+
+def _not_found_backend() -> list[str]:
+    return [
+        "",
+        f"backend {NOT_FOUND_BACKEND}",
+        f"    http-request return status 404 {_json_error('not_found')}",
+    ]
+
+
+def _backend(route: Route) -> list[str]:
+    lines = [
+        "",
+        f"backend be_{route.service}",
+        # Least outstanding requests: a pod stuck in a slow query gets fewer new ones.
+        "    balance leastconn",
+        f"    timeout server {route.timeout_ms}ms",
+        "    option httpchk",
+        f"    http-check send meth GET uri {route.health_path}",
+        "    http-check expect status 200",
+    ]
+    backend = route.backend
+    if isinstance(backend, StaticServers):
+        lines += [
+            f"    server {route.service}-{i} {host}:{port} check"
+            for i, (host, port) in enumerate(backend.servers, start=1)
+        ]
+    else:
+        # init-addr none: start (and pass `haproxy -c`) even before the Service resolves.
+        lines.append(
+            f"    server-template {route.service}- 1-{backend.slots} "
+            f"{backend.fqdn}:{backend.port} check resolvers {RESOLVERS} "
+            "resolve-prefer ipv4 init-addr none"
+        )
+    return lines
+
+
+def _metrics_frontend(bind: str, port: int) -> list[str]:
+    return [
+        "",
+        f"frontend {METRICS_FRONTEND}",
+        f"    bind {bind}:{port}",
+        "    no log",
+        "    monitor-uri /healthz",
+        # Built into HAProxy 2.6 (Debian's build includes the exporter): no sidecar.
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    http-request return status 404 content-type application/json "
+        """string '{"error":"not_found"}'""",
+    ]
+
+
+__all__ = [
+    "DnsServers",
+    "GatewayTimeouts",
+    "RateLimit",
+    "Route",
+    "StaticServers",
+    "haproxy_cfg",
+]

@@ -1,0 +1,644 @@
+"""PostgreSQL: a primary and streaming replicas, one per zone, behind PgPool-II.
+
+Top to bottom: generated passwords; the rendered configuration (the same functions the local
+platform runs); backups; one single-member StatefulSet per PostgreSQL server, each pinned to
+its zone on the tainted database pool with its own SSD volume; then PgPool-II as a
+StatefulSet whose watchdog lets exactly one pgpool decide a failover; and the CronJob that
+creates the coming months' `orders` partitions.
+
+Roles are not fixed to pods: `postgres-start.sh` decides at every start whether a member is
+the primary, a new replica (pg_basebackup) or an old primary that must rejoin (pg_rewind).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components.backups import BackupsArgs, PostgresBackups
+from components.backups import TLS_DIR as BACKUP_TLS_DIR
+from components.conf import pgbackrest
+from components.conf.pgpool import PgpoolNode, PgpoolSettings, pgpool_command, pgpool_files, pgpool_secret_files
+from components.conf.postgres import PgMember, PgTopology, PgTuning, PgUsers, WalArchive
+from components.conf.scripts import POSTGRES_START_SH, postgres_env, postgres_files, postgres_secret_files
+from components.kube import (
+    ZONE_LABEL,
+    Labels,
+    container_security,
+    empty_dir,
+    meta,
+    mount,
+    placement,
+    pod_security,
+    resources,
+    zone_spread,
+)
+from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods
+from infra.config import PostgresConfig
+from stacks.services import DATA_ENDPOINTS, Dependency
+
+ENDPOINT = DATA_ENDPOINTS[Dependency.POSTGRES]  # the clients' view: PgPool-II
+NAMESPACE = ENDPOINT.namespace
+APP = "postgres"
+PGPOOL = ENDPOINT.app
+PORT = 5432
+EXPORTER_PORT = 9187
+APP_SECRET = "postgres-app"  # the application role's password, in every client namespace
+CREDENTIALS_SECRET = "postgres-credentials"
+PGPOOL_SECRET = "pgpool-credentials"
+PARTITIONS_APP = "partition-maintenance"
+
+CONF_DIR = "/etc/postgresql/conf"
+SECRETS_DIR = "/etc/postgresql/secrets"
+BACKREST_CONF_DIR = "/etc/pgbackrest/conf"
+DATA_MOUNT = "/var/lib/postgresql/data"
+USERS = PgUsers()
+
+
+@dataclass
+class PostgresArgs:
+    config: PostgresConfig
+    project: str
+    region: str
+    zones: tuple[str, ...]
+    pods_cidr: str
+    image: pulumi.Input[str]
+    pgpool_image: pulumi.Input[str]
+    service_image: pulumi.Input[str]
+    labels: Labels
+    gcp_labels: dict[str, str]
+    client_namespaces: tuple[str, ...]
+    deletion_protection: bool = True
+
+
+class PostgresCluster(pulumi.ComponentResource):
+    address: str  # host:port of PgPool-II, what the services connect to
+    app_secret: str
+    flows: list[Flow]
+    topology: PgTopology
+
+    def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("platform:data:PostgresCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cfg = args.config
+        labels = args.labels.k8s(APP, "data")
+        self.address = f"{ENDPOINT.host}:{ENDPOINT.port}"
+        self.app_secret = APP_SECRET
+
+        # Member i lives in zone i mod n: the primary and each replica in its own zone.
+        self.topology = PgTopology(
+            members=tuple(
+                PgMember(
+                    name=f"pg-{i}",
+                    host=f"pg-{i}-0.{APP}.{NAMESPACE}.svc.cluster.local",
+                    port=PORT,
+                    zone=args.zones[i % len(args.zones)],
+                )
+                for i in range(cfg.replicas + 1)
+            ),
+            data_dir=f"{DATA_MOUNT}/pgdata",
+            conf_dir=CONF_DIR,
+            synchronous_standbys=cfg.synchronous_standbys,
+        )
+        tuning = _tuning(cfg.memory)
+        pgpool = PgpoolSettings(
+            port=ENDPOINT.port,
+            num_init_children=cfg.pgpool.num_init_children,
+            max_pool=cfg.pgpool.max_pool,
+            watchdog_nodes=tuple(
+                PgpoolNode(host=f"{PGPOOL}-{i}.{PGPOOL}-peers.{NAMESPACE}.svc.cluster.local", port=ENDPOINT.port)
+                for i in range(cfg.pgpool.replicas)
+            )
+            if cfg.pgpool.replicas >= 3
+            else (),
+        )
+        self.flows = self._flows(pgpool)
+
+        # --- credentials ------------------------------------------------------------------------
+        passwords = {
+            role: random.RandomPassword(f"{name}-{role}-password", length=32, special=False, opts=child).result
+            for role in USERS.roles()
+        }
+        pcp_password = random.RandomPassword(f"{name}-pcp-password", length=32, special=False, opts=child).result
+        all_passwords = pulumi.Output.all(**passwords)
+        k8s.core.v1.Secret(
+            f"{name}-credentials",
+            metadata=meta(CREDENTIALS_SECRET, NAMESPACE, labels),
+            string_data={
+                "pgpass": all_passwords.apply(lambda p: postgres_secret_files(USERS, p)["pgpass"]),
+                "superuser-password": passwords[USERS.superuser],
+            },
+            opts=child,
+        )
+        for client_ns in dict.fromkeys((*args.client_namespaces, NAMESPACE)):
+            k8s.core.v1.Secret(
+                f"{name}-app-{client_ns}",
+                metadata=meta(APP_SECRET, client_ns, labels),
+                string_data={"password": passwords[USERS.app], "username": USERS.app},
+                opts=child,
+            )
+
+        # --- backups ----------------------------------------------------------------------------
+        backups = PostgresBackups(
+            f"{name}-backups",
+            BackupsArgs(
+                project=args.project,
+                region=args.region,
+                namespace=NAMESPACE,
+                members=self.topology.members,
+                data_dir=self.topology.data_dir,
+                image=args.image,
+                config=cfg.backups,
+                labels=args.labels,
+                gcp_labels=args.gcp_labels,
+                writer_accounts=(APP,),
+                deletion_protection=args.deletion_protection,
+            ),
+            child,
+        )
+
+        # --- the PostgreSQL servers -------------------------------------------------------------
+        backrest_conf = f"{BACKREST_CONF_DIR}/pgbackrest.conf"
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata=meta(f"{APP}-config", NAMESPACE, labels),
+            data={
+                **postgres_files(
+                    self.topology,
+                    USERS,
+                    client_cidrs=(args.pods_cidr, "127.0.0.1/32"),
+                    tuning=tuning,
+                    archive=WalArchive(
+                        archive_command=pgbackrest.archive_command(backrest_conf),
+                        restore_command=pgbackrest.restore_command(backrest_conf),
+                    ),
+                ),
+                "pgbackrest.conf": backups.server_config,
+            },
+            opts=child,
+        )
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-account",
+            metadata=meta(APP, NAMESPACE, labels, annotations={"iam.gke.io/gcp-service-account": backups.writer_email}),
+            automount_service_account_token=False,
+            opts=child,
+        )
+        headless = k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=meta(APP, NAMESPACE, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",
+                # Members find each other (and pgpool finds them) before they are ready.
+                publish_not_ready_addresses=True,
+                selector={"app": APP},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="postgres", port=PORT, target_port="postgres"),
+                    k8s.core.v1.ServicePortArgs(name="pgbackrest", port=pgbackrest.TLS_PORT, target_port="pgbackrest"),
+                ],
+            ),
+            opts=child,
+        )
+        k8s.storage.v1.StorageClass(
+            f"{name}-ssd",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres-ssd", labels=labels),
+            provisioner="pd.csi.storage.gke.io",
+            parameters={"type": "pd-ssd"},
+            # Bind where the pod is scheduled (its zone), keep the disk if the claim goes.
+            volume_binding_mode="WaitForFirstConsumer",
+            reclaim_policy="Retain",
+            allow_volume_expansion=True,
+            opts=child,
+        )
+        members = [
+            self._member(name, member, args, labels, config, account, headless, tuning)
+            for member in self.topology.members
+        ]
+
+        # --- PgPool-II --------------------------------------------------------------------------
+        self._pgpool(name, args, pgpool, tuning, all_passwords, pcp_password, members)
+        self._partition_job(name, args)
+        self.register_outputs({"address": self.address})
+
+    def _flows(self, pgpool: PgpoolSettings) -> list[Flow]:
+        me, pool = Pods(NAMESPACE, APP), Pods(NAMESPACE, PGPOOL)
+        backup, partitions = Pods(NAMESPACE, "pgbackrest"), Pods(NAMESPACE, PARTITIONS_APP)
+        flows = [
+            Flow(pool, me, (PORT,)),
+            Flow(me, me, (PORT,)),  # replication, pg_basebackup, pg_rewind, role discovery
+            Flow(backup, me, (pgbackrest.TLS_PORT,)),
+            Flow(me, PUBLIC_INTERNET, (443,)),  # WAL archive to Cloud Storage
+            Flow(backup, PUBLIC_INTERNET, (443,)),
+            Flow(partitions, pool, (ENDPOINT.port,)),
+            Flow(MONITORING, me, (EXPORTER_PORT,)),
+        ]
+        if pgpool.uses_watchdog:
+            node = pgpool.watchdog_nodes[0]
+            flows += [
+                Flow(pool, pool, (node.wd_port,)),
+                Flow(pool, pool, (node.heartbeat_port,), protocol="UDP"),
+            ]
+        return flows
+
+    def _member(
+        self,
+        name: str,
+        member: PgMember,
+        args: PostgresArgs,
+        labels: dict[str, str],
+        config: k8s.core.v1.ConfigMap,
+        account: k8s.core.v1.ServiceAccount,
+        headless: k8s.core.v1.Service,
+        tuning: PgTuning,
+    ) -> k8s.apps.v1.StatefulSet:
+        cfg = args.config
+        pod_labels = {**labels, "member": member.name}
+        env = postgres_env(self.topology, USERS, member, f"{SECRETS_DIR}/pgpass")
+        ready = k8s.core.v1.ExecActionArgs(
+            command=["pg_isready", "-q", "-h", self.topology.socket_dir, "-p", str(PORT)]
+        )
+        postgres = k8s.core.v1.ContainerArgs(
+            name="postgres",
+            image=args.image,
+            image_pull_policy="IfNotPresent",
+            command=["sh", f"{CONF_DIR}/{POSTGRES_START_SH}"],
+            env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())],
+            ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=PORT)],
+            resources=resources(cfg.cpu, cfg.memory, cfg.cpu, cfg.memory),
+            security_context=container_security(),
+            volume_mounts=[
+                mount("data", DATA_MOUNT),
+                mount("config", CONF_DIR, read_only=True),
+                mount("config", BACKREST_CONF_DIR, read_only=True),
+                mount("secrets", SECRETS_DIR, read_only=True),
+                mount("socket", self.topology.socket_dir),
+                mount("spool", "/var/spool/pgbackrest"),
+                mount("shm", "/dev/shm"),
+                mount("tmp", "/tmp"),
+            ],
+            # Cloning a large replica can take long: the startup probe allows it, then
+            # liveness (the server accepts TCP) and readiness (it accepts queries) take over.
+            startup_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=10, failure_threshold=360),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"), period_seconds=10, failure_threshold=6
+            ),
+            readiness_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=5, failure_threshold=2),
+        )
+        backrest = k8s.core.v1.ContainerArgs(
+            name="pgbackrest",
+            image=args.image,
+            image_pull_policy="IfNotPresent",
+            command=["pgbackrest", f"--config={BACKREST_CONF_DIR}/pgbackrest.conf", "server"],
+            ports=[k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)],
+            resources=resources("100m", "128Mi", "2", "1Gi"),
+            security_context=container_security(),
+            volume_mounts=[
+                mount("data", DATA_MOUNT),
+                mount("config", BACKREST_CONF_DIR, read_only=True),
+                mount("tls", BACKUP_TLS_DIR, read_only=True),
+                mount("socket", self.topology.socket_dir),
+                mount("spool", "/var/spool/pgbackrest"),
+                mount("tmp", "/tmp"),
+            ],
+            liveness_probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest")),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest"), period_seconds=10
+            ),
+        )
+        exporter = k8s.core.v1.ContainerArgs(
+            name="exporter",
+            image=args.image,
+            image_pull_policy="IfNotPresent",
+            command=["prometheus-postgres-exporter"],
+            env=[
+                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_URI", value=f"localhost:{PORT}/postgres?sslmode=disable"),
+                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_USER", value=USERS.superuser),
+                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_PASS_FILE", value=f"{SECRETS_DIR}/superuser-password"),
+            ],
+            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EXPORTER_PORT)],
+            resources=resources("50m", "64Mi", "250m", "128Mi"),
+            security_context=container_security(),
+            volume_mounts=[mount("secrets", SECRETS_DIR, read_only=True)],
+            liveness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics")),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics"), period_seconds=15
+            ),
+        )
+        pool = placement("databases")
+        return k8s.apps.v1.StatefulSet(
+            f"{name}-{member.name}",
+            metadata=meta(member.name, NAMESPACE, pod_labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                service_name=headless.metadata.name,
+                replicas=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP, "member": member.name}),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=account.metadata.name,
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=pod_security(),
+                        # Postgres gets time to checkpoint and stop cleanly.
+                        termination_grace_period_seconds=120,
+                        containers=[postgres, backrest, exporter],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="config",
+                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="secrets",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name=CREDENTIALS_SECRET, default_mode=0o440
+                                ),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="tls",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name="pgbackrest-tls-server", default_mode=0o440
+                                ),
+                            ),
+                            empty_dir("socket", "1Mi"),
+                            empty_dir("spool", "2Gi"),
+                            empty_dir("tmp", "1Gi"),
+                            empty_dir("shm", "1Gi", memory=True),
+                        ],
+                        node_selector=pool["node_selector"],
+                        tolerations=pool["tolerations"],
+                        # Pinned to its zone: the replica set survives the loss of any one zone.
+                        affinity=k8s.core.v1.AffinityArgs(
+                            node_affinity=k8s.core.v1.NodeAffinityArgs(
+                                required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
+                                    node_selector_terms=[
+                                        k8s.core.v1.NodeSelectorTermArgs(
+                                            match_expressions=[
+                                                k8s.core.v1.NodeSelectorRequirementArgs(
+                                                    key=ZONE_LABEL, operator="In", values=[member.zone]
+                                                )
+                                            ]
+                                        )
+                                    ]
+                                )
+                            ),
+                            # Two members never share a node, so a node loss costs one member.
+                            pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
+                                required_during_scheduling_ignored_during_execution=[
+                                    k8s.core.v1.PodAffinityTermArgs(
+                                        topology_key="kubernetes.io/hostname",
+                                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP}),
+                                    )
+                                ]
+                            ),
+                        ),
+                    ),
+                ),
+                volume_claim_templates=[
+                    k8s.core.v1.PersistentVolumeClaimArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=pod_labels),
+                        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                            access_modes=["ReadWriteOnce"],
+                            storage_class_name="postgres-ssd",
+                            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                                requests={"storage": f"{cfg.storage_gb}Gi"}
+                            ),
+                        ),
+                    )
+                ],
+                persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+                    when_deleted="Retain", when_scaled="Retain"
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
+        )
+
+    def _pgpool(
+        self,
+        name: str,
+        args: PostgresArgs,
+        settings: PgpoolSettings,
+        tuning: PgTuning,
+        passwords: pulumi.Output[dict[str, str]],
+        pcp_password: pulumi.Output[str],
+        members: list[k8s.apps.v1.StatefulSet],
+    ) -> None:
+        labels = args.labels.k8s(PGPOOL, "data")
+        files = pgpool_files(self.topology, USERS, settings, client_cidrs=(args.pods_cidr,), tuning=tuning)
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-pgpool-config",
+            metadata=meta(f"{PGPOOL}-config", NAMESPACE, labels),
+            data=files,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        k8s.core.v1.Secret(
+            f"{name}-pgpool-credentials",
+            metadata=meta(PGPOOL_SECRET, NAMESPACE, labels),
+            string_data=pulumi.Output.all(passwords, pcp_password).apply(
+                lambda v: pgpool_secret_files(USERS, settings, v[0], v[1])
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        for service_name, headless in ((PGPOOL, False), (f"{PGPOOL}-peers", True)):
+            k8s.core.v1.Service(
+                f"{name}-{service_name}",
+                metadata=meta(service_name, NAMESPACE, labels),
+                spec=k8s.core.v1.ServiceSpecArgs(
+                    cluster_ip="None" if headless else None,
+                    publish_not_ready_addresses=headless,  # watchdog peers meet before ready
+                    selector={"app": PGPOOL},
+                    ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=ENDPOINT.port, target_port="postgres")],
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        # The pod's conf dir is writable (pgpool_node_id differs per pod): copy the rendered
+        # files in, write this pod's watchdog id from its ordinal, then exec pgpool.
+        argv = " ".join(pgpool_command(settings))
+        start = (
+            f"cp /etc/pgpool2-rendered/* {settings.conf_dir}/ && "
+            f'echo "${{HOSTNAME##*-}}" > {settings.conf_dir}/pgpool_node_id && exec {argv}'
+        )
+        ready = k8s.core.v1.ExecActionArgs(
+            command=["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(ENDPOINT.port)]
+        )
+        pool = placement("databases")
+        k8s.apps.v1.StatefulSet(
+            f"{name}-pgpool",
+            metadata=meta(PGPOOL, NAMESPACE, labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                service_name=f"{PGPOOL}-peers",
+                replicas=settings.pgpool_count,
+                pod_management_policy="Parallel",
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL}),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=pod_security(),
+                        topology_spread_constraints=zone_spread(PGPOOL),
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name=PGPOOL,
+                                image=args.pgpool_image,
+                                image_pull_policy="IfNotPresent",
+                                command=["sh", "-c", start],
+                                ports=[
+                                    k8s.core.v1.ContainerPortArgs(name="postgres", container_port=ENDPOINT.port),
+                                    *(
+                                        [
+                                            k8s.core.v1.ContainerPortArgs(name="watchdog", container_port=settings.watchdog_nodes[0].wd_port),
+                                            k8s.core.v1.ContainerPortArgs(
+                                                name="heartbeat",
+                                                container_port=settings.watchdog_nodes[0].heartbeat_port,
+                                                protocol="UDP",
+                                            ),
+                                        ]
+                                        if settings.uses_watchdog
+                                        else []
+                                    ),
+                                ],
+                                resources=resources("500m", "512Mi", "2", "1Gi"),
+                                security_context=container_security(),
+                                volume_mounts=[
+                                    mount("rendered", "/etc/pgpool2-rendered", read_only=True),
+                                    mount("conf", settings.conf_dir),
+                                    mount("secrets", settings.secrets_dir, read_only=True),
+                                    mount("run", settings.run_dir),
+                                    mount("log", settings.log_dir),
+                                    mount("tmp", "/tmp"),
+                                ],
+                                liveness_probe=k8s.core.v1.ProbeArgs(
+                                    tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"),
+                                    period_seconds=10,
+                                    failure_threshold=3,
+                                ),
+                                readiness_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=5),
+                            )
+                        ],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="rendered",
+                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="secrets",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=PGPOOL_SECRET, default_mode=0o440),
+                            ),
+                            empty_dir("conf", "1Mi"),
+                            empty_dir("run", "1Mi"),
+                            empty_dir("log", "16Mi"),
+                            empty_dir("tmp", "64Mi"),
+                        ],
+                        node_selector=pool["node_selector"],
+                        tolerations=pool["tolerations"],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=members),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pgpool-pdb",
+            metadata=meta(PGPOOL, NAMESPACE, labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL})
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-monitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="PodMonitor",
+            metadata=meta(APP, NAMESPACE, args.labels.k8s(APP, "data")),
+            spec={
+                "selector": {"matchLabels": {"app": APP}},
+                "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _partition_job(self, name: str, args: PostgresArgs) -> None:
+        """Monthly `orders` partitions, created ahead of time through PgPool-II."""
+        labels = args.labels.k8s(PARTITIONS_APP, "data")
+        secret_dir = f"/var/run/secrets/shop/{APP_SECRET}"
+        env = {
+            "DATABASE_HOST": ENDPOINT.host,
+            "DATABASE_PORT": str(ENDPOINT.port),
+            "DATABASE_NAME": USERS.app_database,
+            "DATABASE_USER": USERS.app,
+            "DATABASE_PASSWORD_FILE": f"{secret_dir}/password",
+        }
+        k8s.batch.v1.CronJob(
+            f"{name}-partitions",
+            metadata=meta(PARTITIONS_APP, NAMESPACE, labels),
+            spec=k8s.batch.v1.CronJobSpecArgs(
+                schedule="17 3 * * *",  # daily: a missed run is caught up the next day
+                time_zone="Etc/UTC",
+                concurrency_policy="Forbid",
+                successful_jobs_history_limit=3,
+                failed_jobs_history_limit=5,
+                job_template=k8s.batch.v1.JobTemplateSpecArgs(
+                    spec=k8s.batch.v1.JobSpecArgs(
+                        backoff_limit=3,
+                        active_deadline_seconds=600,
+                        template=k8s.core.v1.PodTemplateSpecArgs(
+                            metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                            spec=k8s.core.v1.PodSpecArgs(
+                                restart_policy="Never",
+                                automount_service_account_token=False,
+                                enable_service_links=False,
+                                security_context=pod_security(),
+                                containers=[
+                                    k8s.core.v1.ContainerArgs(
+                                        name="partitions",
+                                        image=args.service_image,
+                                        image_pull_policy="IfNotPresent",
+                                        command=[
+                                            "python",
+                                            "-m",
+                                            "services.maintenance.partitions",
+                                            "--ahead",
+                                            str(args.config.partitions_ahead_months),
+                                        ],
+                                        env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
+                                        resources=resources("50m", "64Mi", "500m", "256Mi"),
+                                        security_context=container_security(),
+                                        volume_mounts=[
+                                            mount("credentials", secret_dir, read_only=True),
+                                            mount("tmp", "/tmp"),
+                                        ],
+                                    )
+                                ],
+                                volumes=[
+                                    k8s.core.v1.VolumeArgs(
+                                        name="credentials",
+                                        secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=APP_SECRET, default_mode=0o440),
+                                    ),
+                                    empty_dir("tmp"),
+                                ],
+                            ),
+                        ),
+                    )
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+
+def _tuning(memory: str) -> PgTuning:
+    """Size PostgreSQL's memory settings to the pod's memory (25 % shared buffers)."""
+    units = {"Gi": 1024, "Mi": 1, "G": 1000, "M": 1}
+    for suffix, factor in units.items():
+        if memory.endswith(suffix):
+            total_mb = int(float(memory[: -len(suffix)]) * factor)
+            break
+    else:
+        raise ValueError(f"memory {memory!r}: expected a quantity in Mi or Gi")
+    return dataclasses.replace(
+        PgTuning(),
+        shared_buffers=f"{total_mb // 4}MB",
+        effective_cache_size=f"{total_mb * 3 // 4}MB",
+        maintenance_work_mem=f"{min(1024, max(64, total_mb // 16))}MB",
+    )

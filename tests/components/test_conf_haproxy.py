@@ -1,0 +1,220 @@
+"""The gateway's haproxy.cfg for given routes; ``haproxy -c`` accepts it when HAProxy is here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components.conf.haproxy import (
+    DnsServers,
+    GatewayTimeouts,
+    RateLimit,
+    Route,
+    StaticServers,
+    haproxy_cfg,
+)
+
+
+def local_routes() -> list[Route]:
+    return [
+        Route("user", "users", StaticServers((("127.0.0.1", 19001),)), timeout_ms=3000),
+        Route(
+            "order",
+            "orders",
+            StaticServers((("127.0.0.1", 19002), ("127.0.0.1", 19003))),
+            auth=True,
+        ),
+        Route("user-me", "users/me", StaticServers((("127.0.0.1", 19004),)), auth=True),
+    ]
+
+
+def k8s_routes() -> list[Route]:
+    svc = "{}.shop.svc.cluster.local"
+    return [
+        Route("user", "users", DnsServers(svc.format("user"), 8080, slots=10)),
+        Route("product", "products", DnsServers(svc.format("product"), 8080, slots=20)),
+        Route("order", "orders", DnsServers(svc.format("order")), auth=True),
+        Route(
+            "payment", "payments", DnsServers(svc.format("payment")), auth=True, timeout_ms=15000
+        ),
+        Route("inventory", "inventory", DnsServers(svc.format("inventory"))),
+    ]
+
+
+def section(cfg: str, header: str) -> list[str]:
+    """Lines of one section (``frontend gateway``, ``backend be_user``...), stripped."""
+    out: list[str] = []
+    inside = False
+    for line in cfg.splitlines():
+        if line and not line.startswith(" "):
+            inside = line == header
+            continue
+        if inside and line.strip() and not line.strip().startswith("#"):
+            out.append(line.strip())
+    assert out, f"no section {header!r}"
+    return out
+
+
+def test_local_frontend_routes_limits_and_request_id() -> None:
+    cfg = haproxy_cfg(local_routes(), port=18080, metrics_port=18404, rate_limit=RateLimit(20, 10))
+    fe = section(cfg, "frontend gateway")
+    assert fe[0] == "bind 127.0.0.1:18080"
+    assert "monitor-uri /healthz" in fe
+    assert "option http-buffer-request" in fe
+    assert "acl route_user path /api/users" in fe
+    assert "acl route_user path_beg /api/users/" in fe
+    assert "acl route_user_me path_beg /api/users/me/" in fe
+    # Longest prefix first: /api/users/me must not fall into /api/users.
+    uses = [line for line in fe if line.startswith("use_backend")]
+    assert uses == [
+        "use_backend be_user-me if route_user_me",
+        "use_backend be_order if route_order",
+        "use_backend be_user if route_user",
+    ]
+    assert fe[-1] == "default_backend be_not_found"
+    assert "http-request track-sc0 src" in fe
+    assert "stick-table type ipv6 size 200000 expire 20s store http_req_rate(10s)" in fe
+    assert any("deny_status 429" in x and "sc_http_req_rate(0) gt 20" in x for x in fe)
+    assert any("Retry-After 10" in x for x in fe)
+    assert any("deny_status 413" in x and "req.body_size gt 1048576" in x for x in fe)
+    assert any("deny_status 411" in x and "transfer-encoding" in x for x in fe)
+    assert any(x.startswith("http-request set-var(txn.request_id) uuid()") for x in fe)
+    assert "http-request set-header X-Request-ID %[var(txn.request_id)]" in fe
+    assert any(x.startswith("http-after-response set-header X-Request-ID") for x in fe)
+
+
+def test_rules_run_in_order_request_id_first() -> None:
+    fe = section(haproxy_cfg(local_routes()), "frontend gateway")
+    rules = [x for x in fe if x.startswith("http-request")]
+    first = {
+        k: next(i for i, x in enumerate(rules) if k in x)
+        for k in (
+            "set-var(txn.request_id)",
+            "track-sc0",
+            "deny_status 429",
+            "deny_status 413",
+            "deny_status 401",
+        )
+    }
+    assert list(first.values()) == sorted(first.values())
+
+
+def test_auth_hook_only_for_auth_routes() -> None:
+    cfg = haproxy_cfg(local_routes())
+    fe = section(cfg, "frontend gateway")
+    deny = [x for x in fe if "deny_status 401" in x]
+    assert len(deny) == 1
+    assert deny[0].endswith("if route_user_me !has_bearer || route_order !has_bearer")
+    assert "JWT HOOK" in cfg
+    no_auth = haproxy_cfg([local_routes()[0]])
+    assert "has_bearer" not in no_auth and "401" not in no_auth
+
+
+def test_static_backend_has_health_checks_and_timeout() -> None:
+    cfg = haproxy_cfg(local_routes())
+    be = section(cfg, "backend be_order")
+    assert "timeout server 5000ms" in be
+    assert "option httpchk" in be
+    assert "http-check send meth GET uri /healthz" in be
+    assert "http-check expect status 200" in be
+    assert "server order-1 127.0.0.1:19002 check" in be
+    assert "server order-2 127.0.0.1:19003 check" in be
+    assert "timeout server 3000ms" in section(cfg, "backend be_user")
+    assert "resolvers" not in cfg
+
+
+def test_not_found_and_metrics() -> None:
+    cfg = haproxy_cfg(local_routes(), metrics_port=18404)
+    nf = section(cfg, "backend be_not_found")
+    assert nf[0].startswith("http-request return status 404 content-type application/json")
+    assert '"error":"not_found"' in nf[0]
+    metrics = section(cfg, "frontend metrics")
+    assert metrics[0] == "bind 127.0.0.1:18404"
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in metrics
+    assert "monitor-uri /healthz" in metrics
+
+
+def test_k8s_uses_server_template_with_resolvers() -> None:
+    cfg = haproxy_cfg(
+        k8s_routes(),
+        bind="0.0.0.0",
+        metrics_bind="0.0.0.0",
+        nbthread=2,
+        client_ip_header="X-Forwarded-For",
+    )
+    assert "parse-resolv-conf" in section(cfg, "resolvers dns")
+    be = section(cfg, "backend be_product")
+    assert (
+        "server-template product- 1-20 product.shop.svc.cluster.local:8080 check "
+        "resolvers dns resolve-prefer ipv4 init-addr none"
+    ) in be
+    assert "timeout server 15000ms" in section(cfg, "backend be_payment")
+    fe = section(cfg, "frontend gateway")
+    assert fe[0] == "bind 0.0.0.0:8080"
+    assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-1)" in fe
+    assert "nbthread 2" in section(cfg, "global")
+    gclb = haproxy_cfg(k8s_routes(), client_ip_header="X-Forwarded-For", client_ip_occurrence=-2)
+    assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-2)" in gclb
+
+
+def test_options_switch_features_off_and_timeouts_render() -> None:
+    cfg = haproxy_cfg(
+        local_routes(),
+        rate_limit=None,
+        allow_chunked_bodies=True,
+        timeouts=GatewayTimeouts(connect_ms=1500, client_ms=20_000),
+        max_body_bytes=4096,
+    )
+    assert "stick-table" not in cfg and "429" not in cfg
+    assert "deny_status 411" not in cfg
+    assert "req.body_size gt 4096" in cfg
+    d = section(cfg, "defaults")
+    assert "timeout connect 1500ms" in d and "timeout client 20000ms" in d
+    assert "retry-on conn-failure" in d
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: haproxy_cfg([]),
+        lambda: Route("User", "users", StaticServers((("127.0.0.1", 1),))),
+        lambda: Route("user", "/api/users", StaticServers((("127.0.0.1", 1),))),
+        lambda: StaticServers(()),
+        lambda: StaticServers((("127.0.0.1", 0),)),
+        lambda: DnsServers("bad name"),
+        lambda: haproxy_cfg([*local_routes(), local_routes()[0]]),
+        lambda: haproxy_cfg(local_routes(), port=8404, metrics_port=8404),
+        lambda: haproxy_cfg(local_routes(), client_ip_header="X-F: y"),
+        lambda: haproxy_cfg(local_routes(), client_ip_header="X-Real-IP", client_ip_occurrence=0),
+    ],
+)
+def test_invalid_inputs_are_rejected(make: object) -> None:
+    with pytest.raises(ValueError):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+@pytest.mark.parametrize("kind", ["local", "k8s"])
+def test_haproxy_accepts_the_config(kind: str, tmp_path: Path) -> None:
+    if kind == "local":
+        cfg = haproxy_cfg(local_routes(), stats_socket=str(tmp_path / "admin.sock"))
+    else:
+        cfg = haproxy_cfg(
+            k8s_routes(),
+            bind="0.0.0.0",
+            metrics_bind="0.0.0.0",
+            nbthread=2,
+            client_ip_header="X-Forwarded-For",
+            client_ip_occurrence=-2,
+        )
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(cfg)
+    proc = subprocess.run(
+        ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Warnings usually mean a directive is ignored: treat them as failures.
+    assert "WARNING" not in proc.stdout + proc.stderr
