@@ -79,13 +79,17 @@ class PostgresBackups(pulumi.ComponentResource):
             ),
             lifecycle_rules=[
                 storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="NEARLINE"),
+                    action=storage.BucketLifecycleRuleActionArgs(
+                        type="SetStorageClass", storage_class="NEARLINE"
+                    ),
                     condition=storage.BucketLifecycleRuleConditionArgs(
                         age=cfg.nearline_after_days, matches_storage_classes=["STANDARD"]
                     ),
                 ),
                 storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="ARCHIVE"),
+                    action=storage.BucketLifecycleRuleActionArgs(
+                        type="SetStorageClass", storage_class="ARCHIVE"
+                    ),
                     condition=storage.BucketLifecycleRuleConditionArgs(
                         age=cfg.archive_after_days, matches_storage_classes=["NEARLINE", "COLDLINE"]
                     ),
@@ -146,7 +150,9 @@ class PostgresBackups(pulumi.ComponentResource):
 
         repo = pgbackrest.Repository(kind="gcs", bucket=f"{args.project}-pg-backups")
         tls_paths = pgbackrest.Tls(
-            ca_file=f"{TLS_DIR}/ca.crt", cert_file=f"{TLS_DIR}/tls.crt", key_file=f"{TLS_DIR}/tls.key"
+            ca_file=f"{TLS_DIR}/ca.crt",
+            cert_file=f"{TLS_DIR}/tls.crt",
+            key_file=f"{TLS_DIR}/tls.key",
         )
         retention = pgbackrest.Retention(full_days=cfg.pitr_days)
         self.server_config = pgbackrest.server_conf(
@@ -155,7 +161,11 @@ class PostgresBackups(pulumi.ComponentResource):
         job_config = k8s.core.v1.ConfigMap(
             f"{name}-job-config",
             metadata=meta(f"{BACKUP_APP}-job", ns, labels),
-            data={"pgbackrest.conf": pgbackrest.backup_job_conf(args.members, args.data_dir, repo, tls_paths, retention)},
+            data={
+                "pgbackrest.conf": pgbackrest.backup_job_conf(
+                    args.members, args.data_dir, repo, tls_paths, retention
+                )
+            },
             opts=child,
         )
         for kind, schedule in (("full", cfg.full_schedule), ("incr", cfg.incremental_schedule)):
@@ -177,7 +187,9 @@ class PostgresBackups(pulumi.ComponentResource):
         )
 
         def signed(role: str, common_name: str, dns_names: list[str], uses: list[str]) -> tuple:
-            key = tls.PrivateKey(f"{name}-{role}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+            key = tls.PrivateKey(
+                f"{name}-{role}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child
+            )
             request = tls.CertRequest(
                 f"{name}-{role}-csr",
                 private_key_pem=key.private_key_pem,
@@ -201,12 +213,19 @@ class PostgresBackups(pulumi.ComponentResource):
             "server", "pgbackrest-server", [m.host for m in args.members], ["server_auth"]
         )
         client_key, client_cert = signed("client", "pgbackrest-client", [], ["client_auth"])
-        for role, key, cert in (("server", server_key, server_cert), ("client", client_key, client_cert)):
+        for role, key, cert in (
+            ("server", server_key, server_cert),
+            ("client", client_key, client_cert),
+        ):
             k8s.core.v1.Secret(
                 f"{name}-tls-{role}",
                 metadata=meta(f"{TLS_SECRET}-{role}", args.namespace, labels),
                 type="kubernetes.io/tls",
-                string_data={"ca.crt": ca.cert_pem, "tls.crt": cert.cert_pem, "tls.key": key.private_key_pem},
+                string_data={
+                    "ca.crt": ca.cert_pem,
+                    "tls.crt": cert.cert_pem,
+                    "tls.key": key.private_key_pem,
+                },
                 opts=child,
             )
 
@@ -251,7 +270,9 @@ class PostgresBackups(pulumi.ComponentResource):
                                         name="backup",
                                         image=args.image,
                                         image_pull_policy="IfNotPresent",
-                                        command=pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind),
+                                        command=pgbackrest.backup_command(
+                                            f"{CONFIG_DIR}/pgbackrest.conf", kind
+                                        ),
                                         resources=resources("500m", "512Mi", "2", "1Gi"),
                                         security_context=container_security(),
                                         volume_mounts=[
@@ -264,7 +285,9 @@ class PostgresBackups(pulumi.ComponentResource):
                                 volumes=[
                                     k8s.core.v1.VolumeArgs(
                                         name="config",
-                                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                            name=config.metadata.name
+                                        ),
                                     ),
                                     k8s.core.v1.VolumeArgs(
                                         name="tls",

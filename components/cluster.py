@@ -83,7 +83,9 @@ class GkeCluster(pulumi.ComponentResource):
             remove_default_node_pool=True,
             initial_node_count=1,
             deletion_protection=args.cluster.deletion_protection,
-            release_channel=container.ClusterReleaseChannelArgs(channel=args.cluster.release_channel),
+            release_channel=container.ClusterReleaseChannelArgs(
+                channel=args.cluster.release_channel
+            ),
             maintenance_policy=container.ClusterMaintenancePolicyArgs(
                 recurring_window=container.ClusterMaintenancePolicyRecurringWindowArgs(
                     start_time=args.cluster.maintenance_window.start,
@@ -146,7 +148,9 @@ class GkeCluster(pulumi.ComponentResource):
                 ),
             ),
             addons_config=container.ClusterAddonsConfigArgs(
-                http_load_balancing=container.ClusterAddonsConfigHttpLoadBalancingArgs(disabled=False),
+                http_load_balancing=container.ClusterAddonsConfigHttpLoadBalancingArgs(
+                    disabled=False
+                ),
                 horizontal_pod_autoscaling=container.ClusterAddonsConfigHorizontalPodAutoscalingArgs(
                     disabled=False
                 ),
@@ -220,7 +224,9 @@ class GkeCluster(pulumi.ComponentResource):
             if pool_name in TAINTED_POOLS
             else None
         )
-        confidential = pool.machine_type.startswith(CONFIDENTIAL_MACHINE_FAMILIES) and pool_name == "payments"
+        confidential = (
+            pool.machine_type.startswith(CONFIDENTIAL_MACHINE_FAMILIES) and pool_name == "payments"
+        )
         return container.NodePool(
             f"{cluster_name}-{pool_name}",
             name=pool_name,

@@ -17,7 +17,14 @@ import pulumi_docker_build as docker_build
 from pulumi_gcp import artifactregistry, organizations
 
 ImageTarget = Literal["service", "gateway", "postgres", "pgpool", "redis", "memcached"]
-IMAGE_TARGETS: tuple[ImageTarget, ...] = ("service", "gateway", "postgres", "pgpool", "redis", "memcached")
+IMAGE_TARGETS: tuple[ImageTarget, ...] = (
+    "service",
+    "gateway",
+    "postgres",
+    "pgpool",
+    "redis",
+    "memcached",
+)
 DOCKERFILE = "services/Dockerfile"
 
 
@@ -37,7 +44,11 @@ class PlatformImages(pulumi.ComponentResource):
     def __init__(self, name: str, args: ImagesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("platform:build:PlatformImages", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.refs = {t: pulumi.Output.from_input(args.prebuilt[t]) for t in IMAGE_TARGETS if t in args.prebuilt}
+        self.refs = {
+            t: pulumi.Output.from_input(args.prebuilt[t])
+            for t in IMAGE_TARGETS
+            if t in args.prebuilt
+        }
         to_build = [t for t in IMAGE_TARGETS if t not in args.prebuilt]
         if to_build:
             repository = artifactregistry.Repository(
@@ -45,7 +56,7 @@ class PlatformImages(pulumi.ComponentResource):
                 repository_id=name,
                 location=args.region,
                 format="DOCKER",
-                # Pods pin images by digest; the per-stack tag only helps humans find the latest build.
+                # Pods pin images by digest; the per-stack tag only helps humans find a build.
                 docker_config=artifactregistry.RepositoryDockerConfigArgs(immutable_tags=False),
                 labels=args.labels,
                 opts=child,
@@ -67,7 +78,9 @@ class PlatformImages(pulumi.ComponentResource):
                     registries=[registry],
                     tags=[
                         repository.repository_id.apply(
-                            lambda repo, t=target: f"{host}/{args.project}/{repo}/{t}:{pulumi.get_stack()}"
+                            lambda repo, t=target: (
+                                f"{host}/{args.project}/{repo}/{t}:{pulumi.get_stack()}"
+                            )
                         )
                     ],
                     opts=child,

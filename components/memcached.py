@@ -56,7 +56,9 @@ class Memcached(pulumi.ComponentResource):
                 cluster_ip="None",
                 publish_not_ready_addresses=False,
                 selector={"app": app},
-                ports=[k8s.core.v1.ServicePortArgs(name="memcache", port=port, target_port="memcache")],
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="memcache", port=port, target_port="memcache")
+                ],
             ),
             opts=child,
         )
@@ -91,7 +93,11 @@ class Memcached(pulumi.ComponentResource):
                                     THREADS,
                                     listen="0.0.0.0",
                                 ),
-                                ports=[k8s.core.v1.ContainerPortArgs(name="memcache", container_port=port)],
+                                ports=[
+                                    k8s.core.v1.ContainerPortArgs(
+                                        name="memcache", container_port=port
+                                    )
+                                ],
                                 resources=resources("500m", memory_limit, "2", memory_limit),
                                 security_context=container_security(),
                                 liveness_probe=probe,

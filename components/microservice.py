@@ -52,7 +52,9 @@ class Microservice(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     service: k8s.core.v1.Service
 
-    def __init__(self, name: str, args: MicroserviceArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: MicroserviceArgs, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("platform:apps:Microservice", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         svc = args.service
@@ -73,7 +75,9 @@ class Microservice(pulumi.ComponentResource):
             volumes.append(
                 k8s.core.v1.VolumeArgs(
                     name=f"secret-{secret}",
-                    secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret, default_mode=0o440),
+                    secret=k8s.core.v1.SecretVolumeSourceArgs(
+                        secret_name=secret, default_mode=0o440
+                    ),
                 )
             )
             mounts.append(mount(f"secret-{secret}", f"{SECRETS_DIR}/{secret}", read_only=True))
@@ -130,7 +134,9 @@ class Microservice(pulumi.ComponentResource):
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(
                         labels=labels,
-                        annotations={"shop.platform/config-hash": config_hash} if config_hash else None,
+                        annotations={"shop.platform/config-hash": config_hash}
+                        if config_hash
+                        else None,
                     ),
                     spec=k8s.core.v1.PodSpecArgs(
                         service_account_name=account.metadata.name,
@@ -160,7 +166,11 @@ class Microservice(pulumi.ComponentResource):
                         name="http", port=80 if public else svc.port, target_port="http"
                     ),
                     *(
-                        [k8s.core.v1.ServicePortArgs(name="metrics", port=svc.metrics_port, target_port="metrics")]
+                        [
+                            k8s.core.v1.ServicePortArgs(
+                                name="metrics", port=svc.metrics_port, target_port="metrics"
+                            )
+                        ]
                         if svc.metrics_port != svc.port
                         else []
                     ),
@@ -180,7 +190,9 @@ class Microservice(pulumi.ComponentResource):
                 spec=k8s.core.v1.ServiceSpecArgs(
                     cluster_ip="None",
                     selector=selector,
-                    ports=[k8s.core.v1.ServicePortArgs(name="http", port=svc.port, target_port="http")],
+                    ports=[
+                        k8s.core.v1.ServicePortArgs(name="http", port=svc.port, target_port="http")
+                    ],
                 ),
                 opts=child,
             )
@@ -224,8 +236,13 @@ class Microservice(pulumi.ComponentResource):
             metadata=meta(svc.name, ns, {**labels, **args.monitor_selector}),
             spec={
                 "selector": {"matchLabels": selector},
-                "endpoints": [{"port": "metrics" if svc.metrics_port != svc.port else "http",
-                               "path": "/metrics", "interval": "15s"}],
+                "endpoints": [
+                    {
+                        "port": "metrics" if svc.metrics_port != svc.port else "http",
+                        "path": "/metrics",
+                        "interval": "15s",
+                    }
+                ],
             },
             opts=child,
         )
@@ -254,9 +271,15 @@ def _probes(svc: Service) -> dict[str, k8s.core.v1.ProbeArgs]:
         )
 
     return {
-        "liveness_probe": probe(None if gateway else "/healthz", period_seconds=10, failure_threshold=3),
-        "readiness_probe": probe("/healthz" if gateway else "/readyz", period_seconds=5, failure_threshold=2),
-        "startup_probe": probe(None if gateway else "/healthz", period_seconds=2, failure_threshold=30),
+        "liveness_probe": probe(
+            None if gateway else "/healthz", period_seconds=10, failure_threshold=3
+        ),
+        "readiness_probe": probe(
+            "/healthz" if gateway else "/readyz", period_seconds=5, failure_threshold=2
+        ),
+        "startup_probe": probe(
+            None if gateway else "/healthz", period_seconds=2, failure_threshold=30
+        ),
     }
 
 
@@ -265,7 +288,9 @@ def _resource_metric(resource: str, percent: int) -> k8s.autoscaling.v2.MetricSp
         type="Resource",
         resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
             name=resource,
-            target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=percent),
+            target=k8s.autoscaling.v2.MetricTargetArgs(
+                type="Utilization", average_utilization=percent
+            ),
         ),
     )
 

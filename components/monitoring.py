@@ -73,7 +73,10 @@ class Monitoring(pulumi.ComponentResource):
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
             atomic=True,
             values={
-                "prometheus": {"url": "http://prometheus-kube-prometheus-prometheus.monitoring.svc", "port": 9090},
+                "prometheus": {
+                    "url": "http://prometheus-kube-prometheus-prometheus.monitoring.svc",
+                    "port": 9090,
+                },
                 "securityContext": _chart_security(),
                 "rules": {"default": False, **adapter_rules(SERVICE_TABLE)},
             },
@@ -94,7 +97,9 @@ class Monitoring(pulumi.ComponentResource):
         """The monitoring stack's own paths (scrapes of each workload are declared by it)."""
         return [
             Flow(MONITORING, MONITORING, ()),  # Grafana, Prometheus, Alertmanager, the adapter
-            Flow(MONITORING, Cidr(master_cidr), (443,)),  # the operator and the adapter watch the API
+            Flow(
+                MONITORING, Cidr(master_cidr), (443,)
+            ),  # the operator and the adapter watch the API
             Flow(Cidr(master_cidr), MONITORING, ()),  # admission webhooks, the metrics API
             Flow(MONITORING, Cidr(node_cidr), (10250,)),  # kubelet and cAdvisor metrics
             Flow(MONITORING, PUBLIC_INTERNET, (443,)),  # Alertmanager to PagerDuty and Slack
@@ -117,7 +122,9 @@ def alert_groups(alerts: tuple[Alert, ...]) -> list[dict[str, object]]:
     return [{"name": f"platform-{severity}", "rules": rules} for severity, rules in groups.items()]
 
 
-def alertmanager_config(pagerduty_routing_key: str, slack_webhook_url: str, slack_channel: str) -> str:
+def alertmanager_config(
+    pagerduty_routing_key: str, slack_webhook_url: str, slack_channel: str
+) -> str:
     """Critical pages 24/7, warnings go to chat in business hours, info stays on dashboards."""
     config = {
         "route": {
@@ -139,7 +146,10 @@ def alertmanager_config(pagerduty_routing_key: str, slack_webhook_url: str, slac
             {
                 "name": "business-hours",
                 "time_intervals": [
-                    {"weekdays": ["monday:friday"], "times": [{"start_time": "09:00", "end_time": "18:00"}]}
+                    {
+                        "weekdays": ["monday:friday"],
+                        "times": [{"start_time": "09:00", "end_time": "18:00"}],
+                    }
                 ],
             }
         ],
@@ -153,7 +163,12 @@ def alertmanager_config(pagerduty_routing_key: str, slack_webhook_url: str, slac
         ],
         "receivers": [
             {"name": "dashboard-only"},
-            {"name": "pager", "pagerduty_configs": [{"routing_key": pagerduty_routing_key, "send_resolved": True}]},
+            {
+                "name": "pager",
+                "pagerduty_configs": [
+                    {"routing_key": pagerduty_routing_key, "send_resolved": True}
+                ],
+            },
             {
                 "name": "chat",
                 "slack_configs": [
@@ -175,7 +190,9 @@ def adapter_rules(table: tuple[Service, ...]) -> dict[str, list[dict[str, object
             continue
         rule = {
             "seriesQuery": f'{metric.name}{{namespace!="",pod!=""}}',
-            "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+            "resources": {
+                "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+            },
             "name": {"matches": f"^{metric.name}$", "as": metric.name},
             "metricsQuery": "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
         }
@@ -190,8 +207,13 @@ def adapter_rules(table: tuple[Service, ...]) -> dict[str, list[dict[str, object
 
 
 def _chart_security() -> dict[str, object]:
-    return {"runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID, "fsGroup": APP_UID,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "fsGroup": APP_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _prometheus_values(retention_days: int) -> dict[str, object]:
@@ -204,8 +226,14 @@ def _prometheus_values(retention_days: int) -> dict[str, object]:
         # Node metrics come from GKE's system monitoring; node-exporter would need host access,
         # which the 'restricted' namespace refuses.
         "nodeExporter": {"enabled": False},
-        "prometheusOperator": {"securityContext": _chart_security(), "containerSecurityContext": container},
-        "kube-state-metrics": {"securityContext": _chart_security(), "containerSecurityContext": container},
+        "prometheusOperator": {
+            "securityContext": _chart_security(),
+            "containerSecurityContext": container,
+        },
+        "kube-state-metrics": {
+            "securityContext": _chart_security(),
+            "containerSecurityContext": container,
+        },
         "grafana": {
             "enabled": True,
             "securityContext": _chart_security(),
@@ -221,7 +249,10 @@ def _prometheus_values(retention_days: int) -> dict[str, object]:
                 "securityContext": _chart_security(),
                 "storageSpec": {
                     "volumeClaimTemplate": {
-                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}}
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "50Gi"}},
+                        }
                     }
                 },
             }

@@ -32,7 +32,9 @@ class Namespaces(pulumi.ComponentResource):
             for mode in ("enforce", "audit", "warn"):
                 labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
                 labels[f"pod-security.kubernetes.io/{mode}-version"] = PSS_VERSION
-            namespace = k8s.core.v1.Namespace(f"{name}-{ns}", metadata=meta(ns, None, labels), opts=child)
+            namespace = k8s.core.v1.Namespace(
+                f"{name}-{ns}", metadata=meta(ns, None, labels), opts=child
+            )
             self.resources[ns] = namespace
             k8s.core.v1.LimitRange(
                 f"{name}-{ns}-defaults",

@@ -91,7 +91,9 @@ class NetworkPoliciesArgs:
 
 
 class NetworkPolicies(pulumi.ComponentResource):
-    def __init__(self, name: str, args: NetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: NetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("platform:network:NetworkPolicies", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -132,7 +134,9 @@ class NetworkPolicies(pulumi.ComponentResource):
                 opts=child,
             )
 
-        for target, (ingress, egress) in sorted(_group(args.flows).items(), key=lambda kv: _key(kv[0])):
+        for target, (ingress, egress) in sorted(
+            _group(args.flows).items(), key=lambda kv: _key(kv[0])
+        ):
             ns = target.namespace if isinstance(target, Pods) else target.name
             app = target.app if isinstance(target, Pods) else "all-pods"
             k8s.networking.v1.NetworkPolicy(
@@ -142,7 +146,9 @@ class NetworkPolicies(pulumi.ComponentResource):
                     pod_selector=k8s.meta.v1.LabelSelectorArgs(
                         match_labels={"app": target.app} if isinstance(target, Pods) else None
                     ),
-                    policy_types=[t for t, rules in (("Ingress", ingress), ("Egress", egress)) if rules],
+                    policy_types=[
+                        t for t, rules in (("Ingress", ingress), ("Egress", egress)) if rules
+                    ],
                     ingress=[
                         k8s.networking.v1.NetworkPolicyIngressRuleArgs(
                             from_=[_peer(f.source, ns)], ports=_ports(f)
@@ -151,7 +157,9 @@ class NetworkPolicies(pulumi.ComponentResource):
                     ]
                     or None,
                     egress=[
-                        k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[_peer(f.dest, ns)], ports=_ports(f))
+                        k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                            to=[_peer(f.dest, ns)], ports=_ports(f)
+                        )
                         for f in egress
                     ]
                     or None,
@@ -179,13 +187,19 @@ def _key(peer: Pods | Namespace) -> tuple[str, str]:
 def _peer(peer: Peer, own_namespace: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
     if isinstance(peer, Cidr):
         return k8s.networking.v1.NetworkPolicyPeerArgs(
-            ip_block=k8s.networking.v1.IPBlockArgs(cidr=peer.cidr, except_=list(peer.excluding) or None)
+            ip_block=k8s.networking.v1.IPBlockArgs(
+                cidr=peer.cidr, except_=list(peer.excluding) or None
+            )
         )
     if isinstance(peer, Namespace):
-        return k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=_namespace_selector(peer.name))
+        return k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=_namespace_selector(peer.name)
+        )
     return k8s.networking.v1.NetworkPolicyPeerArgs(
         # Within its own namespace a pod selector alone is enough; across, name the namespace.
-        namespace_selector=None if peer.namespace == own_namespace else _namespace_selector(peer.namespace),
+        namespace_selector=None
+        if peer.namespace == own_namespace
+        else _namespace_selector(peer.namespace),
         pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": peer.app}),
     )
 
@@ -193,7 +207,9 @@ def _peer(peer: Peer, own_namespace: str) -> k8s.networking.v1.NetworkPolicyPeer
 def _ports(flow: Flow) -> list[k8s.networking.v1.NetworkPolicyPortArgs] | None:
     if not flow.ports:
         return None  # every port
-    return [k8s.networking.v1.NetworkPolicyPortArgs(protocol=flow.protocol, port=p) for p in flow.ports]
+    return [
+        k8s.networking.v1.NetworkPolicyPortArgs(protocol=flow.protocol, port=p) for p in flow.ports
+    ]
 
 
 def _namespace_selector(name: str) -> k8s.meta.v1.LabelSelectorArgs:

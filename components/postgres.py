@@ -19,12 +19,23 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.backups import BackupsArgs, PostgresBackups
 from components.backups import TLS_DIR as BACKUP_TLS_DIR
+from components.backups import BackupsArgs, PostgresBackups
 from components.conf import pgbackrest
-from components.conf.pgpool import PgpoolNode, PgpoolSettings, pgpool_command, pgpool_files, pgpool_secret_files
+from components.conf.pgpool import (
+    PgpoolNode,
+    PgpoolSettings,
+    pgpool_command,
+    pgpool_files,
+    pgpool_secret_files,
+)
 from components.conf.postgres import PgMember, PgTopology, PgTuning, PgUsers, WalArchive
-from components.conf.scripts import POSTGRES_START_SH, postgres_env, postgres_files, postgres_secret_files
+from components.conf.scripts import (
+    POSTGRES_START_SH,
+    postgres_env,
+    postgres_files,
+    postgres_secret_files,
+)
 from components.kube import (
     ZONE_LABEL,
     Labels,
@@ -110,7 +121,10 @@ class PostgresCluster(pulumi.ComponentResource):
             num_init_children=cfg.pgpool.num_init_children,
             max_pool=cfg.pgpool.max_pool,
             watchdog_nodes=tuple(
-                PgpoolNode(host=f"{PGPOOL}-{i}.{PGPOOL}-peers.{NAMESPACE}.svc.cluster.local", port=ENDPOINT.port)
+                PgpoolNode(
+                    host=f"{PGPOOL}-{i}.{PGPOOL}-peers.{NAMESPACE}.svc.cluster.local",
+                    port=ENDPOINT.port,
+                )
                 for i in range(cfg.pgpool.replicas)
             )
             if cfg.pgpool.replicas >= 3
@@ -120,10 +134,14 @@ class PostgresCluster(pulumi.ComponentResource):
 
         # --- credentials ------------------------------------------------------------------------
         passwords = {
-            role: random.RandomPassword(f"{name}-{role}-password", length=32, special=False, opts=child).result
+            role: random.RandomPassword(
+                f"{name}-{role}-password", length=32, special=False, opts=child
+            ).result
             for role in USERS.roles()
         }
-        pcp_password = random.RandomPassword(f"{name}-pcp-password", length=32, special=False, opts=child).result
+        pcp_password = random.RandomPassword(
+            f"{name}-pcp-password", length=32, special=False, opts=child
+        ).result
         all_passwords = pulumi.Output.all(**passwords)
         k8s.core.v1.Secret(
             f"{name}-credentials",
@@ -183,7 +201,12 @@ class PostgresCluster(pulumi.ComponentResource):
         )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-account",
-            metadata=meta(APP, NAMESPACE, labels, annotations={"iam.gke.io/gcp-service-account": backups.writer_email}),
+            metadata=meta(
+                APP,
+                NAMESPACE,
+                labels,
+                annotations={"iam.gke.io/gcp-service-account": backups.writer_email},
+            ),
             automount_service_account_token=False,
             opts=child,
         )
@@ -197,7 +220,9 @@ class PostgresCluster(pulumi.ComponentResource):
                 selector={"app": APP},
                 ports=[
                     k8s.core.v1.ServicePortArgs(name="postgres", port=PORT, target_port="postgres"),
-                    k8s.core.v1.ServicePortArgs(name="pgbackrest", port=pgbackrest.TLS_PORT, target_port="pgbackrest"),
+                    k8s.core.v1.ServicePortArgs(
+                        name="pgbackrest", port=pgbackrest.TLS_PORT, target_port="pgbackrest"
+                    ),
                 ],
             ),
             opts=child,
@@ -281,18 +306,26 @@ class PostgresCluster(pulumi.ComponentResource):
             ],
             # Cloning a large replica can take long: the startup probe allows it, then
             # liveness (the server accepts TCP) and readiness (it accepts queries) take over.
-            startup_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=10, failure_threshold=360),
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"), period_seconds=10, failure_threshold=6
+            startup_probe=k8s.core.v1.ProbeArgs(
+                exec_=ready, period_seconds=10, failure_threshold=360
             ),
-            readiness_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=5, failure_threshold=2),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"),
+                period_seconds=10,
+                failure_threshold=6,
+            ),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                exec_=ready, period_seconds=5, failure_threshold=2
+            ),
         )
         backrest = k8s.core.v1.ContainerArgs(
             name="pgbackrest",
             image=args.image,
             image_pull_policy="IfNotPresent",
             command=["pgbackrest", f"--config={BACKREST_CONF_DIR}/pgbackrest.conf", "server"],
-            ports=[k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)],
+            ports=[
+                k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)
+            ],
             resources=resources("100m", "128Mi", "2", "1Gi"),
             security_context=container_security(),
             volume_mounts=[
@@ -303,7 +336,9 @@ class PostgresCluster(pulumi.ComponentResource):
                 mount("spool", "/var/spool/pgbackrest"),
                 mount("tmp", "/tmp"),
             ],
-            liveness_probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest")),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest")
+            ),
             readiness_probe=k8s.core.v1.ProbeArgs(
                 tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest"), period_seconds=10
             ),
@@ -314,15 +349,21 @@ class PostgresCluster(pulumi.ComponentResource):
             image_pull_policy="IfNotPresent",
             command=["prometheus-postgres-exporter"],
             env=[
-                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_URI", value=f"localhost:{PORT}/postgres?sslmode=disable"),
+                k8s.core.v1.EnvVarArgs(
+                    name="DATA_SOURCE_URI", value=f"localhost:{PORT}/postgres?sslmode=disable"
+                ),
                 k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_USER", value=USERS.superuser),
-                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_PASS_FILE", value=f"{SECRETS_DIR}/superuser-password"),
+                k8s.core.v1.EnvVarArgs(
+                    name="DATA_SOURCE_PASS_FILE", value=f"{SECRETS_DIR}/superuser-password"
+                ),
             ],
             ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EXPORTER_PORT)],
             resources=resources("50m", "64Mi", "250m", "128Mi"),
             security_context=container_security(),
             volume_mounts=[mount("secrets", SECRETS_DIR, read_only=True)],
-            liveness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics")),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics")
+            ),
             readiness_probe=k8s.core.v1.ProbeArgs(
                 http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics"), period_seconds=15
             ),
@@ -334,7 +375,9 @@ class PostgresCluster(pulumi.ComponentResource):
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 service_name=headless.metadata.name,
                 replicas=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP, "member": member.name}),
+                selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={"app": APP, "member": member.name}
+                ),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels),
                     spec=k8s.core.v1.PodSpecArgs(
@@ -348,7 +391,9 @@ class PostgresCluster(pulumi.ComponentResource):
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="config",
-                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                    name=config.metadata.name
+                                ),
                             ),
                             k8s.core.v1.VolumeArgs(
                                 name="secrets",
@@ -377,7 +422,9 @@ class PostgresCluster(pulumi.ComponentResource):
                                         k8s.core.v1.NodeSelectorTermArgs(
                                             match_expressions=[
                                                 k8s.core.v1.NodeSelectorRequirementArgs(
-                                                    key=ZONE_LABEL, operator="In", values=[member.zone]
+                                                    key=ZONE_LABEL,
+                                                    operator="In",
+                                                    values=[member.zone],
                                                 )
                                             ]
                                         )
@@ -389,7 +436,9 @@ class PostgresCluster(pulumi.ComponentResource):
                                 required_during_scheduling_ignored_during_execution=[
                                     k8s.core.v1.PodAffinityTermArgs(
                                         topology_key="kubernetes.io/hostname",
-                                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP}),
+                                        label_selector=k8s.meta.v1.LabelSelectorArgs(
+                                            match_labels={"app": APP}
+                                        ),
                                     )
                                 ]
                             ),
@@ -426,7 +475,9 @@ class PostgresCluster(pulumi.ComponentResource):
         members: list[k8s.apps.v1.StatefulSet],
     ) -> None:
         labels = args.labels.k8s(PGPOOL, "data")
-        files = pgpool_files(self.topology, USERS, settings, client_cidrs=(args.pods_cidr,), tuning=tuning)
+        files = pgpool_files(
+            self.topology, USERS, settings, client_cidrs=(args.pods_cidr,), tuning=tuning
+        )
         config = k8s.core.v1.ConfigMap(
             f"{name}-pgpool-config",
             metadata=meta(f"{PGPOOL}-config", NAMESPACE, labels),
@@ -449,7 +500,11 @@ class PostgresCluster(pulumi.ComponentResource):
                     cluster_ip="None" if headless else None,
                     publish_not_ready_addresses=headless,  # watchdog peers meet before ready
                     selector={"app": PGPOOL},
-                    ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=ENDPOINT.port, target_port="postgres")],
+                    ports=[
+                        k8s.core.v1.ServicePortArgs(
+                            name="postgres", port=ENDPOINT.port, target_port="postgres"
+                        )
+                    ],
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -486,13 +541,20 @@ class PostgresCluster(pulumi.ComponentResource):
                                 image_pull_policy="IfNotPresent",
                                 command=["sh", "-c", start],
                                 ports=[
-                                    k8s.core.v1.ContainerPortArgs(name="postgres", container_port=ENDPOINT.port),
+                                    k8s.core.v1.ContainerPortArgs(
+                                        name="postgres", container_port=ENDPOINT.port
+                                    ),
                                     *(
                                         [
-                                            k8s.core.v1.ContainerPortArgs(name="watchdog", container_port=settings.watchdog_nodes[0].wd_port),
+                                            k8s.core.v1.ContainerPortArgs(
+                                                name="watchdog",
+                                                container_port=settings.watchdog_nodes[0].wd_port,
+                                            ),
                                             k8s.core.v1.ContainerPortArgs(
                                                 name="heartbeat",
-                                                container_port=settings.watchdog_nodes[0].heartbeat_port,
+                                                container_port=settings.watchdog_nodes[
+                                                    0
+                                                ].heartbeat_port,
                                                 protocol="UDP",
                                             ),
                                         ]
@@ -515,17 +577,23 @@ class PostgresCluster(pulumi.ComponentResource):
                                     period_seconds=10,
                                     failure_threshold=3,
                                 ),
-                                readiness_probe=k8s.core.v1.ProbeArgs(exec_=ready, period_seconds=5),
+                                readiness_probe=k8s.core.v1.ProbeArgs(
+                                    exec_=ready, period_seconds=5
+                                ),
                             )
                         ],
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="rendered",
-                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                    name=config.metadata.name
+                                ),
                             ),
                             k8s.core.v1.VolumeArgs(
                                 name="secrets",
-                                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=PGPOOL_SECRET, default_mode=0o440),
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name=PGPOOL_SECRET, default_mode=0o440
+                                ),
                             ),
                             empty_dir("conf", "1Mi"),
                             empty_dir("run", "1Mi"),
@@ -543,7 +611,8 @@ class PostgresCluster(pulumi.ComponentResource):
             f"{name}-pgpool-pdb",
             metadata=meta(PGPOOL, NAMESPACE, labels),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL})
+                max_unavailable=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL}),
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
@@ -602,7 +671,10 @@ class PostgresCluster(pulumi.ComponentResource):
                                             "--ahead",
                                             str(args.config.partitions_ahead_months),
                                         ],
-                                        env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
+                                        env=[
+                                            k8s.core.v1.EnvVarArgs(name=k, value=v)
+                                            for k, v in env.items()
+                                        ],
                                         resources=resources("50m", "64Mi", "500m", "256Mi"),
                                         security_context=container_security(),
                                         volume_mounts=[
@@ -614,7 +686,9 @@ class PostgresCluster(pulumi.ComponentResource):
                                 volumes=[
                                     k8s.core.v1.VolumeArgs(
                                         name="credentials",
-                                        secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=APP_SECRET, default_mode=0o440),
+                                        secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                            secret_name=APP_SECRET, default_mode=0o440
+                                        ),
                                     ),
                                     empty_dir("tmp"),
                                 ],

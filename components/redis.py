@@ -14,7 +14,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.conf.redis import RedisClusterSpec, RedisNode, cluster_bootstrap_sh, redis_auth_conf, redis_conf
+from components.conf.redis import (
+    RedisClusterSpec,
+    RedisNode,
+    cluster_bootstrap_sh,
+    redis_auth_conf,
+    redis_conf,
+)
 from components.kube import (
     Labels,
     container_security,
@@ -60,7 +66,8 @@ class RedisCluster(pulumi.ComponentResource):
         count = args.config.masters * (args.config.replicas_per_master + 1)
         spec = RedisClusterSpec(
             nodes=tuple(
-                RedisNode(name=f"{app}-{i}", host=f"{app}-{i}.{ENDPOINT.host}", port=port) for i in range(count)
+                RedisNode(name=f"{app}-{i}", host=f"{app}-{i}.{ENDPOINT.host}", port=port)
+                for i in range(count)
             ),
             replicas_per_master=args.config.replicas_per_master,
             maxmemory_mb=args.config.maxmemory_mb,
@@ -81,10 +88,15 @@ class RedisCluster(pulumi.ComponentResource):
             "password": password.result,
             "auth.conf": password.result.apply(redis_auth_conf),
             # redis_exporter's password file: address -> password.
-            "exporter.json": password.result.apply(lambda p: json.dumps({f"redis://localhost:{port}": p})),
+            "exporter.json": password.result.apply(
+                lambda p: json.dumps({f"redis://localhost:{port}": p})
+            ),
         }
         k8s.core.v1.Secret(
-            f"{name}-auth", metadata=meta(AUTH_SECRET, ns, labels), string_data=secret_data, opts=child
+            f"{name}-auth",
+            metadata=meta(AUTH_SECRET, ns, labels),
+            string_data=secret_data,
+            opts=child,
         )
         for client_ns in args.client_namespaces:
             k8s.core.v1.Secret(
@@ -100,7 +112,11 @@ class RedisCluster(pulumi.ComponentResource):
             data={
                 **{
                     f"{node.name}.conf": redis_conf(
-                        node, spec, DATA_DIR, bind=("0.0.0.0",), auth_include=f"{AUTH_DIR}/auth.conf"
+                        node,
+                        spec,
+                        DATA_DIR,
+                        bind=("0.0.0.0",),
+                        auth_include=f"{AUTH_DIR}/auth.conf",
                     )
                     for node in spec.nodes
                 },
@@ -128,17 +144,25 @@ class RedisCluster(pulumi.ComponentResource):
 
         volumes = [
             k8s.core.v1.VolumeArgs(
-                name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name)
+                name="config",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
             ),
             k8s.core.v1.VolumeArgs(
                 name="auth",
-                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=AUTH_SECRET, default_mode=0o440),
+                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                    secret_name=AUTH_SECRET, default_mode=0o440
+                ),
             ),
             empty_dir("tmp"),
         ]
         memory = f"{int(args.config.maxmemory_mb * 1.2) + 256}Mi"  # maxmemory + replication buffers
         ping = k8s.core.v1.ExecActionArgs(
-            command=["sh", "-c", f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" redis-cli -p {port} ping | grep -q PONG']
+            command=[
+                "sh",
+                "-c",
+                f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" '
+                f"redis-cli -p {port} ping | grep -q PONG",
+            ]
         )
         redis_container = k8s.core.v1.ContainerArgs(
             name="redis",
@@ -156,7 +180,9 @@ class RedisCluster(pulumi.ComponentResource):
             ],
             ports=[
                 k8s.core.v1.ContainerPortArgs(name="redis", container_port=port),
-                k8s.core.v1.ContainerPortArgs(name="bus", container_port=spec.nodes[0].cluster_bus_port),
+                k8s.core.v1.ContainerPortArgs(
+                    name="bus", container_port=spec.nodes[0].cluster_bus_port
+                ),
             ],
             resources=resources("500m", memory, "2", memory),
             security_context=container_security(),
@@ -167,7 +193,9 @@ class RedisCluster(pulumi.ComponentResource):
                 mount("tmp", "/tmp"),
             ],
             liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="redis"), period_seconds=10, failure_threshold=3
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="redis"),
+                period_seconds=10,
+                failure_threshold=3,
             ),
             readiness_probe=k8s.core.v1.ProbeArgs(exec_=ping, period_seconds=5, timeout_seconds=2),
         )
@@ -271,7 +299,8 @@ class RedisCluster(pulumi.ComponentResource):
                                 command=[
                                     "sh",
                                     "-c",
-                                    f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" exec sh {CONFIG_DIR}/bootstrap.sh',
+                                    f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" '
+                                    f"exec sh {CONFIG_DIR}/bootstrap.sh",
                                 ],
                                 resources=resources("50m", "64Mi", "200m", "128Mi"),
                                 security_context=container_security(),

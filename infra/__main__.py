@@ -10,6 +10,6 @@ from pathlib import Path
 # Pulumi runs this file by path; make the repository's packages importable however it is run.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.program import main  # noqa: E402
+from infra.program import main
 
 main()

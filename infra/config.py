@@ -88,7 +88,9 @@ class NetworkConfig(_Model):
     @model_validator(mode="after")
     def _ranges(self) -> NetworkConfig:
         if ipaddress.ip_network(self.master_cidr).prefixlen != 28:
-            raise KeyProblem("masterCidr", f"expected a /28 (GKE's requirement), got {self.master_cidr}")
+            raise KeyProblem(
+                "masterCidr", f"expected a /28 (GKE's requirement), got {self.master_cidr}"
+            )
         ranges = {
             "subnetCidr": self.subnet_cidr,
             "podsCidr": self.pods_cidr,
@@ -99,7 +101,11 @@ class NetworkConfig(_Model):
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 if ipaddress.ip_network(ranges[a]).overlaps(ipaddress.ip_network(ranges[b])):
-                    raise KeyProblem(b, f"expected a range that does not overlap {a} ({ranges[a]}), got {ranges[b]}")
+                    raise KeyProblem(
+                        b,
+                        f"expected a range that does not overlap {a} ({ranges[a]}), "
+                        f"got {ranges[b]}",
+                    )
         return self
 
 
@@ -133,9 +139,13 @@ class NodePoolConfig(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> NodePoolConfig:
         if self.min_nodes > self.max_nodes:
-            raise KeyProblem("minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}")
+            raise KeyProblem(
+                "minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}"
+            )
         if self.max_surge == 0 and self.max_unavailable == 0:
-            raise KeyProblem("maxSurge", "expected maxSurge or maxUnavailable > 0, or upgrades cannot progress")
+            raise KeyProblem(
+                "maxSurge", "expected maxSurge or maxUnavailable > 0, or upgrades cannot progress"
+            )
         return self
 
 
@@ -190,7 +200,8 @@ class BackupConfig(_Model):
         if self.archive_after_days <= self.nearline_after_days:
             raise KeyProblem(
                 "archiveAfterDays",
-                f"expected > nearlineAfterDays ({self.nearline_after_days}), got {self.archive_after_days}",
+                f"expected > nearlineAfterDays ({self.nearline_after_days}), "
+                f"got {self.archive_after_days}",
             )
         return self
 
@@ -262,7 +273,9 @@ class ImagesConfig(_Model):
     @classmethod
     def _pinned(cls, value: str | None) -> str | None:
         if value is not None and not re.search(r"@sha256:[0-9a-f]{64}$", value):
-            raise ValueError(f"expected an image pinned by digest (repo@sha256:<64 hex>), got {value!r}")
+            raise ValueError(
+                f"expected an image pinned by digest (repo@sha256:<64 hex>), got {value!r}"
+            )
         return value
 
     def prebuilt(self) -> dict[str, str]:
@@ -296,26 +309,36 @@ class StackConfig(_Model):
     def _whole_stack(self) -> StackConfig:
         for i, zone in enumerate(self.zones):
             if not zone.startswith(f"{self.region}-"):
-                raise KeyProblem(f"zones[{i}]", f"expected a zone of region {self.region} ({self.region}-a, ...), got {zone}")
+                raise KeyProblem(
+                    f"zones[{i}]",
+                    f"expected a zone of region {self.region} ({self.region}-a, ...), got {zone}",
+                )
         if len(set(self.zones)) != len(self.zones):
             raise KeyProblem("zones", f"expected distinct zones, got {list(self.zones)}")
         if self.environment == "prod" and len(self.zones) < 3:
-            raise KeyProblem("zones", f"expected 3 zones in prod (a regional cluster), got {len(self.zones)}")
+            raise KeyProblem(
+                "zones", f"expected 3 zones in prod (a regional cluster), got {len(self.zones)}"
+            )
         if self.environment == "prod":
             for i, net in enumerate(self.network.master_authorized_networks):
                 if ipaddress.ip_network(net.cidr).prefixlen == 0:
                     raise KeyProblem(
                         f"network.masterAuthorizedNetworks[{i}].cidr",
-                        "expected a specific range in prod (the control plane is never open to 0.0.0.0/0)",
+                        "expected a specific range in prod "
+                        "(the control plane is never open to 0.0.0.0/0)",
                     )
         for name, override in self.services.items():
             if name not in SERVICES:
-                raise KeyProblem(f"services.{name}", f"unknown service; expected one of {', '.join(SERVICES)}")
+                raise KeyProblem(
+                    f"services.{name}", f"unknown service; expected one of {', '.join(SERVICES)}"
+                )
             spec = SERVICES[name].scaling
             low = override.min_replicas or spec.min_replicas
             high = override.max_replicas or spec.max_replicas
             if low > high:
-                raise KeyProblem(f"services.{name}.minReplicas", f"expected <= maxReplicas ({high}), got {low}")
+                raise KeyProblem(
+                    f"services.{name}.minReplicas", f"expected <= maxReplicas ({high}), got {low}"
+                )
         self._check_node_envelope()
         return self
 
@@ -323,21 +346,38 @@ class StackConfig(_Model):
         floor = sum(pool.min_nodes for _, pool in self.node_pools.items())
         ceiling = sum(pool.max_nodes for _, pool in self.node_pools.items())
         if floor < self.cluster.min_nodes:
-            raise KeyProblem("nodePools", f"expected pool minimums summing to >= cluster.minNodes ({self.cluster.min_nodes}), got {floor}")
+            raise KeyProblem(
+                "nodePools",
+                f"expected pool minimums summing to >= cluster.minNodes "
+                f"({self.cluster.min_nodes}), got {floor}",
+            )
         if ceiling > self.cluster.max_nodes:
-            raise KeyProblem("nodePools", f"expected pool maximums summing to <= cluster.maxNodes ({self.cluster.max_nodes}), got {ceiling}")
+            raise KeyProblem(
+                "nodePools",
+                f"expected pool maximums summing to <= cluster.maxNodes "
+                f"({self.cluster.max_nodes}), got {ceiling}",
+            )
         if self.environment == "prod" and floor < 2 * len(self.zones):
-            raise KeyProblem("nodePools", f"expected at least 2 nodes per zone in prod ({2 * len(self.zones)}), got {floor}")
+            raise KeyProblem(
+                "nodePools",
+                f"expected at least 2 nodes per zone in prod ({2 * len(self.zones)}), got {floor}",
+            )
         for name, pool in self.node_pools.items():
             # Zone-pinned data needs a node in every zone.
             if name in ("databases", "caches") and pool.min_nodes < len(self.zones):
-                raise KeyProblem(f"nodePools.{name}.minNodes", f"expected >= {len(self.zones)} (one per zone), got {pool.min_nodes}")
+                raise KeyProblem(
+                    f"nodePools.{name}.minNodes",
+                    f"expected >= {len(self.zones)} (one per zone), got {pool.min_nodes}",
+                )
 
     def replicas_for(self, service: str) -> tuple[int, int]:
         """The HPA bounds of a service in this stack: the table's, narrowed by the stack file."""
         spec = SERVICES[service].scaling
         override = self.services.get(service, ServiceOverride())
-        return (override.min_replicas or spec.min_replicas, override.max_replicas or spec.max_replicas)
+        return (
+            override.min_replicas or spec.min_replicas,
+            override.max_replicas or spec.max_replicas,
+        )
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -394,7 +434,9 @@ def from_pulumi() -> tuple[StackConfig, dict[str, Any]]:
     for key in ("project", "region"):
         if (value := gcp.get(key)) is not None:
             raw[f"gcp:{key}"] = value
-    present = {key for key in SECRET_KEYS if pulumi.runtime.get_config(f"{PROJECT}:{key}") is not None}
+    present = {
+        key for key in SECRET_KEYS if pulumi.runtime.get_config(f"{PROJECT}:{key}") is not None
+    }
     config = load_stack_config(raw, pulumi.get_stack(), secrets_present=present)
     secrets = {key: project.require_secret(key) for key in SECRET_KEYS}
     return config, secrets
@@ -451,7 +493,9 @@ def _ipv4_network(value: str) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.ip_network(value, strict=True)
     except ValueError as err:
-        raise ValueError(f"expected an IPv4 CIDR such as 10.0.0.0/20, got {value!r} ({err})") from None
+        raise ValueError(
+            f"expected an IPv4 CIDR such as 10.0.0.0/20, got {value!r} ({err})"
+        ) from None
     if not isinstance(network, ipaddress.IPv4Network):
         raise ValueError(f"expected an IPv4 CIDR, got {value!r}")
     return network

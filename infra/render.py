@@ -78,7 +78,9 @@ def _fake_digest(seed: str) -> str:
     return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
 
 
-def _computed_outputs(type_: str, name: str, inputs: dict[str, Any], project: str) -> dict[str, Any]:
+def _computed_outputs(
+    type_: str, name: str, inputs: dict[str, Any], project: str
+) -> dict[str, Any]:
     """What the provider would compute, for the values the program reads back."""
     outputs = dict(inputs)
     outputs.setdefault("name", name)
@@ -97,7 +99,10 @@ def _computed_outputs(type_: str, name: str, inputs: dict[str, Any], project: st
         outputs["ref"] = f"{tag.rsplit(':', 1)[0]}@{outputs['digest']}"
     elif type_.startswith("tls:"):
         outputs.update(privateKeyPem=PLACEHOLDER, certPem=PLACEHOLDER, publicKeyPem=PLACEHOLDER)
-    elif type_ == "kubernetes:core/v1:Service" and (inputs.get("spec") or {}).get("type") == "LoadBalancer":
+    elif (
+        type_ == "kubernetes:core/v1:Service"
+        and (inputs.get("spec") or {}).get("type") == "LoadBalancer"
+    ):
         outputs["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.80"}]}}
     return outputs
 
@@ -113,7 +118,9 @@ def render(stack: str) -> Render:
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     if not stack_file.exists():
         known = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
-        raise SystemExit(f"no stack {stack!r}: expected one of {', '.join(known)} ({stack_file} is missing)")
+        raise SystemExit(
+            f"no stack {stack!r}: expected one of {', '.join(known)} ({stack_file} is missing)"
+        )
     raw = (yaml.safe_load(stack_file.read_text()) or {}).get("config", {})
     config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
     # Secrets are encrypted per stack and never needed to see the shape of a deployment.
@@ -166,7 +173,11 @@ def write(result: Render, out: Path) -> None:
 
 
 def summary(result: Render) -> str:
-    lines = [f"stack {result.stack}: {len(result.resources)} resources, rendered in {result.seconds:.2f} s", ""]
+    lines = [
+        f"stack {result.stack}: {len(result.resources)} resources, "
+        f"rendered in {result.seconds:.2f} s",
+        "",
+    ]
     lines.append(f"{'resource type':<56} count")
     for type_, count in sorted(Counter(r.type for r in result.resources).items()):
         lines.append(f"{type_:<56} {count:>5}")
@@ -176,7 +187,9 @@ def summary(result: Render) -> str:
         scaling = pool.inputs.get("autoscaling", {})
         taint = ",".join(t["value"] for t in node.get("taints") or []) or "-"
         bounds = f"{scaling.get('totalMinNodeCount')}..{scaling.get('totalMaxNodeCount')}"
-        lines.append(f"{pool.inputs['name']:<12} {node.get('machineType', ''):<16} {bounds:>7}  {taint}")
+        lines.append(
+            f"{pool.inputs['name']:<12} {node.get('machineType', ''):<16} {bounds:>7}  {taint}"
+        )
     lines += ["", f"{'service':<12} {'namespace':<10} {'replicas':>9}  metrics"]
     for hpa in result.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
         spec, metadata = hpa.inputs["spec"], hpa.inputs["metadata"]
@@ -191,8 +204,12 @@ def summary(result: Render) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True, help="dev, staging or prod (a Pulumi.<stack>.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.render", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--stack", required=True, help="dev, staging or prod (a Pulumi.<stack>.yaml)"
+    )
     parser.add_argument("--out", type=Path, help="where to write (default build/render/<stack>)")
     args = parser.parse_args(argv)
 
@@ -206,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "build" / "render" / args.stack
     write(result, out)
     print(summary(result))
-    print(f"\nwrote {out / 'resources.json'} and {len(result.kubernetes_objects())} manifests to {out / 'manifests'}")
+    print(
+        f"\nwrote {out / 'resources.json'} and {len(result.kubernetes_objects())} "
+        f"manifests to {out / 'manifests'}"
+    )
     return 0
 
 

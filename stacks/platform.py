@@ -110,7 +110,9 @@ class Platform:
         )
         self.memcached = Memcached(
             "memcached",
-            MemcachedArgs(config=config.memcached, image=self.images.refs["memcached"], labels=labels),
+            MemcachedArgs(
+                config=config.memcached, image=self.images.refs["memcached"], labels=labels
+            ),
             in_cluster,
         )
 
@@ -142,9 +144,13 @@ class Platform:
                     min_replicas=low,
                     max_replicas=high,
                     labels=labels,
-                    env=service_environment(svc, config.environment, addresses, secret_files, config.cache_ttl),
+                    env=service_environment(
+                        svc, config.environment, addresses, secret_files, config.cache_ttl
+                    ),
                     secrets=secrets_needed,
-                    config_files={"haproxy.cfg": haproxy_cfg(kubernetes_routes())} if svc.image == "gateway" else {},
+                    config_files={"haproxy.cfg": haproxy_cfg(kubernetes_routes())}
+                    if svc.image == "gateway"
+                    else {},
                     config_path="/etc/haproxy",
                     public_source_ranges=config.network.gateway_source_ranges,
                 ),

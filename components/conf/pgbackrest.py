@@ -64,10 +64,12 @@ def archive_command(config_path: str) -> str:
 
 
 def restore_command(config_path: str) -> str:
-    return f"pgbackrest --config={config_path} --stanza={STANZA} archive-get %f \"%p\""
+    return f'pgbackrest --config={config_path} --stanza={STANZA} archive-get %f "%p"'
 
 
-def _global(repo: Repository, retention: Retention, spool_dir: str, log_dir: str | None) -> list[str]:
+def _global(
+    repo: Repository, retention: Retention, spool_dir: str, log_dir: str | None
+) -> list[str]:
     lines = [
         "[global]",
         f"repo1-type={repo.kind}",

@@ -46,9 +46,7 @@ def month_partitions(today: date, ahead: int, table: str = TABLE) -> list[MonthP
     partitions = []
     for offset in range(ahead + 1):
         start = first_of_month(today, offset)
-        partitions.append(
-            MonthPartition(f"{table}_{start:%Y_%m}", start, first_of_month(start, 1))
-        )
+        partitions.append(MonthPartition(f"{table}_{start:%Y_%m}", start, first_of_month(start, 1)))
     return partitions
 
 

@@ -56,7 +56,10 @@ def test_min_replicas_above_max_names_the_service_key(prod: dict[str, Any]) -> N
 
 def test_min_replicas_above_the_tables_max_is_caught_too(prod: dict[str, Any]) -> None:
     prod["ecommerce:services"] = {"payment": {"minReplicas": 50}}
-    assert "ecommerce:services.payment.minReplicas: expected <= maxReplicas (8), got 50" in error_of(prod)
+    assert (
+        "ecommerce:services.payment.minReplicas: expected <= maxReplicas (8), got 50"
+        in error_of(prod)
+    )
 
 
 def test_unknown_service_override(prod: dict[str, Any]) -> None:
@@ -73,9 +76,16 @@ def test_zone_outside_the_region(prod: dict[str, Any]) -> None:
 
 
 def test_unknown_node_pool_lists_the_known_ones(prod: dict[str, Any]) -> None:
-    prod["ecommerce:nodePools"]["gpu"] = {"machineType": "a2-highgpu-1", "minNodes": 0, "maxNodes": 1}
+    prod["ecommerce:nodePools"]["gpu"] = {
+        "machineType": "a2-highgpu-1",
+        "minNodes": 0,
+        "maxNodes": 1,
+    }
     message = error_of(prod)
-    assert "ecommerce:nodePools.gpu: unknown key; expected one of apps, databases, caches, payments" in message
+    assert (
+        "ecommerce:nodePools.gpu: unknown key; expected one of apps, databases, caches, payments"
+        in message
+    )
 
 
 def test_node_pool_min_above_max(prod: dict[str, Any]) -> None:
@@ -85,12 +95,18 @@ def test_node_pool_min_above_max(prod: dict[str, Any]) -> None:
 
 def test_pools_must_fit_the_cluster_envelope(prod: dict[str, Any]) -> None:
     prod["ecommerce:nodePools"]["apps"]["maxNodes"] = 30
-    assert "ecommerce:nodePools: expected pool maximums summing to <= cluster.maxNodes (20), got 41" in error_of(prod)
+    assert (
+        "ecommerce:nodePools: expected pool maximums summing to <= cluster.maxNodes (20), got 41"
+        in error_of(prod)
+    )
 
 
 def test_zone_pinned_pools_need_a_node_per_zone(prod: dict[str, Any]) -> None:
     prod["ecommerce:nodePools"]["databases"]["minNodes"] = 2
-    assert "ecommerce:nodePools.databases.minNodes: expected >= 3 (one per zone), got 2" in error_of(prod)
+    assert (
+        "ecommerce:nodePools.databases.minNodes: expected >= 3 (one per zone), got 2"
+        in error_of(prod)
+    )
 
 
 @pytest.mark.parametrize("ttl", ["sessions", "catalog", "search", "popularProducts", "carts"])
@@ -108,14 +124,22 @@ def test_missing_secrets_are_named_with_how_to_set_them(prod: dict[str, Any]) ->
 
 
 def test_open_master_network_is_refused_in_prod(prod: dict[str, Any]) -> None:
-    prod["ecommerce:network"]["masterAuthorizedNetworks"] = [{"name": "anyone", "cidr": "0.0.0.0/0"}]
+    prod["ecommerce:network"]["masterAuthorizedNetworks"] = [
+        {"name": "anyone", "cidr": "0.0.0.0/0"}
+    ]
     message = error_of(prod)
-    assert "ecommerce:network.masterAuthorizedNetworks[0].cidr: expected a specific range in prod" in message
+    assert (
+        "ecommerce:network.masterAuthorizedNetworks[0].cidr: expected a specific range in prod"
+        in message
+    )
 
 
 def test_overlapping_ranges(prod: dict[str, Any]) -> None:
     prod["ecommerce:network"]["servicesCidr"] = "10.10.4.0/22"  # inside subnetCidr
-    assert "ecommerce:network.servicesCidr: expected a range that does not overlap subnetCidr" in error_of(prod)
+    assert (
+        "ecommerce:network.servicesCidr: expected a range that does not overlap subnetCidr"
+        in error_of(prod)
+    )
 
 
 def test_bad_cidr(prod: dict[str, Any]) -> None:
@@ -130,7 +154,9 @@ def test_even_pgpool_count_has_no_quorum(prod: dict[str, Any]) -> None:
 
 def test_more_synchronous_standbys_than_replicas(prod: dict[str, Any]) -> None:
     prod["ecommerce:postgres"]["synchronousStandbys"] = 4
-    assert "ecommerce:postgres.synchronousStandbys: expected <= replicas (3), got 4" in error_of(prod)
+    assert "ecommerce:postgres.synchronousStandbys: expected <= replicas (3), got 4" in error_of(
+        prod
+    )
 
 
 def test_unknown_top_level_key(prod: dict[str, Any]) -> None:

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from components.network_policy import ANYWHERE, MONITORING, PUBLIC_INTERNET, Flow, Pods, service_flows
-from stacks.services import DATA_ENDPOINTS, INTERNET, SERVICE_TABLE, SERVICES, Dependency, callees, namespaces
+from components.network_policy import (
+    ANYWHERE,
+    MONITORING,
+    PUBLIC_INTERNET,
+    Flow,
+    Pods,
+    service_flows,
+)
+from stacks.services import (
+    DATA_ENDPOINTS,
+    INTERNET,
+    SERVICE_TABLE,
+    SERVICES,
+    Dependency,
+    callees,
+    namespaces,
+)
 
 # Seed: replicas, HPA bounds, CPU/memory targets, scale-up and scale-down behaviour.
 SEED_SCALING = {
@@ -39,7 +54,10 @@ def test_custom_metrics_are_the_seeds() -> None:
         "100",
         False,
     )
-    assert (metrics["gateway"].name, metrics["gateway"].target) == ("gateway_requests_per_second", "1000")
+    assert (metrics["gateway"].name, metrics["gateway"].target) == (
+        "gateway_requests_per_second",
+        "1000",
+    )
 
 
 def test_only_the_gateway_takes_traffic_from_outside() -> None:
@@ -66,7 +84,9 @@ def test_every_namespace_is_listed_once() -> None:
 
 def test_flows_follow_the_caller_graph_and_dependencies() -> None:
     flows = set(service_flows())
-    gateway, order, payment = (Pods(SERVICES[n].namespace, n) for n in ("gateway", "order", "payment"))
+    gateway, order, payment = (
+        Pods(SERVICES[n].namespace, n) for n in ("gateway", "order", "payment")
+    )
     pgpool = Pods(DATA_ENDPOINTS[Dependency.POSTGRES].namespace, "pgpool")
     assert Flow(ANYWHERE, gateway, (8080,)) in flows
     assert Flow(order, payment, (8080,)) in flows

@@ -1,0 +1,79 @@
+"""Shared fixtures: the offline renders of every stack, made once per test session.
+
+Each stack renders in its own process, exactly as reviewers and CI run it
+(`python -m infra.render`), because Pulumi's runtime keeps one program per process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STACKS = ("dev", "staging", "prod")
+
+
+@dataclass
+class StackRender:
+    stack: str
+    out: Path
+    resources: list[dict[str, Any]]
+    stdout: str
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [r for r in self.resources if r["type"] == type_]
+
+    def inputs(self, type_: str) -> list[dict[str, Any]]:
+        return [r["inputs"] for r in self.of_type(type_)]
+
+    def manifests(self) -> list[dict[str, Any]]:
+        return [
+            yaml.safe_load(p.read_text()) for p in sorted((self.out / "manifests").rglob("*.yaml"))
+        ]
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.manifests() if m["kind"] == kind]
+
+    def object(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        found = [
+            m
+            for m in self.objects(kind)
+            if m["metadata"]["name"] == name
+            and (namespace is None or m["metadata"].get("namespace") == namespace)
+        ]
+        assert len(found) == 1, f"expected one {kind} {namespace}/{name}, found {len(found)}"
+        return found[0]
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StackRender]:
+    base = tmp_path_factory.mktemp("render")
+    processes = {
+        stack: subprocess.Popen(
+            [sys.executable, "-m", "infra.render", "--stack", stack, "--out", str(base / stack)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for stack in STACKS
+    }
+    result = {}
+    for stack, process in processes.items():
+        stdout, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, f"render of {stack} failed:\n{stdout}\n{stderr}"
+        resources = json.loads((base / stack / "resources.json").read_text())
+        result[stack] = StackRender(stack, base / stack, resources, stdout)
+    return result
+
+
+@pytest.fixture(scope="session")
+def prod(renders: dict[str, StackRender]) -> StackRender:
+    return renders["prod"]

@@ -1,0 +1,448 @@
+"""The offline renders: the seed's numbers in prod, smaller but valid dev and staging, every
+manifest valid against Kubernetes 1.30, and the platform's hardening visible in the output."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stacks.services import SERVICE_TABLE, SERVICES
+from tests.conftest import STACKS, StackRender
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
+PROMETHEUS_OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
+def workloads(render: StackRender) -> list[dict[str, Any]]:
+    return [m for m in render.manifests() if m["kind"] in WORKLOAD_KINDS]
+
+
+def conf_value(text: str, key: str) -> str:
+    match = re.search(rf"^{re.escape(key)}\s*=\s*'?([^'\n]*)'?", text, re.MULTILINE)
+    assert match, f"{key} not set"
+    return match.group(1)
+
+
+# --- the seed's numbers in prod -----------------------------------------------------------------
+
+
+def test_prod_node_pools_are_the_seeds(prod: StackRender) -> None:
+    pools = {p["name"]: p for p in prod.inputs("gcp:container/nodePool:NodePool")}
+    machine = {name: pool["nodeConfig"]["machineType"] for name, pool in pools.items()}
+    assert machine == {
+        "apps": "e2-standard-4",
+        "databases": "c2-standard-8",
+        "caches": "n2-highmem-2",
+        "payments": "e2-standard-4",
+    }
+    floor = sum(p["autoscaling"]["totalMinNodeCount"] for p in pools.values())
+    ceiling = sum(p["autoscaling"]["totalMaxNodeCount"] for p in pools.values())
+    assert floor >= 6 and ceiling == 20  # the seed's cluster autoscaler envelope
+    for name in ("databases", "caches", "payments"):
+        assert pools[name]["nodeConfig"]["taints"] == [
+            {"key": "shop.platform/dedicated", "value": name, "effect": "NO_SCHEDULE"}
+        ]
+    assert "taints" not in pools["apps"]["nodeConfig"]
+    for pool in pools.values():
+        assert pool["management"] == {"autoRepair": True, "autoUpgrade": True}
+        assert pool["upgradeSettings"]["strategy"] == "SURGE"
+        assert len(pool["nodeLocations"]) == 3
+
+
+def test_prod_postgres_is_a_primary_and_three_zonal_replicas_behind_pgpool(
+    prod: StackRender,
+) -> None:
+    members = [s for s in prod.objects("StatefulSet") if s["metadata"]["name"].startswith("pg-")]
+    assert len(members) == 4
+    zones = []
+    for member in members:
+        term = pod_spec(member)["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        zones += term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        claim = member["spec"]["volumeClaimTemplates"][0]["spec"]
+        assert claim["storageClassName"] == "postgres-ssd"
+    assert set(zones) == {"europe-west1-b", "europe-west1-c", "europe-west1-d"}
+    ssd = prod.object("StorageClass", "postgres-ssd")
+    assert ssd["parameters"] == {"type": "pd-ssd"}
+
+    pgpool = prod.object("StatefulSet", "pgpool", "data")
+    assert pgpool["spec"]["replicas"] == 3
+    conf = prod.object("ConfigMap", "pgpool-config", "data")["data"]["pgpool.conf"]
+    assert conf_value(conf, "num_init_children") == "50"
+    assert conf_value(conf, "max_pool") == "4"
+    assert conf_value(conf, "load_balance_mode") == "on"
+    assert conf_value(conf, "use_watchdog") == "on"
+    assert conf_value(conf, "auto_failback") == "off"
+    assert len(re.findall(r"^backend_hostname\d+", conf, re.MULTILINE)) == 4
+    assert "failover.sh" in conf_value(conf, "failover_command")
+    assert "follow_primary.sh" in conf_value(conf, "follow_primary_command")
+
+    postgresql = prod.object("ConfigMap", "postgres-config", "data")["data"]["postgresql.conf"]
+    assert conf_value(postgresql, "synchronous_standby_names").startswith("ANY 1 (")
+    assert conf_value(postgresql, "archive_mode") == "on"
+    assert "archive-push" in conf_value(postgresql, "archive_command")
+
+
+def test_prod_backups_follow_the_seed(prod: StackRender) -> None:
+    schedules = {c["metadata"]["name"]: c["spec"]["schedule"] for c in prod.objects("CronJob")}
+    assert schedules["pg-backup-full"] == "0 2 * * *"  # daily at 02:00 UTC
+    assert schedules["pg-backup-incr"] == "0 */6 * * *"  # every 6 hours
+    assert "partition-maintenance" in schedules
+
+    (bucket,) = prod.inputs("gcp:storage/bucket:Bucket")
+    assert bucket["uniformBucketLevelAccess"] is True
+    assert bucket["publicAccessPrevention"] == "enforced"
+    rules = {
+        (r["action"]["type"], r["action"].get("storageClass")): r["condition"]
+        for r in bucket["lifecycleRules"]
+    }
+    assert rules[("SetStorageClass", "NEARLINE")]["age"] == 7
+    assert rules[("SetStorageClass", "ARCHIVE")]["age"] == 90
+    log_rule = next(r for r in bucket["lifecycleRules"] if r["condition"].get("matchesPrefixes"))
+    assert (log_rule["action"]["type"], log_rule["condition"]["age"]) == ("Delete", 30)
+
+    backrest = configparser.ConfigParser()
+    backrest.read_string(
+        prod.object("ConfigMap", "pgbackrest-job", "data")["data"]["pgbackrest.conf"]
+    )
+    assert backrest["global"]["repo1-type"] == "gcs"
+    assert backrest["global"]["repo1-retention-full-type"] == "time"
+    assert backrest["global"]["repo1-retention-full"] == "7"  # 7-day point-in-time recovery
+
+
+def test_prod_caches(prod: StackRender) -> None:
+    redis = prod.object("StatefulSet", "redis", "cache")
+    assert redis["spec"]["replicas"] == 6
+    bootstrap = prod.object("ConfigMap", "redis-config", "cache")["data"]["bootstrap.sh"]
+    assert "--cluster-replicas" in bootstrap
+    assert prod.object("Job", "redis-bootstrap", "cache")
+    memcached = prod.object("StatefulSet", "memcached", "cache")
+    assert memcached["spec"]["replicas"] == 3
+    for workload in (redis, memcached):
+        assert pod_spec(workload)["nodeSelector"] == {"shop.platform/pool": "caches"}
+
+
+@pytest.mark.parametrize("service", [s.name for s in SERVICE_TABLE])
+def test_prod_hpa_is_the_service_tables(prod: StackRender, service: str) -> None:
+    svc = SERVICES[service]
+    hpa = prod.object("HorizontalPodAutoscaler", service, svc.namespace)["spec"]
+    scaling = svc.scaling
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (scaling.min_replicas, scaling.max_replicas)
+    targets = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+        for m in hpa["metrics"]
+        if m["type"] == "Resource"
+    }
+    assert targets == {"cpu": scaling.cpu_percent, "memory": scaling.memory_percent}
+    up, down = (
+        hpa["behavior"]["scaleUp"]["policies"][0],
+        hpa["behavior"]["scaleDown"]["policies"][0],
+    )
+    assert (up["value"], up["periodSeconds"]) == (
+        scaling.scale_up.percent,
+        scaling.scale_up.period_seconds,
+    )
+    assert (down["value"], down["periodSeconds"]) == (
+        scaling.scale_down.percent,
+        scaling.scale_down.period_seconds,
+    )
+    custom = [m for m in hpa["metrics"] if m["type"] in ("Pods", "External")]
+    if scaling.custom_metric:
+        (metric,) = custom
+        source = metric["pods"] if scaling.custom_metric.per_pod else metric["external"]
+        assert source["metric"]["name"] == scaling.custom_metric.name
+        assert source["target"] == {
+            "type": "AverageValue",
+            "averageValue": scaling.custom_metric.target,
+        }
+    else:
+        assert custom == []
+
+
+def test_prod_services_get_the_seeds_cache_ttls(prod: StackRender) -> None:
+    product = prod.object("Deployment", "product", "shop")
+    env = {e["name"]: e["value"] for e in pod_spec(product)["containers"][0]["env"]}
+    assert env["CACHE_TTL_SESSIONS"] == str(24 * 3600)
+    assert env["CACHE_TTL_CATALOG"] == "3600"
+    assert env["CACHE_TTL_SEARCH"] == str(15 * 60)
+    assert env["CACHE_TTL_POPULAR_PRODUCTS"] == str(30 * 60)
+    assert env["CACHE_TTL_CARTS"] == str(7 * 24 * 3600)
+    assert env["DATABASE_HOST"] == "pgpool.data.svc.cluster.local"
+    assert len(env["MEMCACHED_NODES"].split(",")) == 3
+    assert len(env["REDIS_NODES"].split(",")) == 6
+
+
+def test_prod_alerts_carry_the_seeds_thresholds(prod: StackRender) -> None:
+    rules = prod.object("PrometheusRule", "platform-alerts", "monitoring")["spec"]["groups"]
+    by_name = {rule["alert"]: rule for group in rules for rule in group["rules"]}
+    assert by_name["HighErrorRate"]["expr"].endswith("> 0.05")
+    assert by_name["SlowResponses"]["expr"].endswith("> 5")
+    assert by_name["HighCpu"]["expr"].endswith("> 0.8")
+    assert by_name["HighMemory"]["expr"].endswith("> 0.8")
+    assert by_name["LowCacheHitRatio"]["expr"].endswith("< 0.8")
+    assert by_name["DiskFilling"]["expr"].endswith("> 0.85")
+    severities = {
+        group["name"]: {r["labels"]["severity"] for r in group["rules"]} for group in rules
+    }
+    assert severities == {
+        "platform-critical": {"critical"},
+        "platform-warning": {"warning"},
+        "platform-info": {"info"},
+    }
+    routing = yaml.safe_load(
+        prod.object("Secret", "alertmanager-routing", "monitoring")["stringData"][
+            "alertmanager.yaml"
+        ]
+    )
+    routes = {r["receiver"]: r for r in routing["route"]["routes"]}
+    assert routes["pager"]["matchers"] == ['severity="critical"']
+    assert routes["chat"]["active_time_intervals"] == ["business-hours"]
+    assert routing["route"]["receiver"] == "dashboard-only"  # info never leaves the dashboard
+
+
+# --- dev and staging: smaller, still valid -------------------------------------------------------
+
+
+def test_dev_and_staging_are_smaller_than_prod(renders: dict[str, StackRender]) -> None:
+    def nodes(render: StackRender) -> int:
+        return sum(
+            p["autoscaling"]["totalMaxNodeCount"]
+            for p in render.inputs("gcp:container/nodePool:NodePool")
+        )
+
+    def members(render: StackRender) -> int:
+        return len(
+            [s for s in render.objects("StatefulSet") if s["metadata"]["name"].startswith("pg-")]
+        )
+
+    assert nodes(renders["dev"]) < nodes(renders["staging"]) < nodes(renders["prod"])
+    assert members(renders["dev"]) == 2 and members(renders["staging"]) == 3
+    assert renders["dev"].object("StatefulSet", "pgpool", "data")["spec"]["replicas"] == 1
+    dev_pgpool = renders["dev"].object("ConfigMap", "pgpool-config", "data")["data"]["pgpool.conf"]
+    assert conf_value(dev_pgpool, "use_watchdog") == "off"
+    assert (
+        renders["dev"].object("HorizontalPodAutoscaler", "product", "shop")["spec"]["maxReplicas"]
+        == 2
+    )
+
+
+# --- the manifests are valid Kubernetes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_manifests_validate_strictly_against_kubernetes_1_30(
+    renders: dict[str, StackRender], stack: str
+) -> None:
+    from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
+
+    checked = set()
+    for manifest in renders[stack].manifests():
+        kind = manifest["kind"]
+        if kind in PROMETHEUS_OPERATOR_KINDS:
+            # Custom resources: prometheus-operator's own schema, unknown keys refused too.
+            model = getattr(prometheus_operator, kind).model_validate(manifest)
+            assert_no_unknown_keys(
+                manifest, model.model_dump(by_alias=True, exclude_unset=True), kind
+            )
+        else:
+            kubernetes_validate.validate(manifest, "1.30", strict=True)
+        checked.add(kind)
+    assert {
+        "Deployment",
+        "StatefulSet",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    } <= checked
+
+
+def assert_no_unknown_keys(given: Any, known: Any, path: str) -> None:
+    if isinstance(given, dict):
+        assert isinstance(known, dict), path
+        for key, value in given.items():
+            assert key in known, f"{path}.{key}: not in the custom resource's schema"
+            assert_no_unknown_keys(value, known[key], f"{path}.{key}")
+    elif isinstance(given, list):
+        for i, (a, b) in enumerate(zip(given, known, strict=True)):
+            assert_no_unknown_keys(a, b, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_numbers_are_integers_not_floats(renders: dict[str, StackRender], stack: str) -> None:
+    floats = [
+        p
+        for p in (renders[stack].out / "manifests").rglob("*.yaml")
+        if re.search(r":\s\d+\.0\s*$", p.read_text(), re.MULTILINE)
+    ]
+    assert floats == []
+
+
+@pytest.mark.slow
+def test_checkov_finds_nothing_in_the_prod_render(prod: StackRender) -> None:
+    checkov = os.environ.get("CHECKOV") or shutil.which("checkov")
+    if not checkov or not Path(checkov).exists():
+        pytest.skip("checkov is not installed (make test installs it in .tools/checkov)")
+    done = subprocess.run(
+        [
+            checkov,
+            "-d",
+            str(prod.out / "manifests"),
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--quiet",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    import json
+
+    report = json.loads(done.stdout)
+    summary = report["summary"]
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert summary["failed"] == 0, failed
+    assert summary["passed"] > 500
+    assert summary["parsing_errors"] == 0
+
+
+# --- hardening visible in every render ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_pod_is_restricted(renders: dict[str, StackRender], stack: str) -> None:
+    for workload in workloads(renders[stack]):
+        spec = pod_spec(workload)
+        name = f"{workload['kind']}/{workload['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), name
+        assert not any("hostPath" in v for v in spec.get("volumes", [])), name
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["runAsUser"] >= 10000, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert set(container["resources"]) == {"requests", "limits"}, name
+            assert "@sha256:" in container["image"], f"{name}: image not pinned by digest"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_hpa_owned_deployments_have_no_replicas_and_a_pdb(
+    renders: dict[str, StackRender], stack: str
+) -> None:
+    render = renders[stack]
+    pdbs = {
+        (p["metadata"]["namespace"], p["metadata"]["name"])
+        for p in render.objects("PodDisruptionBudget")
+    }
+    for hpa in render.objects("HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]["name"]
+        deployment = render.object("Deployment", target, hpa["metadata"]["namespace"])
+        assert "replicas" not in deployment["spec"]
+        assert (hpa["metadata"]["namespace"], target) in pdbs
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_namespace_denies_by_default(renders: dict[str, StackRender], stack: str) -> None:
+    render = renders[stack]
+    namespaces = {n["metadata"]["name"] for n in render.objects("Namespace")}
+    deny = {
+        p["metadata"]["namespace"]
+        for p in render.objects("NetworkPolicy")
+        if p["spec"]["podSelector"] == {}
+        and "ingress" not in p["spec"]
+        and "egress" not in p["spec"]
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    }
+    assert deny == namespaces
+    for namespace in render.objects("Namespace"):
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_payment_is_reachable_only_from_order(prod: StackRender) -> None:
+    policy = prod.object("NetworkPolicy", "allow-payment", "payments")["spec"]
+    sources = [peer for rule in policy["ingress"] for peer in rule["from"]]
+    app_sources = [p["podSelector"]["matchLabels"]["app"] for p in sources if "podSelector" in p]
+    assert app_sources == ["order"]
+    namespaces = [p["namespaceSelector"] for p in sources if "podSelector" not in p]
+    assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]  # scrapes
+    assert (
+        pod_spec(prod.object("Deployment", "payment", "payments"))["tolerations"][0]["value"]
+        == "payments"
+    )
+
+
+def test_only_the_gateway_is_exposed(prod: StackRender) -> None:
+    exposed = [
+        s["metadata"]["name"]
+        for s in prod.objects("Service")
+        if s["spec"].get("type") in ("LoadBalancer", "NodePort")
+    ]
+    assert exposed == ["gateway"]
+    open_ingress = [
+        p["metadata"]["name"]
+        for p in prod.objects("NetworkPolicy")
+        for rule in p["spec"].get("ingress", [])
+        for peer in rule["from"]
+        if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
+    assert open_ingress == ["allow-gateway"]
+
+
+def test_prod_cluster_is_private_and_hardened(prod: StackRender) -> None:
+    (cluster,) = prod.inputs("gcp:container/cluster:Cluster")
+    assert cluster["privateClusterConfig"]["enablePrivateNodes"] is True
+    assert cluster["workloadIdentityConfig"]["workloadPool"] == "acme-shop-prod.svc.id.goog"
+    assert cluster["enableShieldedNodes"] is True
+    assert cluster["enableLegacyAbac"] is False
+    assert cluster["removeDefaultNodePool"] is True
+    assert cluster["datapathProvider"] == "ADVANCED_DATAPATH"
+    assert cluster["releaseChannel"] == {"channel": "STABLE"}
+    assert cluster["maintenancePolicy"]["recurringWindow"]["recurrence"]
+    assert cluster["location"] == "europe-west1" and len(cluster["nodeLocations"]) == 3
+    cidrs = [b["cidrBlock"] for b in cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"]]
+    assert cidrs and "0.0.0.0/0" not in cidrs
+    for pool in prod.inputs("gcp:container/nodePool:NodePool"):
+        node = pool["nodeConfig"]
+        assert node["shieldedInstanceConfig"] == {
+            "enableSecureBoot": True,
+            "enableIntegrityMonitoring": True,
+        }
+        assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+        assert node["serviceAccount"].startswith("shop-nodes@")
+
+
+def test_images_are_built_from_the_repository(prod: StackRender) -> None:
+    images = prod.inputs("docker-build:index:Image")
+    assert {i["target"] for i in images} == {
+        "service",
+        "gateway",
+        "postgres",
+        "pgpool",
+        "redis",
+        "memcached",
+    }
+    assert {i["dockerfile"]["location"] for i in images} == {"services/Dockerfile"}
