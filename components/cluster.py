@@ -27,7 +27,6 @@ NODE_ROLES = (
     "roles/stackdriver.resourceMetadata.writer",
     "roles/artifactregistry.reader",
 )
-CONFIDENTIAL_MACHINE_FAMILIES = ("n2d-", "c2d-", "c3d-")
 
 
 @dataclass(frozen=True)
@@ -224,9 +223,6 @@ class GkeCluster(pulumi.ComponentResource):
             if pool_name in TAINTED_POOLS
             else None
         )
-        confidential = (
-            pool.machine_type.startswith(CONFIDENTIAL_MACHINE_FAMILIES) and pool_name == "payments"
-        )
         return container.NodePool(
             f"{cluster_name}-{pool_name}",
             name=pool_name,
@@ -260,9 +256,9 @@ class GkeCluster(pulumi.ComponentResource):
                 shielded_instance_config=container.NodePoolNodeConfigShieldedInstanceConfigArgs(
                     enable_secure_boot=True, enable_integrity_monitoring=True
                 ),
-                # Seed: payment nodes encrypt memory (Confidential GKE Nodes, N2D/C2D only).
+                # Memory encryption where the stack asks for it (seed: the payment nodes).
                 confidential_nodes=container.NodePoolNodeConfigConfidentialNodesArgs(enabled=True)
-                if confidential
+                if pool.confidential
                 else None,
             ),
             opts=child,

@@ -25,6 +25,7 @@ from stacks.services import SERVICES, NodePoolName
 PROJECT = "ecommerce"
 ENVIRONMENTS = ("dev", "staging", "prod")
 NODE_POOLS: tuple[NodePoolName, ...] = ("apps", "databases", "caches", "payments")
+CONFIDENTIAL_FAMILIES = ("n2d-", "c2d-", "c3d-")
 
 # Secret config: never in a stack file in clear, set with `pulumi config set --secret KEY`.
 SECRET_KEYS = {
@@ -133,6 +134,8 @@ class NodePoolConfig(_Model):
     disk_size_gb: Annotated[int, Field(ge=20)] = 100
     disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
     spot: bool = False
+    # Confidential GKE Nodes encrypt memory (seed: payment nodes); AMD machine families only.
+    confidential: bool = False
     max_surge: NonNegativeInt = 1
     max_unavailable: NonNegativeInt = 0
 
@@ -141,6 +144,12 @@ class NodePoolConfig(_Model):
         if self.min_nodes > self.max_nodes:
             raise KeyProblem(
                 "minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}"
+            )
+        if self.confidential and not self.machine_type.startswith(CONFIDENTIAL_FAMILIES):
+            raise KeyProblem(
+                "machineType",
+                f"expected an {'/'.join(f[:-1] for f in CONFIDENTIAL_FAMILIES)} machine type "
+                f"for confidential nodes, got {self.machine_type}",
             )
         if self.max_surge == 0 and self.max_unavailable == 0:
             raise KeyProblem(

@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "offline-placeholder"
 # How the engine marks a secret value in resource inputs (pulumi.runtime.rpc).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 SECRET_SIG_KEY, SECRET_SIG = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 
 
@@ -169,7 +170,8 @@ def write(result: Render, out: Path) -> None:
         folder = manifests / metadata.get("namespace", "_cluster")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{obj['kind'].lower()}-{metadata['name']}.yaml"
-        path.write_text(yaml.safe_dump(obj, sort_keys=False))
+        # libyaml's emitter when present: the pure-Python one is a fifth of the render time.
+        path.write_text(yaml.dump(obj, Dumper=_DUMPER, sort_keys=False))
 
 
 def summary(result: Render) -> str:

@@ -170,6 +170,13 @@ def test_missing_required_key(prod: dict[str, Any]) -> None:
     assert "ecommerce:nodePools: required key is missing" in error_of(prod)
 
 
+def test_confidential_nodes_need_an_amd_machine_type(prod: dict[str, Any]) -> None:
+    prod["ecommerce:nodePools"]["payments"]["machineType"] = "e2-standard-4"
+    message = error_of(prod)
+    expected = "ecommerce:nodePools.payments.machineType: expected an n2d/c2d/c3d machine type"
+    assert expected in message
+
+
 def test_prebuilt_image_must_be_pinned_by_digest(prod: dict[str, Any]) -> None:
     prod["ecommerce:images"] = {"service": "europe-docker.pkg.dev/acme/shop/service:latest"}
     assert "ecommerce:images.service: expected an image pinned by digest" in error_of(prod)

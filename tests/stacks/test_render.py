@@ -49,8 +49,9 @@ def test_prod_node_pools_are_the_seeds(prod: StackRender) -> None:
         "apps": "e2-standard-4",
         "databases": "c2-standard-8",
         "caches": "n2-highmem-2",
-        "payments": "e2-standard-4",
+        "payments": "n2d-standard-4",
     }
+    assert pools["payments"]["nodeConfig"]["confidentialNodes"] == {"enabled": True}
     floor = sum(p["autoscaling"]["totalMinNodeCount"] for p in pools.values())
     ceiling = sum(p["autoscaling"]["totalMaxNodeCount"] for p in pools.values())
     assert floor >= 6 and ceiling == 20  # the seed's cluster autoscaler envelope
