@@ -44,8 +44,6 @@ class MicroserviceArgs:
     config_path: str = CONFIG_DIR
     # Only the gateway: who may reach its public load balancer.
     public_source_ranges: tuple[str, ...] = ()
-    # The label kube-prometheus-stack selects ServiceMonitors by.
-    monitor_selector: dict[str, str] = field(default_factory=dict)
 
 
 class Microservice(pulumi.ComponentResource):
@@ -233,7 +231,7 @@ class Microservice(pulumi.ComponentResource):
             f"{name}-monitor",
             api_version="monitoring.coreos.com/v1",
             kind="ServiceMonitor",
-            metadata=meta(svc.name, ns, {**labels, **args.monitor_selector}),
+            metadata=meta(svc.name, ns, labels),
             spec={
                 "selector": {"matchLabels": selector},
                 "endpoints": [

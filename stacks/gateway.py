@@ -7,9 +7,10 @@ Service) and for the local platform (the services' local ports).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import PurePosixPath
 
-from components.conf.haproxy import DnsServers, Route, StaticServers
-from stacks.services import SERVICE_TABLE, Service
+from components.conf.haproxy import DnsServers, Route, StaticServers, haproxy_cfg
+from stacks.services import GATEWAY_CONFIG, SERVICE_TABLE, SERVICES, Service
 
 # Routes whose every request must carry a valid access token (verified at the gateway).
 AUTHENTICATED_ROUTES = frozenset({"orders"})
@@ -35,3 +36,19 @@ def pods_host(svc: Service) -> str:
 
 def kubernetes_routes() -> list[Route]:
     return routes(lambda svc: DnsServers(pods_host(svc), svc.port, slots=svc.scaling.max_replicas))
+
+
+def kubernetes_config() -> tuple[str, dict[str, str]]:
+    """The gateway pods' config directory and files: listening on the pod's interfaces, one
+    HAProxy thread per CPU of the container's limit."""
+    gateway = SERVICES["gateway"]
+    path = PurePosixPath(GATEWAY_CONFIG)
+    cfg = haproxy_cfg(
+        kubernetes_routes(),
+        port=gateway.port,
+        bind="0.0.0.0",
+        metrics_port=gateway.metrics_port,
+        metrics_bind="0.0.0.0",
+        nbthread=max(1, int(float(gateway.resources.cpu_limit))),
+    )
+    return str(path.parent), {path.name: cfg}

@@ -13,7 +13,6 @@ from typing import Any
 import pulumi
 
 from components.cluster import GkeCluster, GkeClusterArgs
-from components.conf.haproxy import haproxy_cfg
 from components.images import ImagesArgs, PlatformImages
 from components.kube import Labels
 from components.memcached import Memcached, MemcachedArgs
@@ -25,8 +24,8 @@ from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, serv
 from components.postgres import PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
 from infra.config import StackConfig
-from stacks.gateway import kubernetes_routes
-from stacks.services import SERVICE_TABLE, Dependency, namespaces, users_of
+from stacks.gateway import kubernetes_config
+from stacks.services import SERVICE_TABLE, Dependency, Service, namespaces, users_of
 from stacks.wiring import Addresses, SecretFiles, service_environment
 
 NAME = "shop"
@@ -148,10 +147,7 @@ class Platform:
                         svc, config.environment, addresses, secret_files, config.cache_ttl
                     ),
                     secrets=secrets_needed,
-                    config_files={"haproxy.cfg": haproxy_cfg(kubernetes_routes())}
-                    if svc.image == "gateway"
-                    else {},
-                    config_path="/etc/haproxy",
+                    **gateway_files(svc),
                     public_source_ranges=config.network.gateway_source_ranges,
                 ),
                 in_cluster,
@@ -187,6 +183,14 @@ class Platform:
         self.gateway_address = gateway.status.apply(
             lambda s: (s.load_balancer.ingress or [None])[0].ip if s and s.load_balancer else None
         )
+
+
+def gateway_files(svc: Service) -> dict[str, Any]:
+    """The gateway's rendered haproxy.cfg, mounted where its command reads it."""
+    if svc.image != "gateway":
+        return {}
+    path, files = kubernetes_config()
+    return {"config_files": files, "config_path": path}
 
 
 def _namespaces_of(dependency: Dependency) -> tuple[str, ...]:

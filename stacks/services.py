@@ -16,6 +16,7 @@ NodePoolName = Literal["apps", "databases", "caches", "payments"]
 
 SERVICE_PORT = 8080  # every service and the gateway listen here (non-root, > 1024)
 INTERNET = "internet"  # the caller name for traffic from outside the cluster
+GATEWAY_CONFIG = "/etc/haproxy/haproxy.cfg"  # rendered by stacks/gateway.py
 
 
 class Dependency(StrEnum):
@@ -121,7 +122,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         callers=frozenset({INTERNET}),
         metrics_port=8404,  # HAProxy's built-in Prometheus exporter, apart from the traffic
         image="gateway",
-        command=("haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"),
+        command=("haproxy", "-W", "-db", "-f", GATEWAY_CONFIG),
     ),
     Service(
         name="user",

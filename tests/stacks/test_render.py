@@ -413,6 +413,17 @@ def test_only_the_gateway_is_exposed(prod: StackRender) -> None:
     assert open_ingress == ["allow-gateway"]
 
 
+def test_gateway_listens_on_the_pod_and_routes_by_the_table(prod: StackRender) -> None:
+    cfg = prod.object("ConfigMap", "gateway-config", "shop")["data"]["haproxy.cfg"]
+    assert "bind 0.0.0.0:8080" in cfg and "bind 0.0.0.0:8404" in cfg
+    for svc in SERVICE_TABLE:
+        if svc.route:
+            assert f"{svc.name}-pods.{svc.namespace}.svc.cluster.local:8080" in cfg
+    assert "payment" not in cfg
+    mounts = pod_spec(prod.object("Deployment", "gateway", "shop"))["containers"][0]["volumeMounts"]
+    assert {"name": "config", "mountPath": "/etc/haproxy", "readOnly": True} in mounts
+
+
 def test_prod_cluster_is_private_and_hardened(prod: StackRender) -> None:
     (cluster,) = prod.inputs("gcp:container/cluster:Cluster")
     assert cluster["privateClusterConfig"]["enablePrivateNodes"] is True
