@@ -20,13 +20,14 @@ from components.conf import pgbackrest
 from components.conf.postgres import PgMember
 from components.kube import (
     Labels,
-    container_security,
+    config_map_volume,
+    container,
+    cron_job,
     empty_dir,
     meta,
     mount,
-    placement,
-    pod_security,
-    resources,
+    pod,
+    secret_volume,
 )
 from infra.config import BackupConfig
 
@@ -241,67 +242,35 @@ class PostgresBackups(pulumi.ComponentResource):
         child: pulumi.ResourceOptions,
     ) -> None:
         job_labels = {**labels, "backup": kind}
-        k8s.batch.v1.CronJob(
+        backup = container(
+            "backup",
+            args.image,
+            pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind),
+            ("500m", "512Mi", "2", "1Gi"),
+            [
+                mount("config", CONFIG_DIR, read_only=True),
+                mount("tls", TLS_DIR, read_only=True),
+                mount("tmp", "/tmp"),
+            ],
+        )
+        cron_job(
             f"{name}-{kind}",
-            metadata=meta(f"pg-backup-{kind}", args.namespace, job_labels),
-            spec=k8s.batch.v1.CronJobSpecArgs(
-                schedule=schedule,
-                time_zone="Etc/UTC",
-                concurrency_policy="Forbid",  # pgBackRest holds a lock; never stack backups
-                starting_deadline_seconds=3600,
-                successful_jobs_history_limit=3,
-                failed_jobs_history_limit=5,
-                job_template=k8s.batch.v1.JobTemplateSpecArgs(
-                    spec=k8s.batch.v1.JobSpecArgs(
-                        backoff_limit=2,
-                        active_deadline_seconds=6 * 3600,
-                        template=k8s.core.v1.PodTemplateSpecArgs(
-                            metadata=k8s.meta.v1.ObjectMetaArgs(labels=job_labels),
-                            spec=k8s.core.v1.PodSpecArgs(
-                                service_account_name=account.metadata.name,
-                                # The GKE metadata server hands out the Workload Identity token
-                                # without the Kubernetes API token being mounted.
-                                automount_service_account_token=False,
-                                enable_service_links=False,
-                                restart_policy="Never",
-                                security_context=pod_security(),
-                                containers=[
-                                    k8s.core.v1.ContainerArgs(
-                                        name="backup",
-                                        image=args.image,
-                                        image_pull_policy="IfNotPresent",
-                                        command=pgbackrest.backup_command(
-                                            f"{CONFIG_DIR}/pgbackrest.conf", kind
-                                        ),
-                                        resources=resources("500m", "512Mi", "2", "1Gi"),
-                                        security_context=container_security(),
-                                        volume_mounts=[
-                                            mount("config", CONFIG_DIR, read_only=True),
-                                            mount("tls", TLS_DIR, read_only=True),
-                                            mount("tmp", "/tmp"),
-                                        ],
-                                    )
-                                ],
-                                volumes=[
-                                    k8s.core.v1.VolumeArgs(
-                                        name="config",
-                                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                            name=config.metadata.name
-                                        ),
-                                    ),
-                                    k8s.core.v1.VolumeArgs(
-                                        name="tls",
-                                        secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                            secret_name=f"{TLS_SECRET}-client", default_mode=0o400
-                                        ),
-                                    ),
-                                    empty_dir("tmp", "1Gi"),
-                                ],
-                                **placement("databases"),
-                            ),
-                        ),
-                    )
-                ),
+            meta(f"pg-backup-{kind}", args.namespace, job_labels),
+            schedule,
+            job_labels,
+            pod(
+                [backup],
+                [
+                    config_map_volume("config", config.metadata.name),
+                    secret_volume("tls", f"{TLS_SECRET}-client"),
+                    empty_dir("tmp", "1Gi"),
+                ],
+                "databases",
+                # The GKE metadata server hands out the Workload Identity token without the
+                # Kubernetes API token being mounted.
+                service_account_name=account.metadata.name,
+                restart_policy="Never",
             ),
+            deadline_seconds=6 * 3600,  # pgBackRest holds a lock: backups never stack up
             opts=child,
         )

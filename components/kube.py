@@ -7,7 +7,9 @@ label set live here once, so a hardening change is one edit for every pod of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 from stacks.services import NodePoolName
@@ -152,3 +154,159 @@ def checkov_skips(**reasons: str) -> dict[str, str]:
         f"checkov.io/skip{i}": f"{check}={reason}"
         for i, (check, reason) in enumerate(sorted(reasons.items()), start=1)
     }
+
+
+def container(
+    name: str,
+    image: pulumi.Input[str],
+    command: list[str],
+    limits: tuple[str, str, str, str],
+    mounts: list[k8s.core.v1.VolumeMountArgs] | None = None,
+    **fields: Any,
+) -> k8s.core.v1.ContainerArgs:
+    """A restricted container; `limits`: cpu request, memory request, cpu limit, memory limit."""
+    return k8s.core.v1.ContainerArgs(
+        name=name,
+        image=image,
+        image_pull_policy="IfNotPresent",  # images are pinned by digest
+        command=command,
+        resources=resources(*limits),
+        security_context=container_security(),
+        volume_mounts=mounts,
+        **fields,
+    )
+
+
+def pod(
+    containers: list[k8s.core.v1.ContainerArgs],
+    volumes: list[k8s.core.v1.VolumeArgs],
+    pool: NodePoolName | None = None,
+    **fields: Any,
+) -> k8s.core.v1.PodSpecArgs:
+    """A restricted pod spec: no API token, no service links, on its node pool."""
+    return k8s.core.v1.PodSpecArgs(
+        containers=containers,
+        volumes=volumes,
+        automount_service_account_token=False,
+        enable_service_links=False,
+        security_context=pod_security(),
+        **(placement(pool) if pool else {}),
+        **fields,
+    )
+
+
+def config_map_volume(name: str, config_map: pulumi.Input[str]) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name, config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+    )
+
+
+def secret_volume(name: str, secret: str) -> k8s.core.v1.VolumeArgs:
+    # Group-readable: the files belong to root and the pod's fsGroup (the app user).
+    return k8s.core.v1.VolumeArgs(
+        name=name, secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret, default_mode=0o440)
+    )
+
+
+def cron_job(
+    resource_name: str,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    schedule: str,
+    pod_labels: dict[str, str],
+    spec: k8s.core.v1.PodSpecArgs,
+    deadline_seconds: int,
+    opts: pulumi.ResourceOptions,
+    backoff_limit: int = 2,
+) -> k8s.batch.v1.CronJob:
+    """A scheduled job that never overlaps itself and keeps a short history (UTC schedule)."""
+    return k8s.batch.v1.CronJob(
+        resource_name,
+        metadata=metadata,
+        spec=k8s.batch.v1.CronJobSpecArgs(
+            schedule=schedule,
+            time_zone="Etc/UTC",
+            concurrency_policy="Forbid",
+            starting_deadline_seconds=3600,
+            successful_jobs_history_limit=3,
+            failed_jobs_history_limit=5,
+            job_template=k8s.batch.v1.JobTemplateSpecArgs(
+                spec=k8s.batch.v1.JobSpecArgs(
+                    backoff_limit=backoff_limit,
+                    active_deadline_seconds=deadline_seconds,
+                    template=k8s.core.v1.PodTemplateSpecArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels), spec=spec
+                    ),
+                )
+            ),
+        ),
+        opts=opts,
+    )
+
+
+def tcp_probe(port: str, **timing: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), **timing)
+
+
+def http_probe(path: str, port: str, **timing: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port), **timing
+    )
+
+
+def exec_probe(command: list[str], **timing: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(exec_=k8s.core.v1.ExecActionArgs(command=command), **timing)
+
+
+def env_vars(values: dict[str, pulumi.Input[str]]) -> list[k8s.core.v1.EnvVarArgs]:
+    return [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(values.items())]
+
+
+def volume_claim(
+    name: str, storage_class: str, size_gb: int, labels: dict[str, str]
+) -> k8s.core.v1.PersistentVolumeClaimArgs:
+    return k8s.core.v1.PersistentVolumeClaimArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels=labels),
+        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                requests={"storage": f"{size_gb}Gi"}
+            ),
+        ),
+    )
+
+
+def disruption_budget(
+    resource_name: str,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.policy.v1.PodDisruptionBudget:
+    # maxUnavailable rather than minAvailable: a one-replica dev workload can still be drained.
+    return k8s.policy.v1.PodDisruptionBudget(
+        resource_name,
+        metadata=meta(name, namespace, labels),
+        spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            max_unavailable=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": labels["app"]}),
+        ),
+        opts=opts,
+    )
+
+
+def pod_monitor(
+    resource_name: str, namespace: str, labels: dict[str, str], opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource:
+    """Prometheus scrapes the `metrics` port of every pod labelled with this app."""
+    return k8s.apiextensions.CustomResource(
+        resource_name,
+        api_version="monitoring.coreos.com/v1",
+        kind="PodMonitor",
+        metadata=meta(labels["app"], namespace, labels),
+        spec={
+            "selector": {"matchLabels": {"app": labels["app"]}},
+            "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
+        },
+        opts=opts,
+    )

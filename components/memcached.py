@@ -12,15 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.conf.memcached import memcached_args
-from components.kube import (
-    Labels,
-    container_security,
-    meta,
-    placement,
-    pod_security,
-    resources,
-    zone_spread,
-)
+from components.kube import Labels, container, disruption_budget, meta, pod, tcp_probe, zone_spread
 from components.network_policy import Flow
 from infra.config import MemcachedConfig
 from stacks.services import DATA_ENDPOINTS, Dependency
@@ -64,7 +56,18 @@ class Memcached(pulumi.ComponentResource):
         )
         # The container's memory limit leaves room above the item memory for connections.
         memory_limit = f"{int(args.config.memory_mb * 1.15) + 64}Mi"
-        probe = k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="memcache"))
+        memcached = container(
+            app,
+            args.image,
+            ["memcached"],
+            ("500m", memory_limit, "2", memory_limit),
+            args=memcached_args(
+                port, args.config.memory_mb, args.config.max_connections, THREADS, listen="0.0.0.0"
+            ),
+            ports=[k8s.core.v1.ContainerPortArgs(name="memcache", container_port=port)],
+            liveness_probe=tcp_probe("memcache", period_seconds=10, failure_threshold=3),
+            readiness_probe=tcp_probe("memcache", period_seconds=5),
+        )
         k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata=meta(app, ns, labels),
@@ -75,47 +78,12 @@ class Memcached(pulumi.ComponentResource):
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app}),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
-                        topology_spread_constraints=zone_spread(app),
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name=app,
-                                image=args.image,
-                                image_pull_policy="IfNotPresent",
-                                command=["memcached"],
-                                args=memcached_args(
-                                    port,
-                                    args.config.memory_mb,
-                                    args.config.max_connections,
-                                    THREADS,
-                                    listen="0.0.0.0",
-                                ),
-                                ports=[
-                                    k8s.core.v1.ContainerPortArgs(
-                                        name="memcache", container_port=port
-                                    )
-                                ],
-                                resources=resources("500m", memory_limit, "2", memory_limit),
-                                security_context=container_security(),
-                                liveness_probe=probe,
-                                readiness_probe=probe,
-                            )
-                        ],
-                        **placement("caches"),
+                    spec=pod(
+                        [memcached], [], "caches", topology_spread_constraints=zone_spread(app)
                     ),
                 ),
             ),
             opts=child,
         )
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata=meta(app, ns, labels),
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app})
-            ),
-            opts=child,
-        )
+        disruption_budget(f"{name}-pdb", app, ns, labels, child)
         self.register_outputs({"nodes": list(self.nodes)})

@@ -14,13 +14,17 @@ import pulumi_kubernetes as k8s
 
 from components.kube import (
     Labels,
-    container_security,
+    config_map_volume,
+    container,
+    disruption_budget,
     empty_dir,
+    env_vars,
+    http_probe,
     meta,
     mount,
-    placement,
-    pod_security,
-    resources,
+    pod,
+    secret_volume,
+    tcp_probe,
     zone_spread,
 )
 from stacks.services import CustomMetric, ScalePolicy, Service
@@ -70,14 +74,7 @@ class Microservice(pulumi.ComponentResource):
         volumes = [empty_dir("tmp")]
         mounts = [mount("tmp", "/tmp")]
         for secret in args.secrets:
-            volumes.append(
-                k8s.core.v1.VolumeArgs(
-                    name=f"secret-{secret}",
-                    secret=k8s.core.v1.SecretVolumeSourceArgs(
-                        secret_name=secret, default_mode=0o440
-                    ),
-                )
-            )
+            volumes.append(secret_volume(f"secret-{secret}", secret))
             mounts.append(mount(f"secret-{secret}", f"{SECRETS_DIR}/{secret}", read_only=True))
         config_hash = None
         if args.config_files:
@@ -88,32 +85,21 @@ class Microservice(pulumi.ComponentResource):
                 immutable=False,
                 opts=child,
             )
-            volumes.append(
-                k8s.core.v1.VolumeArgs(
-                    name="config",
-                    config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map.metadata.name),
-                )
-            )
+            volumes.append(config_map_volume("config", config_map.metadata.name))
             mounts.append(mount("config", args.config_path, read_only=True))
             # Roll the pods when their configuration changes.
             config_hash = pulumi.Output.all(*args.config_files.values()).apply(_digest)
 
         selector = {"app": svc.name}
-        container = k8s.core.v1.ContainerArgs(
-            name=svc.name,
-            image=args.image,
-            image_pull_policy="IfNotPresent",  # images are pinned by digest
-            command=list(svc.argv),
+        r = svc.resources
+        main = container(
+            svc.name,
+            args.image,
+            list(svc.argv),
+            (r.cpu_request, r.memory_request, r.cpu_limit, r.memory_limit),
+            mounts,
             ports=_ports(svc),
-            env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(args.env.items())],
-            resources=resources(
-                svc.resources.cpu_request,
-                svc.resources.memory_request,
-                svc.resources.cpu_limit,
-                svc.resources.memory_limit,
-            ),
-            security_context=container_security(),
-            volume_mounts=mounts,
+            env=env_vars(args.env),
             **_probes(svc),
         )
         self.deployment = k8s.apps.v1.Deployment(
@@ -136,16 +122,13 @@ class Microservice(pulumi.ComponentResource):
                         if config_hash
                         else None,
                     ),
-                    spec=k8s.core.v1.PodSpecArgs(
+                    spec=pod(
+                        [main],
+                        volumes,
+                        svc.node_pool,
                         service_account_name=account.metadata.name,
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
-                        containers=[container],
-                        volumes=volumes,
                         topology_spread_constraints=zone_spread(svc.name),
                         termination_grace_period_seconds=30,
-                        **placement(svc.node_pool),
                     ),
                 ),
             ),
@@ -217,16 +200,7 @@ class Microservice(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        # maxUnavailable rather than minAvailable: a 1-replica dev service can still be drained.
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata=meta(svc.name, ns, labels),
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-            ),
-            opts=child,
-        )
+        disruption_budget(f"{name}-pdb", svc.name, ns, labels, child)
         k8s.apiextensions.CustomResource(
             f"{name}-monitor",
             api_version="monitoring.coreos.com/v1",
@@ -256,29 +230,17 @@ def _ports(svc: Service) -> list[k8s.core.v1.ContainerPortArgs]:
 
 def _probes(svc: Service) -> dict[str, k8s.core.v1.ProbeArgs]:
     """Liveness asks "is the process alive", readiness "can it serve": distinct on purpose,
-    so a database outage takes pods out of rotation without restarting them all. HAProxy has
-    no readiness of its own beyond answering its monitor URI."""
-    gateway = svc.image == "gateway"
-
-    def probe(path: str | None, **timing: int) -> k8s.core.v1.ProbeArgs:
-        return k8s.core.v1.ProbeArgs(
-            http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port="http") if path else None,
-            tcp_socket=None if path else k8s.core.v1.TCPSocketActionArgs(port="http"),
-            timeout_seconds=2,
-            **timing,
-        )
-
-    return {
-        "liveness_probe": probe(
-            None if gateway else "/healthz", period_seconds=10, failure_threshold=3
-        ),
-        "readiness_probe": probe(
-            "/healthz" if gateway else "/readyz", period_seconds=5, failure_threshold=2
-        ),
-        "startup_probe": probe(
-            None if gateway else "/healthz", period_seconds=2, failure_threshold=30
-        ),
-    }
+    so a database outage takes pods out of rotation without restarting them all. HAProxy
+    answers its monitor URI once it serves; that is its readiness."""
+    if svc.image == "gateway":
+        alive = tcp_probe("http", period_seconds=10, failure_threshold=3, timeout_seconds=2)
+        ready = http_probe("/healthz", "http", period_seconds=5, failure_threshold=2)
+        started = tcp_probe("http", period_seconds=2, failure_threshold=30)
+    else:
+        alive = http_probe("/healthz", "http", period_seconds=10, failure_threshold=3)
+        ready = http_probe("/readyz", "http", period_seconds=5, failure_threshold=2)
+        started = http_probe("/healthz", "http", period_seconds=2, failure_threshold=30)
+    return {"liveness_probe": alive, "readiness_probe": ready, "startup_probe": started}
 
 
 def _resource_metric(resource: str, percent: int) -> k8s.autoscaling.v2.MetricSpecArgs:

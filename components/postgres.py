@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.backups import TLS_DIR as BACKUP_TLS_DIR
+from components.backups import TLS_SECRET as BACKUP_TLS_SECRET
 from components.backups import BackupsArgs, PostgresBackups
 from components.conf import pgbackrest
 from components.conf.pgpool import (
@@ -39,15 +40,24 @@ from components.conf.scripts import (
 from components.kube import (
     ZONE_LABEL,
     Labels,
-    container_security,
+    config_map_volume,
+    container,
+    cron_job,
+    disruption_budget,
     empty_dir,
+    env_vars,
+    exec_probe,
+    http_probe,
     meta,
     mount,
-    placement,
-    pod_security,
-    resources,
+    pod,
+    pod_monitor,
+    secret_volume,
+    tcp_probe,
+    volume_claim,
     zone_spread,
 )
+from components.microservice import SECRETS_DIR as SERVICE_SECRETS_DIR
 from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods
 from infra.config import PostgresConfig
 from stacks.services import DATA_ENDPOINTS, Dependency
@@ -67,6 +77,8 @@ CONF_DIR = "/etc/postgresql/conf"
 SECRETS_DIR = "/etc/postgresql/secrets"
 BACKREST_CONF_DIR = "/etc/pgbackrest/conf"
 DATA_MOUNT = "/var/lib/postgresql/data"
+RENDERED_DIR = "/etc/pgpool2-rendered"
+STORAGE_CLASS = "postgres-ssd"
 USERS = PgUsers()
 
 
@@ -229,7 +241,7 @@ class PostgresCluster(pulumi.ComponentResource):
         )
         k8s.storage.v1.StorageClass(
             f"{name}-ssd",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres-ssd", labels=labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS, labels=labels),
             provisioner="pd.csi.storage.gke.io",
             parameters={"type": "pd-ssd"},
             # Bind where the pod is scheduled (its zone), keep the disk if the claim goes.
@@ -239,7 +251,7 @@ class PostgresCluster(pulumi.ComponentResource):
             opts=child,
         )
         members = [
-            self._member(name, member, args, labels, config, account, headless, tuning)
+            self._member(name, member, args, labels, config, account, headless)
             for member in self.topology.members
         ]
 
@@ -277,98 +289,86 @@ class PostgresCluster(pulumi.ComponentResource):
         config: k8s.core.v1.ConfigMap,
         account: k8s.core.v1.ServiceAccount,
         headless: k8s.core.v1.Service,
-        tuning: PgTuning,
     ) -> k8s.apps.v1.StatefulSet:
         cfg = args.config
         pod_labels = {**labels, "member": member.name}
-        env = postgres_env(self.topology, USERS, member, f"{SECRETS_DIR}/pgpass")
-        ready = k8s.core.v1.ExecActionArgs(
-            command=["pg_isready", "-q", "-h", self.topology.socket_dir, "-p", str(PORT)]
-        )
-        postgres = k8s.core.v1.ContainerArgs(
-            name="postgres",
-            image=args.image,
-            image_pull_policy="IfNotPresent",
-            command=["sh", f"{CONF_DIR}/{POSTGRES_START_SH}"],
-            env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())],
-            ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=PORT)],
-            resources=resources(cfg.cpu, cfg.memory, cfg.cpu, cfg.memory),
-            security_context=container_security(),
-            volume_mounts=[
+        socket, spool = self.topology.socket_dir, "/var/spool/pgbackrest"
+        ready = ["pg_isready", "-q", "-h", socket, "-p", str(PORT)]
+        postgres = container(
+            "postgres",
+            args.image,
+            ["sh", f"{CONF_DIR}/{POSTGRES_START_SH}"],
+            (cfg.cpu, cfg.memory, cfg.cpu, cfg.memory),
+            [
                 mount("data", DATA_MOUNT),
                 mount("config", CONF_DIR, read_only=True),
                 mount("config", BACKREST_CONF_DIR, read_only=True),
                 mount("secrets", SECRETS_DIR, read_only=True),
-                mount("socket", self.topology.socket_dir),
-                mount("spool", "/var/spool/pgbackrest"),
+                mount("socket", socket),
+                mount("spool", spool),
                 mount("shm", "/dev/shm"),
                 mount("tmp", "/tmp"),
             ],
-            # Cloning a large replica can take long: the startup probe allows it, then
-            # liveness (the server accepts TCP) and readiness (it accepts queries) take over.
-            startup_probe=k8s.core.v1.ProbeArgs(
-                exec_=ready, period_seconds=10, failure_threshold=360
-            ),
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"),
-                period_seconds=10,
-                failure_threshold=6,
-            ),
-            readiness_probe=k8s.core.v1.ProbeArgs(
-                exec_=ready, period_seconds=5, failure_threshold=2
-            ),
+            env=env_vars(postgres_env(self.topology, USERS, member, f"{SECRETS_DIR}/pgpass")),
+            ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=PORT)],
+            # Cloning a large replica takes long: the startup probe allows it, then liveness
+            # (the server accepts TCP) and readiness (it accepts queries) take over.
+            startup_probe=exec_probe(ready, period_seconds=10, failure_threshold=360),
+            liveness_probe=tcp_probe("postgres", period_seconds=10, failure_threshold=6),
+            readiness_probe=exec_probe(ready, period_seconds=5, failure_threshold=2),
         )
-        backrest = k8s.core.v1.ContainerArgs(
-            name="pgbackrest",
-            image=args.image,
-            image_pull_policy="IfNotPresent",
-            command=["pgbackrest", f"--config={BACKREST_CONF_DIR}/pgbackrest.conf", "server"],
-            ports=[
-                k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)
-            ],
-            resources=resources("100m", "128Mi", "2", "1Gi"),
-            security_context=container_security(),
-            volume_mounts=[
+        backrest = container(
+            "pgbackrest",
+            args.image,
+            ["pgbackrest", f"--config={BACKREST_CONF_DIR}/pgbackrest.conf", "server"],
+            ("100m", "128Mi", "2", "1Gi"),
+            [
                 mount("data", DATA_MOUNT),
                 mount("config", BACKREST_CONF_DIR, read_only=True),
                 mount("tls", BACKUP_TLS_DIR, read_only=True),
-                mount("socket", self.topology.socket_dir),
-                mount("spool", "/var/spool/pgbackrest"),
+                mount("socket", socket),
+                mount("spool", spool),
                 mount("tmp", "/tmp"),
             ],
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest")
-            ),
-            readiness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="pgbackrest"), period_seconds=10
-            ),
-        )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="exporter",
-            image=args.image,
-            image_pull_policy="IfNotPresent",
-            command=["prometheus-postgres-exporter"],
-            env=[
-                k8s.core.v1.EnvVarArgs(
-                    name="DATA_SOURCE_URI", value=f"localhost:{PORT}/postgres?sslmode=disable"
-                ),
-                k8s.core.v1.EnvVarArgs(name="DATA_SOURCE_USER", value=USERS.superuser),
-                k8s.core.v1.EnvVarArgs(
-                    name="DATA_SOURCE_PASS_FILE", value=f"{SECRETS_DIR}/superuser-password"
-                ),
+            ports=[
+                k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)
             ],
-            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EXPORTER_PORT)],
-            resources=resources("50m", "64Mi", "250m", "128Mi"),
-            security_context=container_security(),
-            volume_mounts=[mount("secrets", SECRETS_DIR, read_only=True)],
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics")
-            ),
-            readiness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port="metrics"), period_seconds=15
-            ),
+            liveness_probe=tcp_probe("pgbackrest"),
+            readiness_probe=tcp_probe("pgbackrest", period_seconds=10),
         )
-        pool = placement("databases")
+        exporter = container(
+            "exporter",
+            args.image,
+            ["prometheus-postgres-exporter"],
+            ("50m", "64Mi", "250m", "128Mi"),
+            [mount("secrets", SECRETS_DIR, read_only=True)],
+            env=env_vars(
+                {
+                    "DATA_SOURCE_URI": f"localhost:{PORT}/postgres?sslmode=disable",
+                    "DATA_SOURCE_USER": USERS.superuser,
+                    "DATA_SOURCE_PASS_FILE": f"{SECRETS_DIR}/superuser-password",
+                }
+            ),
+            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EXPORTER_PORT)],
+            liveness_probe=http_probe("/", "metrics"),
+            readiness_probe=http_probe("/", "metrics", period_seconds=15),
+        )
+        spec = pod(
+            [postgres, backrest, exporter],
+            [
+                config_map_volume("config", config.metadata.name),
+                secret_volume("secrets", CREDENTIALS_SECRET),
+                secret_volume("tls", f"{BACKUP_TLS_SECRET}-server"),
+                empty_dir("socket", "1Mi"),
+                empty_dir("spool", "2Gi"),
+                empty_dir("tmp", "1Gi"),
+                empty_dir("shm", "1Gi", memory=True),
+            ],
+            "databases",
+            service_account_name=account.metadata.name,
+            termination_grace_period_seconds=120,  # time to checkpoint and stop cleanly
+            affinity=_pinned(member.zone),
+        )
         return k8s.apps.v1.StatefulSet(
             f"{name}-{member.name}",
             metadata=meta(member.name, NAMESPACE, pod_labels),
@@ -379,84 +379,12 @@ class PostgresCluster(pulumi.ComponentResource):
                     match_labels={"app": APP, "member": member.name}
                 ),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=account.metadata.name,
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
-                        # Postgres gets time to checkpoint and stop cleanly.
-                        termination_grace_period_seconds=120,
-                        containers=[postgres, backrest, exporter],
-                        volumes=[
-                            k8s.core.v1.VolumeArgs(
-                                name="config",
-                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                    name=config.metadata.name
-                                ),
-                            ),
-                            k8s.core.v1.VolumeArgs(
-                                name="secrets",
-                                secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                    secret_name=CREDENTIALS_SECRET, default_mode=0o440
-                                ),
-                            ),
-                            k8s.core.v1.VolumeArgs(
-                                name="tls",
-                                secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                    secret_name="pgbackrest-tls-server", default_mode=0o440
-                                ),
-                            ),
-                            empty_dir("socket", "1Mi"),
-                            empty_dir("spool", "2Gi"),
-                            empty_dir("tmp", "1Gi"),
-                            empty_dir("shm", "1Gi", memory=True),
-                        ],
-                        node_selector=pool["node_selector"],
-                        tolerations=pool["tolerations"],
-                        # Pinned to its zone: the replica set survives the loss of any one zone.
-                        affinity=k8s.core.v1.AffinityArgs(
-                            node_affinity=k8s.core.v1.NodeAffinityArgs(
-                                required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
-                                    node_selector_terms=[
-                                        k8s.core.v1.NodeSelectorTermArgs(
-                                            match_expressions=[
-                                                k8s.core.v1.NodeSelectorRequirementArgs(
-                                                    key=ZONE_LABEL,
-                                                    operator="In",
-                                                    values=[member.zone],
-                                                )
-                                            ]
-                                        )
-                                    ]
-                                )
-                            ),
-                            # Two members never share a node, so a node loss costs one member.
-                            pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
-                                required_during_scheduling_ignored_during_execution=[
-                                    k8s.core.v1.PodAffinityTermArgs(
-                                        topology_key="kubernetes.io/hostname",
-                                        label_selector=k8s.meta.v1.LabelSelectorArgs(
-                                            match_labels={"app": APP}
-                                        ),
-                                    )
-                                ]
-                            ),
-                        ),
-                    ),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels), spec=spec
                 ),
                 volume_claim_templates=[
-                    k8s.core.v1.PersistentVolumeClaimArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=pod_labels),
-                        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-                            access_modes=["ReadWriteOnce"],
-                            storage_class_name="postgres-ssd",
-                            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
-                                requests={"storage": f"{cfg.storage_gb}Gi"}
-                            ),
-                        ),
-                    )
+                    volume_claim("data", STORAGE_CLASS, cfg.storage_gb, pod_labels)
                 ],
+                # Deleting or scaling down a member never deletes its data.
                 persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
                     when_deleted="Retain", when_scaled="Retain"
                 ),
@@ -474,6 +402,7 @@ class PostgresCluster(pulumi.ComponentResource):
         pcp_password: pulumi.Output[str],
         members: list[k8s.apps.v1.StatefulSet],
     ) -> None:
+        child = pulumi.ResourceOptions(parent=self)
         labels = args.labels.k8s(PGPOOL, "data")
         files = pgpool_files(
             self.topology, USERS, settings, client_cidrs=(args.pods_cidr,), tuning=tuning
@@ -482,7 +411,7 @@ class PostgresCluster(pulumi.ComponentResource):
             f"{name}-pgpool-config",
             metadata=meta(f"{PGPOOL}-config", NAMESPACE, labels),
             data=files,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=child,
         )
         k8s.core.v1.Secret(
             f"{name}-pgpool-credentials",
@@ -490,7 +419,7 @@ class PostgresCluster(pulumi.ComponentResource):
             string_data=pulumi.Output.all(passwords, pcp_password).apply(
                 lambda v: pgpool_secret_files(USERS, settings, v[0], v[1])
             ),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=child,
         )
         for service_name, headless in ((PGPOOL, False), (f"{PGPOOL}-peers", True)):
             k8s.core.v1.Service(
@@ -506,19 +435,43 @@ class PostgresCluster(pulumi.ComponentResource):
                         )
                     ],
                 ),
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=child,
             )
-        # The pod's conf dir is writable (pgpool_node_id differs per pod): copy the rendered
+        ports = [k8s.core.v1.ContainerPortArgs(name="postgres", container_port=ENDPOINT.port)]
+        if settings.uses_watchdog:
+            node = settings.watchdog_nodes[0]
+            ports += [
+                k8s.core.v1.ContainerPortArgs(name="watchdog", container_port=node.wd_port),
+                k8s.core.v1.ContainerPortArgs(
+                    name="heartbeat", container_port=node.heartbeat_port, protocol="UDP"
+                ),
+            ]
+        # The conf dir is writable because pgpool_node_id differs per pod: copy the rendered
         # files in, write this pod's watchdog id from its ordinal, then exec pgpool.
-        argv = " ".join(pgpool_command(settings))
         start = (
-            f"cp /etc/pgpool2-rendered/* {settings.conf_dir}/ && "
-            f'echo "${{HOSTNAME##*-}}" > {settings.conf_dir}/pgpool_node_id && exec {argv}'
+            f"cp {RENDERED_DIR}/* {settings.conf_dir}/ && "
+            f'echo "${{HOSTNAME##*-}}" > {settings.conf_dir}/pgpool_node_id && '
+            f"exec {' '.join(pgpool_command(settings))}"
         )
-        ready = k8s.core.v1.ExecActionArgs(
-            command=["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(ENDPOINT.port)]
+        pgpool = container(
+            PGPOOL,
+            args.pgpool_image,
+            ["sh", "-c", start],
+            ("500m", "512Mi", "2", "1Gi"),
+            [
+                mount("rendered", RENDERED_DIR, read_only=True),
+                mount("conf", settings.conf_dir),
+                mount("secrets", settings.secrets_dir, read_only=True),
+                mount("run", settings.run_dir),
+                mount("log", settings.log_dir),
+                mount("tmp", "/tmp"),
+            ],
+            ports=ports,
+            liveness_probe=tcp_probe("postgres", period_seconds=10, failure_threshold=3),
+            readiness_probe=exec_probe(
+                ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(ENDPOINT.port)], period_seconds=5
+            ),
         )
-        pool = placement("databases")
         k8s.apps.v1.StatefulSet(
             f"{name}-pgpool",
             metadata=meta(PGPOOL, NAMESPACE, labels),
@@ -529,109 +482,30 @@ class PostgresCluster(pulumi.ComponentResource):
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL}),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
-                        topology_spread_constraints=zone_spread(PGPOOL),
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name=PGPOOL,
-                                image=args.pgpool_image,
-                                image_pull_policy="IfNotPresent",
-                                command=["sh", "-c", start],
-                                ports=[
-                                    k8s.core.v1.ContainerPortArgs(
-                                        name="postgres", container_port=ENDPOINT.port
-                                    ),
-                                    *(
-                                        [
-                                            k8s.core.v1.ContainerPortArgs(
-                                                name="watchdog",
-                                                container_port=settings.watchdog_nodes[0].wd_port,
-                                            ),
-                                            k8s.core.v1.ContainerPortArgs(
-                                                name="heartbeat",
-                                                container_port=settings.watchdog_nodes[
-                                                    0
-                                                ].heartbeat_port,
-                                                protocol="UDP",
-                                            ),
-                                        ]
-                                        if settings.uses_watchdog
-                                        else []
-                                    ),
-                                ],
-                                resources=resources("500m", "512Mi", "2", "1Gi"),
-                                security_context=container_security(),
-                                volume_mounts=[
-                                    mount("rendered", "/etc/pgpool2-rendered", read_only=True),
-                                    mount("conf", settings.conf_dir),
-                                    mount("secrets", settings.secrets_dir, read_only=True),
-                                    mount("run", settings.run_dir),
-                                    mount("log", settings.log_dir),
-                                    mount("tmp", "/tmp"),
-                                ],
-                                liveness_probe=k8s.core.v1.ProbeArgs(
-                                    tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="postgres"),
-                                    period_seconds=10,
-                                    failure_threshold=3,
-                                ),
-                                readiness_probe=k8s.core.v1.ProbeArgs(
-                                    exec_=ready, period_seconds=5
-                                ),
-                            )
-                        ],
-                        volumes=[
-                            k8s.core.v1.VolumeArgs(
-                                name="rendered",
-                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                    name=config.metadata.name
-                                ),
-                            ),
-                            k8s.core.v1.VolumeArgs(
-                                name="secrets",
-                                secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                    secret_name=PGPOOL_SECRET, default_mode=0o440
-                                ),
-                            ),
+                    spec=pod(
+                        [pgpool],
+                        [
+                            config_map_volume("rendered", config.metadata.name),
+                            secret_volume("secrets", PGPOOL_SECRET),
                             empty_dir("conf", "1Mi"),
                             empty_dir("run", "1Mi"),
                             empty_dir("log", "16Mi"),
                             empty_dir("tmp", "64Mi"),
                         ],
-                        node_selector=pool["node_selector"],
-                        tolerations=pool["tolerations"],
+                        "databases",
+                        topology_spread_constraints=zone_spread(PGPOOL),
                     ),
                 ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=members),
         )
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pgpool-pdb",
-            metadata=meta(PGPOOL, NAMESPACE, labels),
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": PGPOOL}),
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        k8s.apiextensions.CustomResource(
-            f"{name}-monitor",
-            api_version="monitoring.coreos.com/v1",
-            kind="PodMonitor",
-            metadata=meta(APP, NAMESPACE, args.labels.k8s(APP, "data")),
-            spec={
-                "selector": {"matchLabels": {"app": APP}},
-                "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
-            },
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        disruption_budget(f"{name}-pgpool-pdb", PGPOOL, NAMESPACE, labels, child)
+        pod_monitor(f"{name}-monitor", NAMESPACE, args.labels.k8s(APP, "data"), child)
 
     def _partition_job(self, name: str, args: PostgresArgs) -> None:
         """Monthly `orders` partitions, created ahead of time through PgPool-II."""
         labels = args.labels.k8s(PARTITIONS_APP, "data")
-        secret_dir = f"/var/run/secrets/shop/{APP_SECRET}"
+        secret_dir = f"{SERVICE_SECRETS_DIR}/{APP_SECRET}"
         env = {
             "DATABASE_HOST": ENDPOINT.host,
             "DATABASE_PORT": str(ENDPOINT.port),
@@ -639,66 +513,56 @@ class PostgresCluster(pulumi.ComponentResource):
             "DATABASE_USER": USERS.app,
             "DATABASE_PASSWORD_FILE": f"{secret_dir}/password",
         }
-        k8s.batch.v1.CronJob(
+        ahead = str(args.config.partitions_ahead_months)
+        job = container(
+            "partitions",
+            args.service_image,
+            ["python", "-m", "services.maintenance.partitions", "--ahead", ahead],
+            ("50m", "64Mi", "500m", "256Mi"),
+            [mount("credentials", secret_dir, read_only=True), mount("tmp", "/tmp")],
+            env=env_vars(env),
+        )
+        cron_job(
             f"{name}-partitions",
-            metadata=meta(PARTITIONS_APP, NAMESPACE, labels),
-            spec=k8s.batch.v1.CronJobSpecArgs(
-                schedule="17 3 * * *",  # daily: a missed run is caught up the next day
-                time_zone="Etc/UTC",
-                concurrency_policy="Forbid",
-                successful_jobs_history_limit=3,
-                failed_jobs_history_limit=5,
-                job_template=k8s.batch.v1.JobTemplateSpecArgs(
-                    spec=k8s.batch.v1.JobSpecArgs(
-                        backoff_limit=3,
-                        active_deadline_seconds=600,
-                        template=k8s.core.v1.PodTemplateSpecArgs(
-                            metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                            spec=k8s.core.v1.PodSpecArgs(
-                                restart_policy="Never",
-                                automount_service_account_token=False,
-                                enable_service_links=False,
-                                security_context=pod_security(),
-                                containers=[
-                                    k8s.core.v1.ContainerArgs(
-                                        name="partitions",
-                                        image=args.service_image,
-                                        image_pull_policy="IfNotPresent",
-                                        command=[
-                                            "python",
-                                            "-m",
-                                            "services.maintenance.partitions",
-                                            "--ahead",
-                                            str(args.config.partitions_ahead_months),
-                                        ],
-                                        env=[
-                                            k8s.core.v1.EnvVarArgs(name=k, value=v)
-                                            for k, v in env.items()
-                                        ],
-                                        resources=resources("50m", "64Mi", "500m", "256Mi"),
-                                        security_context=container_security(),
-                                        volume_mounts=[
-                                            mount("credentials", secret_dir, read_only=True),
-                                            mount("tmp", "/tmp"),
-                                        ],
-                                    )
-                                ],
-                                volumes=[
-                                    k8s.core.v1.VolumeArgs(
-                                        name="credentials",
-                                        secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                            secret_name=APP_SECRET, default_mode=0o440
-                                        ),
-                                    ),
-                                    empty_dir("tmp"),
-                                ],
-                            ),
-                        ),
-                    )
-                ),
+            meta(PARTITIONS_APP, NAMESPACE, labels),
+            "17 3 * * *",  # daily: a missed run is caught up the next day
+            labels,
+            pod(
+                [job],
+                [secret_volume("credentials", APP_SECRET), empty_dir("tmp")],
+                restart_policy="Never",
             ),
+            deadline_seconds=600,
+            backoff_limit=3,
             opts=pulumi.ResourceOptions(parent=self),
         )
+
+
+def _pinned(zone: str | None) -> k8s.core.v1.AffinityArgs:
+    """In its zone, on a node of its own: losing a zone or a node costs one member."""
+    return k8s.core.v1.AffinityArgs(
+        node_affinity=k8s.core.v1.NodeAffinityArgs(
+            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
+                node_selector_terms=[
+                    k8s.core.v1.NodeSelectorTermArgs(
+                        match_expressions=[
+                            k8s.core.v1.NodeSelectorRequirementArgs(
+                                key=ZONE_LABEL, operator="In", values=[zone]
+                            )
+                        ]
+                    )
+                ]
+            )
+        ),
+        pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[
+                k8s.core.v1.PodAffinityTermArgs(
+                    topology_key="kubernetes.io/hostname",
+                    label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP}),
+                )
+            ]
+        ),
+    )
 
 
 def _tuning(memory: str) -> PgTuning:

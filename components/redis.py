@@ -23,13 +23,19 @@ from components.conf.redis import (
 )
 from components.kube import (
     Labels,
-    container_security,
+    config_map_volume,
+    container,
+    disruption_budget,
     empty_dir,
+    exec_probe,
+    http_probe,
     meta,
     mount,
-    placement,
-    pod_security,
-    resources,
+    pod,
+    pod_monitor,
+    secret_volume,
+    tcp_probe,
+    volume_claim,
     zone_spread,
 )
 from components.network_policy import MONITORING, Flow, Pods
@@ -77,9 +83,12 @@ class RedisCluster(pulumi.ComponentResource):
         self.nodes = tuple(node.endpoint for node in spec.nodes)
         self.auth_secret = AUTH_SECRET
         bootstrap_app = f"{app}-bootstrap"
+        bus_port = spec.nodes[0].cluster_bus_port
+        # redis-cli reads the password from its env var, set from the mounted Secret file.
+        with_password = f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)"'
         self.flows = [
-            Flow(Pods(ns, app), Pods(ns, app), (port, spec.nodes[0].cluster_bus_port)),
-            Flow(Pods(ns, bootstrap_app), Pods(ns, app), (port, spec.nodes[0].cluster_bus_port)),
+            Flow(Pods(ns, app), Pods(ns, app), (port, bus_port)),
+            Flow(Pods(ns, bootstrap_app), Pods(ns, app), (port, bus_port)),
             Flow(MONITORING, Pods(ns, app), (EXPORTER_PORT,)),
         ]
 
@@ -134,42 +143,30 @@ class RedisCluster(pulumi.ComponentResource):
                 selector={"app": app},
                 ports=[
                     k8s.core.v1.ServicePortArgs(name="redis", port=port, target_port="redis"),
-                    k8s.core.v1.ServicePortArgs(
-                        name="bus", port=spec.nodes[0].cluster_bus_port, target_port="bus"
-                    ),
+                    k8s.core.v1.ServicePortArgs(name="bus", port=bus_port, target_port="bus"),
                 ],
             ),
             opts=child,
         )
 
         volumes = [
-            k8s.core.v1.VolumeArgs(
-                name="config",
-                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
-            ),
-            k8s.core.v1.VolumeArgs(
-                name="auth",
-                secret=k8s.core.v1.SecretVolumeSourceArgs(
-                    secret_name=AUTH_SECRET, default_mode=0o440
-                ),
-            ),
+            config_map_volume("config", config.metadata.name),
+            secret_volume("auth", AUTH_SECRET),
             empty_dir("tmp"),
         ]
-        memory = f"{int(args.config.maxmemory_mb * 1.2) + 256}Mi"  # maxmemory + replication buffers
-        ping = k8s.core.v1.ExecActionArgs(
-            command=[
-                "sh",
-                "-c",
-                f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" '
-                f"redis-cli -p {port} ping | grep -q PONG",
-            ]
-        )
-        redis_container = k8s.core.v1.ContainerArgs(
-            name="redis",
-            image=args.image,
-            image_pull_policy="IfNotPresent",
-            command=["redis-server"],
-            args=[f"{CONFIG_DIR}/$(POD_NAME).conf"],
+        memory = f"{int(args.config.maxmemory_mb * 1.2) + 256}Mi"  # + replication buffers
+        redis = container(
+            "redis",
+            args.image,
+            ["redis-server"],
+            ("500m", memory, "2", memory),
+            [
+                mount("data", DATA_DIR),
+                mount("config", CONFIG_DIR, read_only=True),
+                mount("auth", AUTH_DIR, read_only=True),
+                mount("tmp", "/tmp"),
+            ],
+            args=[f"{CONFIG_DIR}/$(POD_NAME).conf"],  # each node its own rendered file
             env=[
                 k8s.core.v1.EnvVarArgs(
                     name="POD_NAME",
@@ -180,45 +177,29 @@ class RedisCluster(pulumi.ComponentResource):
             ],
             ports=[
                 k8s.core.v1.ContainerPortArgs(name="redis", container_port=port),
-                k8s.core.v1.ContainerPortArgs(
-                    name="bus", container_port=spec.nodes[0].cluster_bus_port
-                ),
+                k8s.core.v1.ContainerPortArgs(name="bus", container_port=bus_port),
             ],
-            resources=resources("500m", memory, "2", memory),
-            security_context=container_security(),
-            volume_mounts=[
-                mount("data", DATA_DIR),
-                mount("config", CONFIG_DIR, read_only=True),
-                mount("auth", AUTH_DIR, read_only=True),
-                mount("tmp", "/tmp"),
-            ],
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="redis"),
-                period_seconds=10,
-                failure_threshold=3,
+            liveness_probe=tcp_probe("redis", period_seconds=10, failure_threshold=3),
+            readiness_probe=exec_probe(
+                ["sh", "-c", f"{with_password} redis-cli -p {port} ping | grep -q PONG"],
+                period_seconds=5,
+                timeout_seconds=2,
             ),
-            readiness_probe=k8s.core.v1.ProbeArgs(exec_=ping, period_seconds=5, timeout_seconds=2),
         )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="exporter",
-            image=args.image,
-            image_pull_policy="IfNotPresent",
-            command=["prometheus-redis-exporter"],
+        exporter = container(
+            "exporter",
+            args.image,
+            ["prometheus-redis-exporter"],
+            ("50m", "32Mi", "200m", "64Mi"),
+            [mount("auth", AUTH_DIR, read_only=True)],
             args=[
                 f"-redis.addr=redis://localhost:{port}",
                 f"-redis.password-file={AUTH_DIR}/exporter.json",
                 "-is-cluster",
             ],
             ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EXPORTER_PORT)],
-            resources=resources("50m", "32Mi", "200m", "64Mi"),
-            security_context=container_security(),
-            volume_mounts=[mount("auth", AUTH_DIR, read_only=True)],
-            liveness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port="metrics")
-            ),
-            readiness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port="metrics")
-            ),
+            liveness_probe=http_probe("/health", "metrics"),
+            readiness_probe=http_probe("/health", "metrics"),
         )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
@@ -230,52 +211,35 @@ class RedisCluster(pulumi.ComponentResource):
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app}),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
+                    spec=pod(
+                        [redis, exporter],
+                        volumes,
+                        "caches",
                         topology_spread_constraints=zone_spread(app),
-                        containers=[redis_container, exporter],
-                        volumes=volumes,
-                        **placement("caches"),
                     ),
                 ),
                 volume_claim_templates=[
-                    k8s.core.v1.PersistentVolumeClaimArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels),
-                        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-                            access_modes=["ReadWriteOnce"],
-                            storage_class_name=args.storage_class,
-                            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
-                                requests={"storage": f"{args.config.storage_gb}Gi"}
-                            ),
-                        ),
-                    )
+                    volume_claim("data", args.storage_class, args.config.storage_gb, labels)
                 ],
             ),
             opts=child,
         )
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata=meta(app, ns, labels),
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app})
-            ),
-            opts=child,
-        )
-        k8s.apiextensions.CustomResource(
-            f"{name}-monitor",
-            api_version="monitoring.coreos.com/v1",
-            kind="PodMonitor",
-            metadata=meta(app, ns, labels),
-            spec={
-                "selector": {"matchLabels": {"app": app}},
-                "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
-            },
-            opts=child,
-        )
+        disruption_budget(f"{name}-pdb", app, ns, labels, child)
+        pod_monitor(f"{name}-monitor", ns, labels, child)
 
+        # Forms the cluster once; every later run finds it formed and only checks its health.
         bootstrap_labels = args.labels.k8s(bootstrap_app, "cache")
+        bootstrap = container(
+            "bootstrap",
+            args.image,
+            ["sh", "-c", f"{with_password} exec sh {CONFIG_DIR}/bootstrap.sh"],
+            ("50m", "64Mi", "200m", "128Mi"),
+            [
+                mount("config", CONFIG_DIR, read_only=True),
+                mount("auth", AUTH_DIR, read_only=True),
+                mount("tmp", "/tmp"),
+            ],
+        )
         k8s.batch.v1.Job(
             f"{name}-bootstrap",
             metadata=meta(bootstrap_app, ns, bootstrap_labels),
@@ -284,36 +248,7 @@ class RedisCluster(pulumi.ComponentResource):
                 active_deadline_seconds=1800,
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=bootstrap_labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        restart_policy="OnFailure",
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=pod_security(),
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name="bootstrap",
-                                image=args.image,
-                                image_pull_policy="IfNotPresent",
-                                # The password reaches redis-cli through its env var, read from
-                                # the mounted Secret file (never in the pod spec).
-                                command=[
-                                    "sh",
-                                    "-c",
-                                    f'REDISCLI_AUTH="$(cat {AUTH_DIR}/password)" '
-                                    f"exec sh {CONFIG_DIR}/bootstrap.sh",
-                                ],
-                                resources=resources("50m", "64Mi", "200m", "128Mi"),
-                                security_context=container_security(),
-                                volume_mounts=[
-                                    mount("config", CONFIG_DIR, read_only=True),
-                                    mount("auth", AUTH_DIR, read_only=True),
-                                    mount("tmp", "/tmp"),
-                                ],
-                            )
-                        ],
-                        volumes=volumes,
-                        **placement("caches"),
-                    ),
+                    spec=pod([bootstrap], volumes, "caches", restart_policy="OnFailure"),
                 ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[statefulset]),
