@@ -310,3 +310,35 @@ def pod_monitor(
         },
         opts=opts,
     )
+
+
+def headless_service(
+    resource_name: str,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    ports: dict[str, int],
+    opts: pulumi.ResourceOptions,
+    app: str | None = None,
+    publish_not_ready: bool = False,
+) -> k8s.core.v1.Service:
+    """DNS names for each pod of `app` (`<pod>.<name>.<namespace>.svc`) and no virtual IP.
+
+    `publish_not_ready`: peers that must find each other before they are ready (a cluster
+    forming, a replica cloning) resolve anyway. Each port targets the container port of the
+    same name.
+    """
+    return k8s.core.v1.Service(
+        resource_name,
+        metadata=meta(name, namespace, labels),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            cluster_ip="None",
+            publish_not_ready_addresses=publish_not_ready,
+            selector={"app": app or labels["app"]},
+            ports=[
+                k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port_name)
+                for port_name, port in ports.items()
+            ],
+        ),
+        opts=opts,
+    )

@@ -12,7 +12,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.conf.memcached import memcached_args
-from components.kube import Labels, container, disruption_budget, meta, pod, tcp_probe, zone_spread
+from components.kube import (
+    Labels,
+    container,
+    disruption_budget,
+    headless_service,
+    meta,
+    pod,
+    tcp_probe,
+    zone_spread,
+)
 from components.network_policy import Flow
 from infra.config import MemcachedConfig
 from stacks.services import DATA_ENDPOINTS, Dependency
@@ -41,19 +50,7 @@ class Memcached(pulumi.ComponentResource):
         self.nodes = tuple(f"{app}-{i}.{ENDPOINT.host}:{port}" for i in range(count))
         self.flows = []  # clients only (from the service table); nodes never talk to each other
 
-        service = k8s.core.v1.Service(
-            f"{name}-headless",
-            metadata=meta(app, ns, labels),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None",
-                publish_not_ready_addresses=False,
-                selector={"app": app},
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="memcache", port=port, target_port="memcache")
-                ],
-            ),
-            opts=child,
-        )
+        service = headless_service(f"{name}-headless", app, ns, labels, {"memcache": port}, child)
         # The container's memory limit leaves room above the item memory for connections.
         memory_limit = f"{int(args.config.memory_mb * 1.15) + 64}Mi"
         memcached = container(

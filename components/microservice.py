@@ -19,6 +19,7 @@ from components.kube import (
     disruption_budget,
     empty_dir,
     env_vars,
+    headless_service,
     http_probe,
     meta,
     mount,
@@ -165,17 +166,8 @@ class Microservice(pulumi.ComponentResource):
         if svc.route is not None:
             # The gateway balances over the pods themselves: a headless Service's DNS answers
             # are the ready pods (see stacks/gateway.py).
-            k8s.core.v1.Service(
-                f"{name}-pods",
-                metadata=meta(f"{svc.name}-pods", ns, labels),
-                spec=k8s.core.v1.ServiceSpecArgs(
-                    cluster_ip="None",
-                    selector=selector,
-                    ports=[
-                        k8s.core.v1.ServicePortArgs(name="http", port=svc.port, target_port="http")
-                    ],
-                ),
-                opts=child,
+            headless_service(
+                f"{name}-pods", f"{svc.name}-pods", ns, labels, {"http": svc.port}, child
             )
 
         scaling = svc.scaling

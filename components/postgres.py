@@ -47,6 +47,7 @@ from components.kube import (
     empty_dir,
     env_vars,
     exec_probe,
+    headless_service,
     http_probe,
     meta,
     mount,
@@ -222,22 +223,15 @@ class PostgresCluster(pulumi.ComponentResource):
             automount_service_account_token=False,
             opts=child,
         )
-        headless = k8s.core.v1.Service(
+        # Members find each other (and pgpool finds them) before they are ready.
+        headless = headless_service(
             f"{name}-headless",
-            metadata=meta(APP, NAMESPACE, labels),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None",
-                # Members find each other (and pgpool finds them) before they are ready.
-                publish_not_ready_addresses=True,
-                selector={"app": APP},
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="postgres", port=PORT, target_port="postgres"),
-                    k8s.core.v1.ServicePortArgs(
-                        name="pgbackrest", port=pgbackrest.TLS_PORT, target_port="pgbackrest"
-                    ),
-                ],
-            ),
-            opts=child,
+            APP,
+            NAMESPACE,
+            labels,
+            {"postgres": PORT, "pgbackrest": pgbackrest.TLS_PORT},
+            child,
+            publish_not_ready=True,
         )
         k8s.storage.v1.StorageClass(
             f"{name}-ssd",
@@ -421,22 +415,29 @@ class PostgresCluster(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        for service_name, headless in ((PGPOOL, False), (f"{PGPOOL}-peers", True)):
-            k8s.core.v1.Service(
-                f"{name}-{service_name}",
-                metadata=meta(service_name, NAMESPACE, labels),
-                spec=k8s.core.v1.ServiceSpecArgs(
-                    cluster_ip="None" if headless else None,
-                    publish_not_ready_addresses=headless,  # watchdog peers meet before ready
-                    selector={"app": PGPOOL},
-                    ports=[
-                        k8s.core.v1.ServicePortArgs(
-                            name="postgres", port=ENDPOINT.port, target_port="postgres"
-                        )
-                    ],
-                ),
-                opts=child,
-            )
+        k8s.core.v1.Service(
+            f"{name}-{PGPOOL}",
+            metadata=meta(PGPOOL, NAMESPACE, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                selector={"app": PGPOOL},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(
+                        name="postgres", port=ENDPOINT.port, target_port="postgres"
+                    )
+                ],
+            ),
+            opts=child,
+        )
+        # Watchdog peers meet before they are ready.
+        headless_service(
+            f"{name}-{PGPOOL}-peers",
+            f"{PGPOOL}-peers",
+            NAMESPACE,
+            labels,
+            {"postgres": ENDPOINT.port},
+            child,
+            publish_not_ready=True,
+        )
         ports = [k8s.core.v1.ContainerPortArgs(name="postgres", container_port=ENDPOINT.port)]
         if settings.uses_watchdog:
             node = settings.watchdog_nodes[0]

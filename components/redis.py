@@ -28,6 +28,7 @@ from components.kube import (
     disruption_budget,
     empty_dir,
     exec_probe,
+    headless_service,
     http_probe,
     meta,
     mount,
@@ -133,20 +134,15 @@ class RedisCluster(pulumi.ComponentResource):
             },
             opts=child,
         )
-        service = k8s.core.v1.Service(
+        # Nodes must resolve each other before they are ready, to form the cluster.
+        service = headless_service(
             f"{name}-headless",
-            metadata=meta(app, ns, labels),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None",
-                # Nodes must resolve each other before they are ready, to form the cluster.
-                publish_not_ready_addresses=True,
-                selector={"app": app},
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="redis", port=port, target_port="redis"),
-                    k8s.core.v1.ServicePortArgs(name="bus", port=bus_port, target_port="bus"),
-                ],
-            ),
-            opts=child,
+            app,
+            ns,
+            labels,
+            {"redis": port, "bus": bus_port},
+            child,
+            publish_not_ready=True,
         )
 
         volumes = [
