@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[infra,test]'
 	@touch $@
 
 checkov-env: $(CHECKOV_VENV)/.installed
