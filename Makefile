@@ -36,9 +36,10 @@ test: venv checkov-env
 	$(VENV)/bin/ruff check .
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
 
-# Offline render of a stack under Pulumi's mock runtime: what `pulumi preview` would create.
+# Offline render of a stack under Pulumi's mock runtime (what `pulumi preview` would create)
+# and the policy pack's verdict on it.
 plan: venv
-	$(PY) -m infra.render --stack $(STACK) --out $(OUT)
+	$(PY) -m infra.render --stack $(STACK) --out $(OUT) --policy
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,10 @@ from components.network import PODS_RANGE, SERVICES_RANGE, Network
 from infra.config import ClusterConfig, NodePoolConfig, NodePools
 from stacks.services import NodePoolName
 
+# The cluster carries its stack's monthly budget, so the policy pack can weigh the node
+# pools' cost against it.
+BUDGET_LABEL = "monthly-budget-usd"
+
 # What nodes need and nothing more: write logs and metrics, pull images.
 NODE_ROLES = (
     "roles/logging.logWriter",
@@ -40,6 +44,7 @@ class GkeClusterArgs:
     cluster: ClusterConfig
     node_pools: NodePools
     labels: dict[str, str]
+    monthly_budget_usd: int | None = None
 
 
 class GkeCluster(pulumi.ComponentResource):
@@ -77,7 +82,10 @@ class GkeCluster(pulumi.ComponentResource):
             node_locations=list(args.zones),
             network=args.network.vpc.id,
             subnetwork=args.network.subnet.id,
-            resource_labels=args.labels,
+            resource_labels={
+                **args.labels,
+                **({BUDGET_LABEL: str(args.monthly_budget_usd)} if args.monthly_budget_usd else {}),
+            },
             # Node pools are managed below; the default pool is removed right away.
             remove_default_node_pool=True,
             initial_node_count=1,

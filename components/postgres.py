@@ -531,6 +531,7 @@ class PostgresCluster(pulumi.ComponentResource):
             pod(
                 [job],
                 [secret_volume("credentials", APP_SECRET), empty_dir("tmp")],
+                "databases",  # the data tier's jobs stay on its pool
                 restart_policy="Never",
             ),
             deadline_seconds=600,

@@ -5,11 +5,12 @@ mock runtime with the stack's config file, records every resource registration, 
 
   OUT/resources.json   every resource: {"type", "name", "inputs"}
   OUT/manifests/       one YAML file per Kubernetes object, as plain Kubernetes objects
+  OUT/policy.json      with --policy: the policy pack's findings (exit 1 on a mandatory one)
 
 then prints a summary. Values only the cloud knows (IP addresses, image digests, generated
 passwords) come back as clearly marked placeholders from `OfflineMocks`.
 
-    python -m infra.render --stack prod --out build/render/prod
+    python -m infra.render --stack prod --out build/render/prod --policy
 """
 
 from __future__ import annotations
@@ -108,15 +109,17 @@ def _computed_outputs(
     return outputs
 
 
-def render(stack: str) -> Render:
-    """Run the stack's program under Pulumi's mock runtime and record every resource."""
+def render(stack: str, stack_file: Path | None = None) -> Render:
+    """Run the stack's program under Pulumi's mock runtime and record every resource.
+
+    `stack_file` replaces `Pulumi.<stack>.yaml` (a reviewer trying a change of config)."""
     import pulumi
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
     from infra.config import PROJECT, SECRET_KEYS
 
-    stack_file = ROOT / f"Pulumi.{stack}.yaml"
+    stack_file = stack_file or ROOT / f"Pulumi.{stack}.yaml"
     if not stack_file.exists():
         known = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
         raise SystemExit(
@@ -213,12 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         "--stack", required=True, help="dev, staging or prod (a Pulumi.<stack>.yaml)"
     )
     parser.add_argument("--out", type=Path, help="where to write (default build/render/<stack>)")
+    parser.add_argument(
+        "--stack-file", type=Path, help="a stack file to use instead of Pulumi.<stack>.yaml"
+    )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="also run the policy pack; exit 1 when a mandatory rule is violated",
+    )
     args = parser.parse_args(argv)
 
     from infra.config import ConfigError
 
     try:
-        result = render(args.stack)
+        result = render(args.stack, args.stack_file)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
@@ -229,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwrote {out / 'resources.json'} and {len(result.kubernetes_objects())} "
         f"manifests to {out / 'manifests'}"
     )
+    if args.policy:
+        from policies import verdict
+
+        findings = verdict.evaluate(result.resources, args.stack)
+        verdict.write(findings, out / "policy.json")
+        print(f"\n{verdict.table(findings)}")
+        print(verdict.cost(result.resources, args.stack))
+        print(f"wrote {out / 'policy.json'}")
+        if verdict.mandatory(findings):
+            return 1
     return 0
 
 

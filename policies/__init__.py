@@ -1,0 +1,1 @@
+"""The CrossGuard policy pack: the platform's security, reliability and cost guardrails."""

@@ -60,6 +60,7 @@ class Platform:
                 cluster=config.cluster,
                 node_pools=config.node_pools,
                 labels=gcp_labels,
+                monthly_budget_usd=config.monthly_budget_usd,
             ),
         )
         self.images = PlatformImages(
