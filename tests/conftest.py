@@ -57,7 +57,10 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StackRender]:
     base = tmp_path_factory.mktemp("render")
     processes = {
         stack: subprocess.Popen(
-            [sys.executable, "-m", "infra.render", "--stack", stack, "--out", str(base / stack)],
+            [
+                *(sys.executable, "-m", "infra.render", "--stack", stack),
+                *("--out", str(base / stack), "--policy"),
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

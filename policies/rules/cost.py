@@ -76,6 +76,8 @@ def budget(resources: Iterable[PolicyResource]) -> int | None:
 
 
 def _cost(args: StackValidationArgs, report: ReportViolation) -> None:
+    if not any(r.resource_type == NODE_POOL for r in args.resources):
+        return  # a stack without node pools has no node bill
     found = estimate(args.resources)
     limit = budget(args.resources)
     if limit is None:

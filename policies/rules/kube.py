@@ -50,6 +50,11 @@ def containers(pod_spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
         yield from items(dig(pod_spec, key))
 
 
+def number(value: Any) -> Any:
+    """The engine passes every number as a float: show whole ones as integers."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def name_of(props: Mapping[str, Any], fallback: str) -> str:
     name = dig(props, "metadata", "name")
     return str(name) if name else fallback

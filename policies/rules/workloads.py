@@ -15,7 +15,7 @@ from pulumi_policy import (
 )
 
 from components.kube import DEDICATED_TAINT, POOL_LABEL
-from policies.rules.kube import K8S, containers, dig, items, labels_of, pod_template
+from policies.rules.kube import K8S, containers, dig, items, labels_of, number, pod_template
 
 MIN_UID = 10000
 # Env names that carry a secret when they hold a literal value (a *_FILE path is fine).
@@ -57,7 +57,7 @@ def _restricted(args: ResourceValidationArgs, report: ReportViolation) -> None:
             report(f"container {name}: runAsNonRoot must be true", None)
         uid = setting("runAsUser")
         if not isinstance(uid, int | float) or uid < MIN_UID:
-            report(f"container {name}: runAsUser must be >= {MIN_UID}, got {uid}", None)
+            report(f"container {name}: runAsUser must be >= {MIN_UID}, got {number(uid)}", None)
         if dig(context, "readOnlyRootFilesystem") is not True:
             report(f"container {name}: readOnlyRootFilesystem must be true", None)
         if dig(context, "allowPrivilegeEscalation") is not False:
@@ -234,10 +234,10 @@ payment_on_dedicated_nodes = ResourceValidationPolicy(
 def _hpa_bounds(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type != "kubernetes:autoscaling/v2:HorizontalPodAutoscaler":
         return
-    low = dig(args.props, "spec", "minReplicas")
-    high = dig(args.props, "spec", "maxReplicas")
+    low = number(dig(args.props, "spec", "minReplicas"))
+    high = number(dig(args.props, "spec", "maxReplicas"))
     low = 1 if low is None else low  # Kubernetes' default
-    floor = args.get_config().get("minReplicasFloor", 1)
+    floor = number(args.get_config().get("minReplicasFloor", 1))
     if high is not None and low > high:
         report(f"minReplicas ({low}) is above maxReplicas ({high})", None)
     if low < floor:
