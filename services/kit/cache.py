@@ -1,0 +1,339 @@
+"""Three cache layers in front of the database, and how they are kept honest.
+
+    L1  in-process: TTL + LRU per entry (cachetools), with single-flight loading
+    L2  Redis cluster (shared by every instance)
+    L3  Memcached over several nodes (rendezvous hashing by emcache)
+
+Reads are cache-aside: the first layer that has the key answers, and the layers above it are
+filled on the way back; a miss everywhere runs the loader once per key, however many requests
+ask at the same moment. A layer that fails is skipped for a few seconds and never fails a
+read. Writes invalidate: the keys are deleted from L2 and L3 and an invalidation message on
+Redis pub/sub makes every instance drop them from its L1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import emcache
+from cachetools import TLRUCache
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+log = logging.getLogger(__name__)
+
+INVALIDATION_CHANNEL = "cache:invalidate"
+MISSING = object()
+
+
+class Layer(Protocol):
+    """A shared cache layer. Raising means "this layer is unwell", never "not found"."""
+
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    async def delete(self, keys: Sequence[str]) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse_list(cls, addresses: str) -> list[Address]:
+        """`host:port,host:port` as the services' environment carries it."""
+        found = []
+        for item in filter(None, (part.strip() for part in addresses.split(","))):
+            host, _, port = item.rpartition(":")
+            found.append(cls(host, int(port)))
+        return found
+
+
+def client(
+    nodes: Sequence[Address], password: str | None, timeout_s: float = 1.0
+) -> RedisCluster | Redis:
+    """A cluster-aware client for several seed nodes, a plain one for a single node."""
+    if len(nodes) > 1:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
+            password=password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            require_full_coverage=False,
+        )
+    return Redis(
+        host=nodes[0].host,
+        port=nodes[0].port,
+        password=password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+    )
+
+
+class RedisLayer:
+    """L2: the Redis cluster, through a client with short timeouts so a sick node costs little."""
+
+    name = "l2"
+
+    def __init__(self, nodes: Sequence[Address], password: str | None, timeout_s: float = 0.25):
+        self.nodes = list(nodes)
+        self.password = password
+        self.client = client(nodes, password, timeout_s)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.client.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        await self.client.set(key, value, ex=ttl)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        # One DEL per key: keys of a cluster live on different slots.
+        for key in keys:
+            await self.client.delete(key)
+
+    async def publish(self, channel: str, message: str) -> None:
+        # Cluster pub/sub is broadcast: a message published on any node reaches every node.
+        await self.client.publish(channel, message)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class MemcachedLayer:
+    """L3: memcached nodes, keys spread by emcache's rendezvous hashing."""
+
+    name = "l3"
+
+    def __init__(self, client: emcache.Client):
+        self.client = client
+
+    @classmethod
+    async def connect(cls, nodes: Sequence[Address], timeout_s: float = 0.25) -> MemcachedLayer:
+        client = await emcache.create_client(
+            [emcache.MemcachedHostAddress(n.host, n.port) for n in nodes],
+            timeout=timeout_s,
+            connection_timeout=timeout_s,
+            max_connections=8,
+            purge_unhealthy_nodes=False,  # a node coming back keeps its share of keys
+        )
+        return cls(client)
+
+    async def get(self, key: str) -> bytes | None:
+        item = await self.client.get(_memcached_key(key))
+        return None if item is None else item.value
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        await self.client.set(_memcached_key(key), value, exptime=ttl)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(emcache.NotFoundCommandError):
+                await self.client.delete(_memcached_key(key))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _memcached_key(key: str) -> bytes:
+    """Memcached keys are at most 250 bytes without spaces: long ones are hashed."""
+    raw = key.encode()
+    if len(raw) <= 200 and b" " not in raw:
+        return raw
+    return b"h:" + hashlib.sha256(raw).hexdigest().encode()
+
+
+class _Health:
+    """Skip a layer for a while after it fails, so a dead node is not waited on per request."""
+
+    def __init__(self, backoff_s: float):
+        self.backoff_s = backoff_s
+        self.down_until = 0.0
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self) -> None:
+        self.down_until = time.monotonic() + self.backoff_s
+
+
+class Cache:
+    """L1 + the shared layers, as one cache-aside API. A dependency of the app (its check
+    never fails: the service keeps serving from the database when caches are down)."""
+
+    name = "cache"
+
+    def __init__(
+        self,
+        service: str,
+        layers: Sequence[Layer],
+        l1_entries: int = 10_000,
+        requests: Counter | None = None,
+        backoff_s: float = 5.0,
+    ):
+        self.service = service
+        self.layers = list(layers)
+        # Each entry carries its own expiry (catalog 1 h, search 15 min, ...).
+        self.l1: TLRUCache[str, Any] = TLRUCache(
+            maxsize=l1_entries, ttu=lambda _key, value, now: now + value[0], timer=time.monotonic
+        )
+        self._requests = requests
+        self._health = {layer.name: _Health(backoff_s) for layer in self.layers}
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._subscriber: asyncio.Task[None] | None = None
+
+    # --- the dependency protocol --------------------------------------------------------------
+
+    async def start(self) -> None:
+        redis = self._redis()
+        if redis is not None:
+            self._subscriber = asyncio.create_task(self._listen(redis))
+
+    async def close(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
+        for layer in self.layers:
+            with contextlib.suppress(Exception):
+                await layer.close()
+
+    async def check(self) -> None:
+        """Caches degrade, they do not make a service unready."""
+
+    def status(self) -> dict[str, bool]:
+        return {name: health.up for name, health in self._health.items()}
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get_or_load(self, key: str, ttl: int, loader: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value of `key`, or the loader's (then cached in every layer for `ttl` s).
+
+        A loader returning None is not cached (a missing row may appear any time)."""
+        entry = self.l1.get(key, MISSING)
+        if entry is not MISSING:
+            self._count("l1", "hit")
+            return entry[1]
+        self._count("l1", "miss")
+        if key in self._inflight:  # single flight: wait for the load already under way
+            return await asyncio.shield(self._inflight[key])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await self._load(key, ttl, loader)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._inflight[key]
+
+    async def _load(self, key: str, ttl: int, loader: Callable[[], Awaitable[Any]]) -> Any:
+        missed: list[Layer] = []
+        for layer in self.layers:
+            raw = await self._get(layer, key)
+            if raw is not None:
+                value = json.loads(raw)
+                await self._fill(missed, key, raw, ttl)
+                self.l1[key] = (ttl, value)
+                return value
+            missed.append(layer)
+        value = await loader()
+        if value is not None:
+            await self._fill(missed, key, _encode(value), ttl)
+            self.l1[key] = (ttl, value)
+        return value
+
+    async def _get(self, layer: Layer, key: str) -> bytes | None:
+        health = self._health[layer.name]
+        if not health.up:
+            self._count(layer.name, "error")
+            return None
+        try:
+            raw = await layer.get(key)
+        except Exception as error:  # a sick layer is skipped, never fails the read
+            health.failed()
+            self._count(layer.name, "error")
+            log.warning("cache layer %s failed on get: %s", layer.name, error)
+            return None
+        self._count(layer.name, "hit" if raw is not None else "miss")
+        return raw
+
+    async def _fill(self, layers: Iterable[Layer], key: str, raw: bytes, ttl: int) -> None:
+        for layer in layers:
+            if not self._health[layer.name].up:
+                continue
+            try:
+                await layer.set(key, raw, ttl)
+            except Exception as error:
+                self._health[layer.name].failed()
+                log.warning("cache layer %s failed on set: %s", layer.name, error)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def invalidate(self, *keys: str) -> None:
+        """Drop keys everywhere: every shared layer, and every instance's L1 (pub/sub)."""
+        for key in keys:
+            self.l1.pop(key, None)
+        for layer in self.layers:
+            try:
+                await layer.delete(keys)
+            except Exception as error:
+                self._health[layer.name].failed()
+                log.warning("cache layer %s failed on delete: %s", layer.name, error)
+        redis = self._redis()
+        if redis is not None:
+            try:
+                await redis.publish(INVALIDATION_CHANNEL, json.dumps(list(keys)))
+            except Exception as error:
+                log.warning("cache invalidation not published: %s", error)
+
+    async def _listen(self, redis: RedisLayer) -> None:
+        """Drop from L1 whatever another instance invalidated; reconnect on any failure."""
+        while True:
+            for node in redis.nodes:
+                client = Redis(host=node.host, port=node.port, password=redis.password)
+                try:
+                    async with client.pubsub() as pubsub:
+                        await pubsub.subscribe(INVALIDATION_CHANNEL)
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                for key in json.loads(message["data"]):
+                                    self.l1.pop(key, None)
+                except asyncio.CancelledError:
+                    await client.aclose()
+                    raise
+                except Exception as error:
+                    log.warning(
+                        "cache invalidation listener on %s:%s lost: %s", node.host, node.port, error
+                    )
+                finally:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
+            await asyncio.sleep(1.0)
+
+    def _redis(self) -> RedisLayer | None:
+        return next((layer for layer in self.layers if isinstance(layer, RedisLayer)), None)
+
+    def _count(self, layer: str, result: str) -> None:
+        if self._requests is not None:
+            self._requests.labels(service=self.service, layer=layer, result=result).inc()
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,192 @@
+"""PostgreSQL access: writes on the primary path, plain reads balanced over the replicas.
+
+On the platform every service connects to PgPool-II, which sends writes (and everything in a
+transaction after a write) to the primary and balances plain reads over the replicas. A read
+that must see the caller's own recent write (read-your-writes) asks for `fresh=True`: through
+PgPool it carries the `/*NO LOAD BALANCE*/` hint, which pins it to the primary. Without
+PgPool (a unit test with an explicit replica), reads use a second pool on the replica and
+fresh reads use the primary's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncpg
+from prometheus_client import Gauge, Histogram
+
+# PgPool-II sends a statement starting with this comment to the primary.
+PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, address: str) -> Endpoint:
+        host, _, port = address.rpartition(":")
+        return cls(host, int(port))
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    endpoint: Endpoint  # PgPool-II, or the primary itself
+    database: str
+    user: str
+    password_file: Path
+    # An explicit replica, for setups without PgPool-II (reads go there, not through hints).
+    replica: Endpoint | None = None
+    min_connections: int = 2
+    max_connections: int = 10
+    command_timeout_s: float = 10.0
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+
+async def connect(config: DatabaseConfig, endpoint: Endpoint | None = None) -> asyncpg.Connection:
+    """One connection, for jobs (migrations, partition maintenance)."""
+    target = endpoint or config.endpoint
+    return await asyncpg.connect(
+        host=target.host,
+        port=target.port,
+        database=config.database,
+        user=config.user,
+        password=config.password(),
+        command_timeout=config.command_timeout_s,
+    )
+
+
+class Database:
+    """Connection pools plus the read/write routing above; a dependency of the app."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        service: str = "",
+        query_seconds: Histogram | None = None,
+        pool_connections: Gauge | None = None,
+    ) -> None:
+        self.config = config
+        self.service = service
+        self._query_seconds = query_seconds
+        self._pool_connections = pool_connections
+        self._primary: asyncpg.Pool | None = None
+        self._replica: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._primary = await self._pool(self.config.endpoint)
+        if self.config.replica is not None:
+            self._replica = await self._pool(self.config.replica)
+
+    async def close(self) -> None:
+        for pool in (self._replica, self._primary):
+            if pool is not None:
+                await pool.close()
+        self._primary = self._replica = None
+
+    async def check(self) -> None:
+        await self.fetchval("SELECT 1", fresh=True)
+        if self._replica is not None:
+            await self.fetchval("SELECT 1")
+
+    # --- writes -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on the primary path: writes, and reads that must see them."""
+        started = time.perf_counter()
+        async with self._acquire(self._primary_pool) as connection, connection.transaction():
+            yield connection
+        self._observe("write", started)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        started = time.perf_counter()
+        async with self._acquire(self._primary_pool) as connection:
+            result = await connection.execute(sql, *args)
+        self._observe("write", started)
+        return result
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, *args: Any, fresh: bool = False) -> list[asyncpg.Record]:
+        return await self._read("fetch", sql, args, fresh)
+
+    async def fetchrow(self, sql: str, *args: Any, fresh: bool = False) -> asyncpg.Record | None:
+        return await self._read("fetchrow", sql, args, fresh)
+
+    async def fetchval(self, sql: str, *args: Any, fresh: bool = False) -> Any:
+        return await self._read("fetchval", sql, args, fresh)
+
+    async def _read(
+        self,
+        method: Literal["fetch", "fetchrow", "fetchval"],
+        sql: str,
+        args: tuple[Any, ...],
+        fresh: bool,
+    ) -> Any:
+        if self._replica is not None:
+            pool = self._primary_pool if fresh else self._replica
+        else:
+            pool = self._primary_pool
+            if fresh:
+                sql = PRIMARY_HINT + sql
+        started = time.perf_counter()
+        async with self._acquire(pool) as connection:
+            result = await getattr(connection, method)(sql, *args)
+        self._observe("read", started)
+        return result
+
+    # --- internals ----------------------------------------------------------------------------
+
+    @property
+    def _primary_pool(self) -> asyncpg.Pool:
+        if self._primary is None:
+            raise RuntimeError("the database is not started")
+        return self._primary
+
+    async def _pool(self, endpoint: Endpoint) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            host=endpoint.host,
+            port=endpoint.port,
+            database=self.config.database,
+            user=self.config.user,
+            password=self.config.password(),
+            min_size=self.config.min_connections,
+            max_size=self.config.max_connections,
+            command_timeout=self.config.command_timeout_s,
+            # Recycle idle connections so a failover is picked up by new ones.
+            max_inactive_connection_lifetime=60.0,
+        )
+
+    @asynccontextmanager
+    async def _acquire(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+        async with pool.acquire() as connection:
+            self._record_pool(pool)
+            yield connection
+        self._record_pool(pool)
+
+    def _record_pool(self, pool: asyncpg.Pool) -> None:
+        if self._pool_connections is None:
+            return
+        name = "replica" if pool is self._replica else "primary"
+        idle = pool.get_idle_size()
+        self._pool_connections.labels(service=self.service, pool=name, state="idle").set(idle)
+        self._pool_connections.labels(service=self.service, pool=name, state="in_use").set(
+            pool.get_size() - idle
+        )
+
+    def _observe(self, kind: str, started: float) -> None:
+        if self._query_seconds is not None:
+            self._query_seconds.labels(service=self.service, kind=kind).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,147 @@
+"""Sessions, refresh tokens and login throttles, kept in Redis.
+
+A session lives 24 hours (the seed's TTL) under `session:{<user>}:<sid>`, and every session of a
+user is listed in `sessions:{<user>}`. The braces are a Redis Cluster hash tag: all keys of one
+user share a slot, so listing and deleting them is one atomic MULTI. Logging out deletes one
+session; a password change or reset deletes them all, which also voids the access tokens
+that name them (the user service checks the session behind every token it accepts).
+
+A refresh token is `<user>.<sid>.<secret>`; only a hash of the secret is stored; each refresh
+rotates it, so a stolen and already used refresh token is worthless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+
+@dataclass(frozen=True)
+class Session:
+    sid: str
+    user_id: int
+    role: str
+    refresh_hash: str
+    created_at: float
+
+
+def _session_key(user_id: int, sid: str) -> str:
+    return f"session:{{{user_id}}}:{sid}"
+
+
+def _index_key(user_id: int) -> str:
+    return f"sessions:{{{user_id}}}"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Sessions:
+    def __init__(self, redis: RedisCluster | Redis, ttl_s: int):
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def create(self, user_id: int, role: str) -> tuple[Session, str]:
+        """A new session and its refresh token (returned once, stored hashed)."""
+        sid = secrets.token_urlsafe(16)
+        refresh_secret = secrets.token_urlsafe(32)
+        session = Session(sid, user_id, role, _hash(refresh_secret), time.time())
+        await self._store(session)
+        return session, f"{user_id}.{sid}.{refresh_secret}"
+
+    async def get(self, user_id: int, sid: str) -> Session | None:
+        raw = await self.redis.get(_session_key(user_id, sid))
+        return None if raw is None else Session(**json.loads(raw))
+
+    async def rotate(self, refresh_token: str) -> tuple[Session, str] | None:
+        """Trade a refresh token for a new one on the same session; None if it is not valid."""
+        try:
+            user, sid, secret = refresh_token.split(".", 2)
+            user_id = int(user)
+        except ValueError:
+            return None
+        session = await self.get(user_id, sid)
+        if session is None or not hmac.compare_digest(session.refresh_hash, _hash(secret)):
+            return None
+        new_secret = secrets.token_urlsafe(32)
+        rotated = Session(sid, user_id, session.role, _hash(new_secret), session.created_at)
+        await self._store(rotated)
+        return rotated, f"{user_id}.{sid}.{new_secret}"
+
+    async def end(self, user_id: int, sid: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_session_key(user_id, sid))
+            pipe.srem(_index_key(user_id), sid)
+            await pipe.execute()
+
+    async def end_all(self, user_id: int) -> int:
+        """End every session of a user (password change or reset); returns how many."""
+        sids = await self.redis.smembers(_index_key(user_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for sid in sids:
+                pipe.delete(_session_key(user_id, sid.decode() if isinstance(sid, bytes) else sid))
+            pipe.delete(_index_key(user_id))
+            await pipe.execute()
+        return len(sids)
+
+    async def _store(self, session: Session) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(
+                _session_key(session.user_id, session.sid),
+                json.dumps(session.__dict__),
+                ex=self.ttl_s,
+            )
+            pipe.sadd(_index_key(session.user_id), session.sid)
+            pipe.expire(_index_key(session.user_id), self.ttl_s)
+            await pipe.execute()
+
+
+@dataclass(frozen=True)
+class Limit:
+    attempts: int
+    window_s: int
+
+
+class LoginThrottle:
+    """Failed logins counted per account and per client address over a sliding window
+    (a fixed window per key, started by the first failure)."""
+
+    def __init__(self, redis: RedisCluster | Redis, per_account: Limit, per_address: Limit):
+        self.redis = redis
+        self.per_account = per_account
+        self.per_address = per_address
+
+    def _keys(self, email: str, address: str) -> list[tuple[str, Limit]]:
+        account = hashlib.sha256(email.lower().encode()).hexdigest()[:32]
+        return [
+            (f"throttle:login:account:{account}", self.per_account),
+            (f"throttle:login:address:{address}", self.per_address),
+        ]
+
+    async def retry_after(self, email: str, address: str) -> int:
+        """Seconds until a login may be tried again; 0 when it may be tried now."""
+        wait = 0
+        for key, limit in self._keys(email, address):
+            count = await self.redis.get(key)
+            if count is not None and int(count) >= limit.attempts:
+                wait = max(wait, max(1, await self.redis.ttl(key)))
+        return wait
+
+    async def failed(self, email: str, address: str) -> None:
+        for key, limit in self._keys(email, address):
+            count = await self.redis.incr(key)
+            if count == 1:
+                await self.redis.expire(key, limit.window_s)
+
+    async def succeeded(self, email: str) -> None:
+        """A correct password clears the account's counter (not the address's)."""
+        key, _ = self._keys(email, "")[0]
+        await self.redis.delete(key)
