@@ -10,7 +10,7 @@ OUT ?= build/render/$(STACK)
 # checkov pins packages that conflict with pulumi's, so it lives in its own environment.
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: test plan lint checkov-env venv clean
+.PHONY: test plan lint checkov-env venv clean system-packages
 
 venv: $(VENV)/.installed
 
@@ -32,7 +32,12 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov>=3.2,<4'
 	@touch $@
 
-test: venv checkov-env
+# PostgreSQL 15, PgPool-II, Redis, Memcached and HAProxy from Debian, for the local platform
+# and the tests that run it: installed with apt-get when missing (as root), else one message.
+system-packages:
+	@$(PYTHON) -m stacks.local.system
+
+test: venv checkov-env system-packages
 	$(VENV)/bin/ruff check .
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline renders of every stack, made once per test session.
+"""Shared fixtures: the offline renders of every stack and the local data tier, once per session.
 
 Each stack renders in its own process, exactly as reviewers and CI run it
 (`python -m infra.render`), because Pulumi's runtime keeps one program per process.
@@ -7,14 +7,20 @@ Each stack renders in its own process, exactly as reviewers and CI run it
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from stacks.local.data_tier import DataTier, DataTierConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ("dev", "staging", "prod")
@@ -80,3 +86,37 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StackRender]:
 @pytest.fixture(scope="session")
 def prod(renders: dict[str, StackRender]) -> StackRender:
     return renders["prod"]
+
+
+# --- the local data tier -----------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_state_dir(prefix: str) -> Iterator[Path]:
+    """An empty state directory for a DataTier, removed afterwards (kept, with its logs, when
+    an error escapes).
+
+    Not pytest's tmp_path: that lives in /tmp/pytest-of-<user> (mode 0700), which the
+    `postgres` OS user the servers run as (they refuse root) cannot enter.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def data_tier() -> Iterator[DataTier]:
+    """A running data tier for the whole session: PostgreSQL primary + 1 synchronous replica
+    behind PgPool-II, a Redis cluster of 3 masters + 3 replicas, 2 Memcached nodes.
+
+    Connect as the app role with ``data_tier.postgres.pgpool_dsn`` (what services use),
+    ``.primary_dsn`` or ``.replica_dsns[0]`` (asyncpg / libpq URLs; ``.dsn(address, role)``
+    for another role); Redis: ``.redis.nodes`` and ``.redis.password``; Memcached:
+    ``.memcached.nodes``; a service's environment, as on GKE:
+    ``data_tier.service_environment(SERVICES["user"])``. Shared by every test: use your own
+    tables and keys.
+    """
+    with fresh_state_dir("data-tier-") as state:
+        config = DataTierConfig(pg_replicas=1, redis_masters=3, memcached_nodes=2)
+        with DataTier(state, config) as tier:
+            yield tier

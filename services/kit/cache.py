@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import emcache
@@ -28,6 +27,8 @@ from cachetools import TLRUCache
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from services.kit.settings import HostPort
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +41,15 @@ class Layer(Protocol):
 
     name: str
 
+    async def start(self) -> None: ...
     async def get(self, key: str) -> bytes | None: ...
     async def set(self, key: str, value: bytes, ttl: int) -> None: ...
     async def delete(self, keys: Sequence[str]) -> None: ...
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-
-    @classmethod
-    def parse_list(cls, addresses: str) -> list[Address]:
-        """`host:port,host:port` as the services' environment carries it."""
-        found = []
-        for item in filter(None, (part.strip() for part in addresses.split(","))):
-            host, _, port = item.rpartition(":")
-            found.append(cls(host, int(port)))
-        return found
-
-
 def client(
-    nodes: Sequence[Address], password: str | None, timeout_s: float = 1.0
+    nodes: Sequence[HostPort], password: str | None, timeout_s: float = 1.0
 ) -> RedisCluster | Redis:
     """A cluster-aware client for several seed nodes, a plain one for a single node."""
     if len(nodes) > 1:
@@ -87,10 +74,13 @@ class RedisLayer:
 
     name = "l2"
 
-    def __init__(self, nodes: Sequence[Address], password: str | None, timeout_s: float = 0.25):
+    def __init__(self, nodes: Sequence[HostPort], password: str | None, timeout_s: float = 0.25):
         self.nodes = list(nodes)
         self.password = password
         self.client = client(nodes, password, timeout_s)
+
+    async def start(self) -> None:
+        """Connections are made on first use: a cluster that is down must not stop the app."""
 
     async def get(self, key: str) -> bytes | None:
         return await self.client.get(key)
@@ -116,19 +106,25 @@ class MemcachedLayer:
 
     name = "l3"
 
-    def __init__(self, client: emcache.Client):
-        self.client = client
+    def __init__(self, nodes: Sequence[HostPort], timeout_s: float = 0.25):
+        self.nodes = list(nodes)
+        self.timeout_s = timeout_s
+        self._client: emcache.Client | None = None
 
-    @classmethod
-    async def connect(cls, nodes: Sequence[Address], timeout_s: float = 0.25) -> MemcachedLayer:
-        client = await emcache.create_client(
-            [emcache.MemcachedHostAddress(n.host, n.port) for n in nodes],
-            timeout=timeout_s,
-            connection_timeout=timeout_s,
+    async def start(self) -> None:
+        self._client = await emcache.create_client(
+            [emcache.MemcachedHostAddress(n.host, n.port) for n in self.nodes],
+            timeout=self.timeout_s,
+            connection_timeout=self.timeout_s,
             max_connections=8,
             purge_unhealthy_nodes=False,  # a node coming back keeps its share of keys
         )
-        return cls(client)
+
+    @property
+    def client(self) -> emcache.Client:
+        if self._client is None:
+            raise ConnectionError("memcached client not started")
+        return self._client
 
     async def get(self, key: str) -> bytes | None:
         item = await self.client.get(_memcached_key(key))
@@ -143,7 +139,8 @@ class MemcachedLayer:
                 await self.client.delete(_memcached_key(key))
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
 
 
 def _memcached_key(key: str) -> bytes:
@@ -167,6 +164,32 @@ class _Health:
 
     def failed(self) -> None:
         self.down_until = time.monotonic() + self.backoff_s
+
+
+class _Window:
+    """Lookups and loads (misses everywhere) per second over the last `seconds` seconds."""
+
+    def __init__(self, seconds: int = 60):
+        self.seconds = seconds
+        self.buckets: dict[int, list[int]] = {}
+
+    def record(self, loaded: bool) -> None:
+        now = int(time.monotonic())
+        bucket = self.buckets.get(now)
+        if bucket is None:
+            bucket = self.buckets[now] = [0, 0]
+            for old in [t for t in self.buckets if t <= now - self.seconds]:
+                del self.buckets[old]
+        bucket[0] += 1
+        bucket[1] += loaded
+
+    def ratio(self) -> float:
+        since = int(time.monotonic()) - self.seconds
+        lookups = loads = 0
+        for second, (n, m) in self.buckets.items():
+            if second > since:
+                lookups, loads = lookups + n, loads + m
+        return loads / lookups if lookups else 0.0
 
 
 class Cache:
@@ -193,10 +216,17 @@ class Cache:
         self._health = {layer.name: _Health(backoff_s) for layer in self.layers}
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._subscriber: asyncio.Task[None] | None = None
+        self._window = _Window()
 
     # --- the dependency protocol --------------------------------------------------------------
 
     async def start(self) -> None:
+        for layer in self.layers:
+            try:
+                await layer.start()
+            except Exception as error:  # a cache that is down at start is skipped, not fatal
+                self._health[layer.name].failed()
+                log.warning("cache layer %s unavailable at start: %s", layer.name, error)
         redis = self._redis()
         if redis is not None:
             self._subscriber = asyncio.create_task(self._listen(redis))
@@ -216,6 +246,10 @@ class Cache:
     def status(self) -> dict[str, bool]:
         return {name: health.up for name, health in self._health.items()}
 
+    def miss_ratio(self) -> float:
+        """Share of lookups in the last minute that no layer could answer (the loader ran)."""
+        return self._window.ratio()
+
     # --- reads --------------------------------------------------------------------------------
 
     async def get_or_load(self, key: str, ttl: int, loader: Callable[[], Awaitable[Any]]) -> Any:
@@ -225,6 +259,7 @@ class Cache:
         entry = self.l1.get(key, MISSING)
         if entry is not MISSING:
             self._count("l1", "hit")
+            self._window.record(loaded=False)
             return entry[1]
         self._count("l1", "miss")
         if key in self._inflight:  # single flight: wait for the load already under way
@@ -248,11 +283,13 @@ class Cache:
         for layer in self.layers:
             raw = await self._get(layer, key)
             if raw is not None:
+                self._window.record(loaded=False)
                 value = json.loads(raw)
                 await self._fill(missed, key, raw, ttl)
                 self.l1[key] = (ttl, value)
                 return value
             missed.append(layer)
+        self._window.record(loaded=True)
         value = await loader()
         if value is not None:
             await self._fill(missed, key, _encode(value), ttl)

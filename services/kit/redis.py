@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.kit.cache import Address, client
+from services.kit.cache import client
+from services.kit.settings import HostPort
 
 
 class RedisStore:
     name = "redis"
 
-    def __init__(self, nodes: Sequence[Address], password: str | None, timeout_s: float = 1.0):
+    def __init__(self, nodes: Sequence[HostPort], password: str | None, timeout_s: float = 1.0):
         self.nodes = list(nodes)
         self.password = password
         self.client = client(nodes, password, timeout_s)

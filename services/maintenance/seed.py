@@ -46,12 +46,16 @@ def _product_rows(count: int, category_ids: dict[str, int], rng: random.Random) 
     for i in range(count):
         leaf = leaves[i % len(leaves)]
         noun = leaf.rstrip("s").replace("-", " ")
-        name = f"{rng.choice(ADJECTIVES).title()} {rng.choice(MATERIALS)} {noun} {rng.choice(COLORS)}"
+        name = (
+            f"{rng.choice(ADJECTIVES).title()} {rng.choice(MATERIALS)} {noun} {rng.choice(COLORS)}"
+        )
         description = (
             f"A {rng.choice(ADJECTIVES)} {noun} made of {rng.choice(MATERIALS)}, "
             f"in {rng.choice(COLORS)}. Model {i:05d}."
         )
-        rows.append((f"SKU-{i:06d}", name, description, category_ids[leaf], rng.randint(199, 99_999)))
+        rows.append(
+            (f"SKU-{i:06d}", name, description, category_ids[leaf], rng.randint(199, 99_999))
+        )
     return rows
 
 
@@ -71,7 +75,8 @@ async def seed(connection: asyncpg.Connection, products: int = 10_000, seed: int
             )
             for child in children:
                 ids[child] = await connection.fetchval(
-                    "INSERT INTO categories (slug, name, parent_id) VALUES ($1, $2, $3) RETURNING id",
+                    """INSERT INTO categories (slug, name, parent_id) VALUES ($1, $2, $3)
+                       RETURNING id""",
                     child,
                     child.replace("-", " ").title(),
                     ids[department],

@@ -1,0 +1,36 @@
+"""The shared backends a service's settings describe, as app dependencies with metrics."""
+
+from __future__ import annotations
+
+from services.kit.cache import Cache, Layer, MemcachedLayer, RedisLayer
+from services.kit.db import Database
+from services.kit.metrics import Metrics
+from services.kit.redis import RedisStore
+from services.kit.settings import Settings, SettingsError
+
+
+def database(settings: Settings, metrics: Metrics) -> Database:
+    return Database(
+        settings.database(),
+        settings.service_name,
+        metrics.db_query_seconds,
+        metrics.db_pool_connections,
+    )
+
+
+def redis(settings: Settings) -> RedisStore:
+    if not settings.redis_nodes:
+        raise SettingsError(
+            [("REDIS_NODES", "missing; expected host:port,...")], settings.service_name
+        )
+    return RedisStore(settings.redis_nodes, settings.redis_password())
+
+
+def cache(settings: Settings, metrics: Metrics) -> Cache:
+    """L1, then Redis (L2) and Memcached (L3) where the settings name them."""
+    layers: list[Layer] = []
+    if settings.redis_nodes:
+        layers.append(RedisLayer(settings.redis_nodes, settings.redis_password()))
+    if settings.memcached_nodes:
+        layers.append(MemcachedLayer(settings.memcached_nodes))
+    return Cache(settings.service_name, layers, requests=metrics.cache_requests)

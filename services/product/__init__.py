@@ -1,0 +1,1 @@
+"""The product service: catalog, categories, search and recommendations, behind the caches."""

@@ -1,0 +1,1 @@
+"""The user service: accounts, logins, sessions, profiles and password resets."""
