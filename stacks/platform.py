@@ -23,6 +23,7 @@ from components.network import Network, NetworkArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, service_flows
 from components.postgres import PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
+from components.secrets import SharedSecret, SharedSecretArgs
 from infra.config import StackConfig
 from stacks.gateway import kubernetes_config
 from stacks.services import SERVICE_TABLE, Dependency, Service, namespaces, users_of
@@ -121,9 +122,20 @@ class Platform:
             redis_nodes=self.redis.nodes,
             memcached_nodes=self.memcached.nodes,
         )
+        signing = SharedSecret(
+            "jwt-signing",
+            SharedSecretArgs(
+                namespaces=tuple(
+                    dict.fromkeys(s.namespace for s in SERVICE_TABLE if s.image == "service")
+                ),
+                labels=labels,
+            ),
+            in_cluster,
+        )
         secret_files = SecretFiles(
             database_password=f"{SECRETS_DIR}/{self.postgres.app_secret}/password",
             redis_password=f"{SECRETS_DIR}/{self.redis.auth_secret}/password",
+            jwt_secret=f"{SECRETS_DIR}/{signing.name}/{signing.key}",
         )
         self.services: dict[str, Microservice] = {}
         for svc in SERVICE_TABLE:
@@ -135,7 +147,7 @@ class Platform:
                     (Dependency.REDIS, self.redis.auth_secret),
                 )
                 if dependency in svc.needs
-            )
+            ) + ((signing.name,) if svc.image == "service" else ())
             self.services[svc.name] = Microservice(
                 svc.name,
                 MicroserviceArgs(

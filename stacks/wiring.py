@@ -30,6 +30,7 @@ class SecretFiles:
 
     database_password: str
     redis_password: str
+    jwt_secret: str  # the access-token signing key
 
 
 def service_environment(
@@ -44,6 +45,8 @@ def service_environment(
         "ENVIRONMENT": environment,
         "PORT": str(service.port),
     }
+    if service.image == "service":  # the gateway (HAProxy) takes its configuration as a file
+        env["JWT_SECRET_FILE"] = secrets.jwt_secret
     if Dependency.POSTGRES in service.needs:
         host, port = addresses.database.rsplit(":", 1)
         env |= {

@@ -119,6 +119,11 @@ class ValidationFailed(ApiError):
         super().__init__(message or f"invalid fields: {names}")
 
     @classmethod
+    def field(cls, field: str, problem: str) -> ValidationFailed:
+        """One bad field found by the service's own checks (`body.category`, `query.page`)."""
+        return cls([FieldProblem(field=field, problem=problem)])
+
+    @classmethod
     def from_pydantic(cls, error: ValidationError, location: str) -> ValidationFailed:
         """One problem per failing field, named by its dotted path under `location`."""
         return cls(

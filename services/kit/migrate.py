@@ -19,6 +19,8 @@ from pathlib import Path
 
 import asyncpg
 
+from services.kit.db import PRIMARY_HINT
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 # Any constant shared by every runner: pg_advisory_lock takes a bigint.
 LOCK_ID = 0x5E0C_0A1D
@@ -58,7 +60,11 @@ async def migrate(
         )
         applied = {
             row["version"]: row["checksum"]
-            for row in await connection.fetch("SELECT version, checksum FROM schema_migrations")
+            # From the primary: another runner may have committed a moment ago, which a
+            # replica (PgPool-II balances plain reads) may not show yet.
+            for row in await connection.fetch(
+                f"{PRIMARY_HINT}SELECT version, checksum FROM schema_migrations"
+            )
         }
         done = []
         for migration in migrations:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from services.kit.db import PRIMARY_HINT
+
 DEPARTMENTS = {
     "electronics": ["phones", "laptops", "audio", "cameras"],
     "home": ["kitchen", "furniture", "lighting", "bedding"],
@@ -60,9 +62,10 @@ def _product_rows(count: int, category_ids: dict[str, int], rng: random.Random) 
 
 
 async def seed(connection: asyncpg.Connection, products: int = 10_000, seed: int = 7) -> SeedReport:
-    existing = await connection.fetchval("SELECT count(*) FROM products")
+    # On the primary: the schema may have been created an instant ago (replicas lag).
+    existing = await connection.fetchval(f"{PRIMARY_HINT}SELECT count(*) FROM products")
     if existing:
-        categories = await connection.fetchval("SELECT count(*) FROM categories")
+        categories = await connection.fetchval(f"{PRIMARY_HINT}SELECT count(*) FROM categories")
         return SeedReport(categories, existing, created=False)
     rng = random.Random(seed)
     async with connection.transaction():

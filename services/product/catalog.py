@@ -15,6 +15,7 @@ from typing import Any
 
 from services.kit.cache import Cache
 from services.kit.db import Database
+from services.kit.errors import Conflict, NotFound, ValidationFailed
 
 FROM_PRODUCTS = "FROM products p JOIN categories c ON c.id = p.category_id"
 PRODUCT_COLUMNS = """
@@ -238,35 +239,35 @@ class Catalog:
 
     # --- writes (admin) -----------------------------------------------------------------------
 
-    async def create_category(
-        self, slug: str, name: str, parent: str | None
-    ) -> dict[str, Any] | None:
+    async def create_category(self, slug: str, name: str, parent: str | None) -> dict[str, Any]:
         async with self.db.transaction() as connection:
+            parent_id = None
+            if parent is not None:
+                parent_id = await connection.fetchval(
+                    "SELECT id FROM categories WHERE slug = $1", parent
+                )
+                if parent_id is None:
+                    raise ValidationFailed.field("body.parent", f"no category {parent!r}")
             row = await connection.fetchrow(
-                """INSERT INTO categories (slug, name, parent_id)
-                   SELECT $1, $2, (SELECT id FROM categories WHERE slug = $3)
-                   WHERE $3::text IS NULL OR EXISTS (SELECT 1 FROM categories WHERE slug = $3)
-                   ON CONFLICT (slug) DO NOTHING
-                   RETURNING id, slug, name""",
+                """INSERT INTO categories (slug, name, parent_id) VALUES ($1, $2, $3)
+                   ON CONFLICT (slug) DO NOTHING RETURNING id, slug, name""",
                 slug,
                 name,
-                parent,
+                parent_id,
             )
+        if row is None:
+            raise Conflict(f"category {slug!r} exists")
         await self.cache.invalidate(GENERATION_KEY)
-        return None if row is None else {**dict(row), "parent": parent}
+        return {**dict(row), "parent": parent, "products": 0}
 
-    async def create_product(self, fields: dict[str, Any]) -> int | None:
-        """The new product's id; None when the category does not exist."""
+    async def create_product(self, fields: dict[str, Any]) -> int:
         async with self.db.transaction() as connection:
-            category_id = await connection.fetchval(
-                "SELECT id FROM categories WHERE slug = $1", fields["category"]
-            )
-            if category_id is None:
-                return None
+            category_id = await self._category_id(connection, fields["category"])
             product_id = await connection.fetchval(
                 """INSERT INTO products (sku, name, description, category_id, price_cents, currency,
                                          attributes)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) RETURNING id""",
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+                   ON CONFLICT (sku) DO NOTHING RETURNING id""",
                 fields["sku"],
                 fields["name"],
                 fields["description"],
@@ -275,24 +276,32 @@ class Catalog:
                 fields["currency"],
                 json.dumps(fields["attributes"]),
             )
+        if product_id is None:
+            raise Conflict(f"a product with SKU {fields['sku']!r} exists")
         await self.cache.invalidate(GENERATION_KEY)
         return product_id
 
-    async def update_product(self, product_id: int, changes: dict[str, Any]) -> bool:
-        """Apply the given fields; False when there is no such product (or category)."""
-        columns = {"name", "description", "price_cents", "active", "attributes"}
-        sets, args = [], [product_id]
-        for field, value in changes.items():
-            if field in columns:
-                args.append(json.dumps(value) if field == "attributes" else value)
-                sets.append(f"{field} = ${len(args)}{'::jsonb' if field == 'attributes' else ''}")
-        if "category" in changes:
-            args.append(changes["category"])
-            sets.append(f"category_id = (SELECT id FROM categories WHERE slug = ${len(args)})")
-        sets.append("updated_at = now()")
+    async def update_product(self, product_id: int, changes: dict[str, Any]) -> None:
+        sets, args = ["updated_at = now()"], [product_id]
         async with self.db.transaction() as connection:
+            for field, value in changes.items():
+                if field == "category":
+                    value, field = await self._category_id(connection, value), "category_id"
+                elif field == "attributes":
+                    value = json.dumps(value)
+                args.append(value)
+                cast = "::jsonb" if field == "attributes" else ""
+                sets.append(f"{field} = ${len(args)}{cast}")
             updated = await connection.fetchval(
                 f"UPDATE products SET {', '.join(sets)} WHERE id = $1 RETURNING id", *args
             )
+        if updated is None:
+            raise NotFound(f"no product {product_id}")
         await self.cache.invalidate(product_key(product_id), GENERATION_KEY)
-        return updated is not None
+
+    @staticmethod
+    async def _category_id(connection: Any, slug: str) -> int:
+        category_id = await connection.fetchval("SELECT id FROM categories WHERE slug = $1", slug)
+        if category_id is None:
+            raise ValidationFailed.field("body.category", f"no category {slug!r}")
+        return category_id

@@ -38,8 +38,10 @@ from stacks.local.process import (
     Process,
     Supervisor,
     make_dir,
+    new_password,
     recorded_processes,
     stop_recorded,
+    write_file,
 )
 from stacks.local.redis import LocalRedis
 from stacks.local.system import ensure_programs
@@ -76,6 +78,8 @@ class DataTier:
         self.ports = PortAllocator(c.base_port)
         self.supervisor = Supervisor(self.state_dir / "logs", self.state_dir / MANIFEST)
         secrets = self.state_dir / "secrets"
+        # The key the user service signs access tokens with and every service verifies.
+        self.jwt_secret_file = secrets / "jwt-secret"
         self.postgres = LocalPostgres(
             self.state_dir / "postgres",
             secrets,
@@ -116,6 +120,7 @@ class DataTier:
         return SecretFiles(
             database_password=str(self.postgres.app_password_file),
             redis_password=str(self.redis.password_file),
+            jwt_secret=str(self.jwt_secret_file),
         )
 
     def service_environment(
@@ -230,6 +235,7 @@ class DataTier:
         make_dir(self.state_dir, mode=0o711 if shared else 0o700)
         make_dir(self.state_dir / "logs")
         make_dir(self.state_dir / "secrets")
+        write_file(self.jwt_secret_file, new_password(64), mode=0o600)
 
 
 # --- command line ---------------------------------------------------------------------------

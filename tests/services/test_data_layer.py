@@ -1,0 +1,124 @@
+"""The data layer against real PostgreSQL behind PgPool-II: migrations, partitions, routing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.kit.db import Database, DatabaseConfig, Endpoint
+from services.kit.migrate import Migration, MigrationError, load, migrate
+from services.maintenance.partitions import ensure_partitions
+from stacks.local.data_tier import DataTier
+
+
+def config(tier: DataTier, replica: bool = False) -> DatabaseConfig:
+    return DatabaseConfig(
+        endpoint=Endpoint.parse(tier.postgres.primary if replica else tier.postgres.pgpool),
+        database="shop",
+        user="shop",
+        password_file=Path(tier.postgres.app_password_file),
+        replica=Endpoint.parse(tier.postgres.replicas[0]) if replica else None,
+        min_connections=1,
+        max_connections=2,
+    )
+
+
+async def replicated(tier: DataTier, probe: str, timeout_s: float = 10.0) -> None:
+    """Wait until the replica shows what the primary just committed (PgPool-II needs a new
+    database on every backend before it can connect to it)."""
+    replica = await asyncpg.connect(
+        tier.postgres.dsn(tier.postgres.replicas[0], role="postgres", database="postgres")
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await replica.fetchval(probe) is None:
+            assert asyncio.get_running_loop().time() < deadline, f"not replicated: {probe}"
+            await asyncio.sleep(0.05)
+    finally:
+        await replica.close()
+
+
+async def test_migrations_apply_once_and_refuse_edits(platform: DataTier) -> None:
+    connection = await asyncpg.connect(platform.postgres.pgpool_dsn)
+    try:
+        assert await migrate(connection) == []  # the session fixture applied them
+        versions = [
+            r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")
+        ]
+        assert versions == [m.version for m in load()]
+        edited = [Migration(load()[0].version, load()[0].sql + "\n-- edited")]
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(connection, edited)
+    finally:
+        await connection.close()
+
+
+async def test_concurrent_runners_apply_each_migration_once(platform: DataTier) -> None:
+    """Several pods starting at once: the advisory lock makes them take turns."""
+    admin = await asyncpg.connect(
+        platform.postgres.dsn(platform.postgres.primary, role="postgres", database="postgres")
+    )
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS migrate_race")
+        await admin.execute("CREATE DATABASE migrate_race OWNER shop")
+        await replicated(platform, "SELECT 1 FROM pg_database WHERE datname = 'migrate_race'")
+        dsn = platform.postgres.dsn(platform.postgres.pgpool, database="migrate_race")
+        connections = [await asyncpg.connect(dsn) for _ in range(3)]
+        try:
+            results = await asyncio.gather(*(migrate(c) for c in connections))
+        finally:
+            for connection in connections:
+                await connection.close()
+        assert sorted(len(r) for r in results) == [0, 0, len(load())]
+    finally:
+        await admin.execute("DROP DATABASE IF EXISTS migrate_race WITH (FORCE)")
+        await admin.close()
+
+
+async def test_partitions_for_any_month_and_a_default_for_the_rest(platform: DataTier) -> None:
+    connection = await asyncpg.connect(platform.postgres.pgpool_dsn)
+    try:
+        names = await ensure_partitions(connection, date(2031, 11, 20), ahead=2)
+        assert names == ["orders_2031_11", "orders_2031_12", "orders_2032_01"]
+        assert (
+            await ensure_partitions(connection, date(2031, 11, 20), ahead=2) == names
+        )  # idempotent
+
+        async def land(created: datetime) -> str:
+            async with connection.transaction():
+                return await connection.fetchval(
+                    """INSERT INTO orders (user_id, total_cents, created_at) VALUES (1, 100, $1)
+                       RETURNING tableoid::regclass::text""",
+                    created,
+                )
+
+        assert await land(datetime(2031, 12, 31, 23, 59, tzinfo=UTC)) == "orders_2031_12"
+        # A month nobody created a partition for still takes the order.
+        assert await land(datetime(2040, 5, 1, tzinfo=UTC)) == "orders_default"
+    finally:
+        await connection.execute("DELETE FROM orders WHERE user_id = 1 AND total_cents = 100")
+        await connection.close()
+
+
+async def test_reads_go_to_the_replica_and_fresh_reads_to_the_primary(platform: DataTier) -> None:
+    primary_port = platform.postgres.primary.rsplit(":", 1)[1]
+    replica_port = platform.postgres.replicas[0].rsplit(":", 1)[1]
+    for explicit_replica in (False, True):  # through PgPool-II, and with a replica pool
+        database = Database(config(platform, replica=explicit_replica))
+        await database.start()
+        try:
+            assert await database.fetchval("SELECT current_setting('port')") == replica_port
+            assert (
+                await database.fetchval("SELECT current_setting('port')", fresh=True)
+                == primary_port
+            )
+            async with database.transaction() as connection:
+                await connection.execute("CREATE TEMP TABLE probe (x int)")
+                assert await connection.fetchval("SELECT current_setting('port')") == primary_port
+            await database.check()
+        finally:
+            await database.close()
