@@ -95,7 +95,7 @@ class RedisLayer:
 
     async def publish(self, channel: str, message: str) -> None:
         # Cluster pub/sub is broadcast: a message published on any node reaches every node.
-        await self.client.publish(channel, message)
+        await self.client.execute_command("PUBLISH", channel, message)
 
     async def close(self) -> None:
         await self.client.aclose()

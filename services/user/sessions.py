@@ -1,10 +1,11 @@
 """Sessions, refresh tokens and login throttles, kept in Redis.
 
-A session lives 24 hours (the seed's TTL) under `session:{<user>}:<sid>`, and every session of a
-user is listed in `sessions:{<user>}`. The braces are a Redis Cluster hash tag: all keys of one
-user share a slot, so listing and deleting them is one atomic MULTI. Logging out deletes one
-session; a password change or reset deletes them all, which also voids the access tokens
-that name them (the user service checks the session behind every token it accepts).
+A session lives 24 hours (the seed's TTL) under `session:{<user>}:<sid>`, and every session of
+a user is listed in `sessions:{<user>}`. The braces are a Redis Cluster hash tag: all keys of
+one user share a slot, so each change to them is one atomic Lua script on the slot's node.
+Logging out deletes one session; a password change or reset deletes them all, which also
+voids the access tokens that name them (the user service checks the session behind every
+token it accepts).
 
 A refresh token is `<user>.<sid>.<secret>`; only a hash of the secret is stored; each refresh
 rotates it, so a stolen and already used refresh token is worthless.
@@ -40,6 +41,24 @@ def _index_key(user_id: int) -> str:
     return f"sessions:{{{user_id}}}"
 
 
+# Atomic per user (the keys share a hash slot); scripts, since cluster pipelines have no MULTI.
+STORE = """
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+"""
+END = """
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+"""
+END_ALL = """
+local sids = redis.call('SMEMBERS', KEYS[1])
+for _, sid in ipairs(sids) do redis.call('DEL', ARGV[1] .. sid) end
+redis.call('DEL', KEYS[1])
+return #sids
+"""
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -48,6 +67,9 @@ class Sessions:
     def __init__(self, redis: RedisCluster | Redis, ttl_s: int):
         self.redis = redis
         self.ttl_s = ttl_s
+        self._store_script = redis.register_script(STORE)
+        self._end_script = redis.register_script(END)
+        self._end_all_script = redis.register_script(END_ALL)
 
     async def create(self, user_id: int, role: str) -> tuple[Session, str]:
         """A new session and its refresh token (returned once, stored hashed)."""
@@ -77,31 +99,18 @@ class Sessions:
         return rotated, f"{user_id}.{sid}.{new_secret}"
 
     async def end(self, user_id: int, sid: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_session_key(user_id, sid))
-            pipe.srem(_index_key(user_id), sid)
-            await pipe.execute()
+        await self._end_script(keys=[_session_key(user_id, sid), _index_key(user_id)], args=[sid])
 
     async def end_all(self, user_id: int) -> int:
         """End every session of a user (password change or reset); returns how many."""
-        sids = await self.redis.smembers(_index_key(user_id))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for sid in sids:
-                pipe.delete(_session_key(user_id, sid.decode() if isinstance(sid, bytes) else sid))
-            pipe.delete(_index_key(user_id))
-            await pipe.execute()
-        return len(sids)
+        prefix = _session_key(user_id, "")
+        return int(await self._end_all_script(keys=[_index_key(user_id)], args=[prefix]))
 
     async def _store(self, session: Session) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(
-                _session_key(session.user_id, session.sid),
-                json.dumps(session.__dict__),
-                ex=self.ttl_s,
-            )
-            pipe.sadd(_index_key(session.user_id), session.sid)
-            pipe.expire(_index_key(session.user_id), self.ttl_s)
-            await pipe.execute()
+        await self._store_script(
+            keys=[_session_key(session.user_id, session.sid), _index_key(session.user_id)],
+            args=[session.sid, json.dumps(session.__dict__), self.ttl_s],
+        )
 
 
 @dataclass(frozen=True)
