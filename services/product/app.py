@@ -54,21 +54,24 @@ def init_app(settings: ProductSettings) -> web.Application:
 
 
 def _refresh_popular(catalog: Catalog, every_s: int):  # type: ignore[no-untyped-def]
-    """Recompute the popular products in the background (seed: a background job)."""
+    """Recompute the popular products in the background (seed: a background job). At
+    shutdown the round under way finishes: a query cancelled mid-flight would hold its
+    connection, and the pool's close waits for every connection."""
 
-    async def loop() -> None:
-        while True:
+    async def loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
             try:
                 await catalog.refresh_popular()
             except Exception as error:  # the next round tries again; reads fall back meanwhile
                 log.warning("popular products refresh failed", error=str(error))
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(loop())
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop(stop))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await task
 
     return context

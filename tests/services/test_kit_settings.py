@@ -20,7 +20,8 @@ from stacks.wiring import Addresses, SecretFiles, service_environment
 def secrets(tmp_path: Path) -> SecretFiles:
     (tmp_path / "db").write_text("database password\n")
     (tmp_path / "redis").write_text("redis password\n")
-    return SecretFiles(str(tmp_path / "db"), str(tmp_path / "redis"))
+    (tmp_path / "jwt").write_text("j" * 64 + "\n")
+    return SecretFiles(str(tmp_path / "db"), str(tmp_path / "redis"), str(tmp_path / "jwt"))
 
 
 def wired(service: str, secrets: SecretFiles) -> dict[str, str]:
@@ -53,7 +54,8 @@ def test_the_product_service_gets_every_backend(secrets: SecretFiles) -> None:
     assert settings.redis_password() == "redis password"
     assert [str(node) for node in settings.memcached_nodes or ()] == ["10.0.0.7:11211"]
     assert settings.cache_ttl_search == 15 * 60
-    assert settings.database_read_host is None and settings.jwt_secret_file is None
+    assert settings.database_read_host is None
+    assert settings.jwt_secret() == b"j" * 64  # every service verifies the platform's tokens
     database = settings.database()  # what services.kit.db connects with
     assert database.endpoint == Endpoint("pgpool.data.svc.cluster.local", 5432)
     assert (database.database, database.user) == ("shop", "shop")
