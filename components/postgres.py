@@ -13,6 +13,7 @@ the primary, a new replica (pg_basebackup) or an old primary that must rejoin (p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import pulumi
@@ -61,7 +62,9 @@ from components.kube import (
 from components.microservice import SECRETS_DIR as SERVICE_SECRETS_DIR
 from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods
 from infra.config import PostgresConfig
+from services.kit.migrate import load as load_migrations
 from stacks.services import DATA_ENDPOINTS, Dependency
+from stacks.wiring import database_environment, job_environment
 
 ENDPOINT = DATA_ENDPOINTS[Dependency.POSTGRES]  # the clients' view: PgPool-II
 NAMESPACE = ENDPOINT.namespace
@@ -73,6 +76,7 @@ APP_SECRET = "postgres-app"  # the application role's password, in every client 
 CREDENTIALS_SECRET = "postgres-credentials"
 PGPOOL_SECRET = "pgpool-credentials"
 PARTITIONS_APP = "partition-maintenance"
+MIGRATIONS_APP = "schema-migrations"
 
 CONF_DIR = "/etc/postgresql/conf"
 SECRETS_DIR = "/etc/postgresql/secrets"
@@ -96,6 +100,7 @@ class PostgresArgs:
     labels: Labels
     gcp_labels: dict[str, str]
     client_namespaces: tuple[str, ...]
+    environment: str
     deletion_protection: bool = True
 
 
@@ -251,19 +256,22 @@ class PostgresCluster(pulumi.ComponentResource):
 
         # --- PgPool-II --------------------------------------------------------------------------
         self._pgpool(name, args, pgpool, tuning, all_passwords, pcp_password, members)
-        self._partition_job(name, args)
+        self._jobs(name, args, members)
         self.register_outputs({"address": self.address})
 
     def _flows(self, pgpool: PgpoolSettings) -> list[Flow]:
         me, pool = Pods(NAMESPACE, APP), Pods(NAMESPACE, PGPOOL)
-        backup, partitions = Pods(NAMESPACE, "pgbackrest"), Pods(NAMESPACE, PARTITIONS_APP)
+        backup = Pods(NAMESPACE, "pgbackrest")
         flows = [
             Flow(pool, me, (PORT,)),
             Flow(me, me, (PORT,)),  # replication, pg_basebackup, pg_rewind, role discovery
             Flow(backup, me, (pgbackrest.TLS_PORT,)),
             Flow(me, PUBLIC_INTERNET, (443,)),  # WAL archive to Cloud Storage
             Flow(backup, PUBLIC_INTERNET, (443,)),
-            Flow(partitions, pool, (ENDPOINT.port,)),
+            *(
+                Flow(Pods(NAMESPACE, job), pool, (ENDPOINT.port,))
+                for job in (PARTITIONS_APP, MIGRATIONS_APP)
+            ),
             Flow(MONITORING, me, (EXPORTER_PORT,)),
         ]
         if pgpool.uses_watchdog:
@@ -503,36 +511,62 @@ class PostgresCluster(pulumi.ComponentResource):
         disruption_budget(f"{name}-pgpool-pdb", PGPOOL, NAMESPACE, labels, child)
         pod_monitor(f"{name}-monitor", NAMESPACE, args.labels.k8s(APP, "data"), child)
 
-    def _partition_job(self, name: str, args: PostgresArgs) -> None:
-        """Monthly `orders` partitions, created ahead of time through PgPool-II."""
-        labels = args.labels.k8s(PARTITIONS_APP, "data")
+    def _jobs(self, name: str, args: PostgresArgs, members: list[k8s.apps.v1.StatefulSet]) -> None:
+        """The schema migrations (a Job per set of migration files) and the monthly `orders`
+        partitions (a CronJob), both through PgPool-II as the application role, from the
+        services' image and with the services' settings code."""
         secret_dir = f"{SERVICE_SECRETS_DIR}/{APP_SECRET}"
-        env = {
-            "DATABASE_HOST": ENDPOINT.host,
-            "DATABASE_PORT": str(ENDPOINT.port),
-            "DATABASE_NAME": USERS.app_database,
-            "DATABASE_USER": USERS.app,
-            "DATABASE_PASSWORD_FILE": f"{secret_dir}/password",
-        }
-        ahead = str(args.config.partitions_ahead_months)
-        job = container(
-            "partitions",
-            args.service_image,
-            ["python", "-m", "services.maintenance.partitions", "--ahead", ahead],
-            ("50m", "64Mi", "500m", "256Mi"),
-            [mount("credentials", secret_dir, read_only=True), mount("tmp", "/tmp")],
-            env=env_vars(env),
+        database = database_environment(
+            f"{ENDPOINT.host}:{ENDPOINT.port}", f"{secret_dir}/password"
         )
+
+        def spec(app: str, argv: list[str], restart: str) -> k8s.core.v1.PodSpecArgs:
+            job = container(
+                app,
+                args.service_image,
+                argv,
+                ("50m", "64Mi", "500m", "256Mi"),
+                [mount("credentials", secret_dir, read_only=True), mount("tmp", "/tmp")],
+                env=env_vars(job_environment(app, args.environment, database)),
+            )
+            return pod(
+                [job],
+                [secret_volume("credentials", APP_SECRET), empty_dir("tmp")],
+                "databases",  # the data tier's jobs stay on its pool
+                restart_policy=restart,
+            )
+
+        # A new set of migration files is a new Job (its name carries their digest).
+        digest = hashlib.sha256(
+            "".join(m.checksum for m in load_migrations()).encode()
+        ).hexdigest()[:10]
+        labels = args.labels.k8s(MIGRATIONS_APP, "data")
+        k8s.batch.v1.Job(
+            f"{name}-migrations-{digest}",
+            metadata=meta(f"{MIGRATIONS_APP}-{digest}", NAMESPACE, labels),
+            spec=k8s.batch.v1.JobSpecArgs(
+                backoff_limit=10,
+                active_deadline_seconds=1800,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=spec(
+                        MIGRATIONS_APP, ["python", "-m", "services.kit.migrate"], "OnFailure"
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=members),
+        )
+        labels = args.labels.k8s(PARTITIONS_APP, "data")
+        ahead = str(args.config.partitions_ahead_months)
         cron_job(
             f"{name}-partitions",
             meta(PARTITIONS_APP, NAMESPACE, labels),
             "17 3 * * *",  # daily: a missed run is caught up the next day
             labels,
-            pod(
-                [job],
-                [secret_volume("credentials", APP_SECRET), empty_dir("tmp")],
-                "databases",  # the data tier's jobs stay on its pool
-                restart_policy="Never",
+            spec(
+                PARTITIONS_APP,
+                ["python", "-m", "services.maintenance.partitions", "--ahead", ahead],
+                "Never",
             ),
             deadline_seconds=600,
             backoff_limit=3,

@@ -23,6 +23,8 @@ def routes(backend: Callable[[Service], DnsServers | StaticServers]) -> list[Rou
             path_prefix=svc.route,
             backend=backend(svc),
             auth=svc.route in AUTHENTICATED_ROUTES,
+            # Readiness, not liveness: a draining or dependency-less instance gets no traffic.
+            health_path="/readyz",
         )
         for svc in SERVICE_TABLE
         if svc.route is not None

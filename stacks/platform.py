@@ -95,6 +95,7 @@ class Platform:
                 labels=labels,
                 gcp_labels=labels.gcp("postgres", "data"),
                 client_namespaces=_namespaces_of(Dependency.POSTGRES),
+                environment=config.environment,
                 deletion_protection=config.cluster.deletion_protection,
             ),
             in_cluster,

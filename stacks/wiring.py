@@ -48,14 +48,7 @@ def service_environment(
     if service.image == "service":  # the gateway (HAProxy) takes its configuration as a file
         env["JWT_SECRET_FILE"] = secrets.jwt_secret
     if Dependency.POSTGRES in service.needs:
-        host, port = addresses.database.rsplit(":", 1)
-        env |= {
-            "DATABASE_HOST": host,
-            "DATABASE_PORT": port,
-            "DATABASE_NAME": USERS.app_database,
-            "DATABASE_USER": USERS.app,
-            "DATABASE_PASSWORD_FILE": secrets.database_password,
-        }
+        env |= database_environment(addresses.database, secrets.database_password)
     if Dependency.REDIS in service.needs:
         env |= {
             "REDIS_NODES": ",".join(addresses.redis_nodes),
@@ -72,3 +65,21 @@ def service_environment(
             "CACHE_TTL_CARTS": str(ttl.carts),
         }
     return env
+
+
+def database_environment(address: str, password_file: str) -> dict[str, str]:
+    """How anything reaches PostgreSQL through PgPool-II as the application role."""
+    host, port = address.rsplit(":", 1)
+    return {
+        "DATABASE_HOST": host,
+        "DATABASE_PORT": port,
+        "DATABASE_NAME": USERS.app_database,
+        "DATABASE_USER": USERS.app,
+        "DATABASE_PASSWORD_FILE": password_file,
+    }
+
+
+def job_environment(job: str, environment: str, database: dict[str, str]) -> dict[str, str]:
+    """A database job's environment (migrations, partitions, seed): the services' settings
+    shape, so jobs read it with the same code (`Settings.from_env().database()`)."""
+    return {"SERVICE_NAME": job, "ENVIRONMENT": environment, "PORT": "8080", **database}

@@ -5,14 +5,13 @@ recorded in `schema_migrations` with a checksum. A session-level advisory lock m
 concurrent runners (several pods starting at once, the local platform) take turns; an
 applied file that has since changed is refused rather than silently skipped.
 
-    python -m services.kit.migrate          # DATABASE_* environment, as the services use
+    python -m services.kit.migrate          # the services' DATABASE_* environment
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +88,10 @@ async def migrate(
 
 
 async def _main() -> list[str]:
-    password_file = os.environ.get("DATABASE_PASSWORD_FILE")
-    connection = await asyncpg.connect(
-        host=os.environ["DATABASE_HOST"],
-        port=int(os.environ.get("DATABASE_PORT", "5432")),
-        database=os.environ["DATABASE_NAME"],
-        user=os.environ["DATABASE_USER"],
-        password=Path(password_file).read_text().strip() if password_file else None,
-    )
+    from services.kit.db import connect
+    from services.kit.settings import Settings
+
+    connection = await connect(Settings.load().database())
     try:
         return await migrate(connection)
     finally:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 TABLE = "orders"
 
@@ -60,16 +58,10 @@ async def ensure_partitions(connection, today: date, ahead: int) -> list[str]:  
 
 
 async def _run(ahead: int) -> list[str]:
-    import asyncpg
+    from services.kit.db import connect
+    from services.kit.settings import Settings
 
-    password_file = os.environ.get("DATABASE_PASSWORD_FILE")
-    connection = await asyncpg.connect(
-        host=os.environ["DATABASE_HOST"],
-        port=int(os.environ.get("DATABASE_PORT", "5432")),
-        database=os.environ["DATABASE_NAME"],
-        user=os.environ["DATABASE_USER"],
-        password=Path(password_file).read_text().strip() if password_file else None,
-    )
+    connection = await connect(Settings.load().database())
     try:
         return await ensure_partitions(connection, datetime.now(UTC).date(), ahead)
     finally:

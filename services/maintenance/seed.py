@@ -106,7 +106,7 @@ async def _main(products: int) -> SeedReport:
     from services.kit.db import connect
     from services.kit.settings import Settings
 
-    connection = await connect(Settings.from_env().database())
+    connection = await connect(Settings.load().database())
     try:
         return await seed(connection, products)
     finally:
