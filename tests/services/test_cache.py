@@ -165,3 +165,31 @@ async def _value() -> str:
 
 async def _never() -> None:
     raise AssertionError("the loader must not run")
+
+
+async def test_a_server_stopped_mid_way_degrades_to_the_next_layer(tmp_path) -> None:
+    """A Memcached node of its own, used, then stopped: reads go on, from L2 and the loader."""
+    from stacks.local.memcached import LocalMemcached
+    from stacks.local.process import Supervisor
+
+    supervisor = Supervisor(tmp_path / "logs", tmp_path / "processes.json")
+    (tmp_path / "logs").mkdir()
+    memcached = LocalMemcached(supervisor, PortAllocator(None), count=1)
+    await asyncio.to_thread(memcached.start)
+    cache = Cache(
+        "test", [MemcachedLayer(hostports(memcached.nodes))], requests=counter(), backoff_s=0.3
+    )
+    await cache.start()
+    try:
+        name = key()
+        assert await cache.get_or_load(name, 60, _value) == "loaded"
+        cache.l1.clear()
+        assert await cache.get_or_load(name, 60, _never) == "loaded"  # served by memcached
+        await asyncio.to_thread(supervisor.stop)
+        cache.l1.clear()
+        assert await cache.get_or_load(name, 60, _value) == "loaded"  # the loader, no error
+        assert count(cache._requests, "l3", "error") >= 1  # type: ignore[arg-type]
+        assert cache.status() == {"l3": False}
+    finally:
+        await cache.close()
+        await asyncio.to_thread(supervisor.stop)
