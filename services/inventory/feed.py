@@ -1,0 +1,89 @@
+"""The live stock feed: levels published on Redis pub/sub, fanned out to SSE clients.
+
+Each instance keeps one subscription (not one per client) and hands every message to the
+queues of its connected clients; a slow client drops its oldest updates rather than holding
+up the others. Cluster pub/sub is broadcast, so a level published by any instance on any node
+reaches every subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.inventory.stock import Level, feed_message
+from services.kit.logs import get_logger
+from services.kit.redis import RedisStore
+from services.kit.settings import HostPort
+
+CHANNEL = "inventory:stock"
+QUEUE_SIZE = 100
+
+log = get_logger(__name__)
+
+
+class StockFeed:
+    """A dependency of the app: its check never fails (the feed is best effort)."""
+
+    name = "stock-feed"
+
+    def __init__(self, redis: RedisStore):
+        self.redis = redis
+        self.clients: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(self.redis.nodes, self.redis.password))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def check(self) -> None:
+        """Best effort: a feed without Redis never makes the service unready."""
+
+    async def publish(self, level: Level) -> None:
+        try:
+            await self.redis.client.execute_command("PUBLISH", CHANNEL, feed_message(level))
+        except Exception as error:  # the stock changed; only its broadcast is lost
+            log.warning("stock update not published", sku=level.sku, error=str(error))
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.clients.add(queue)
+        try:
+            yield queue
+        finally:
+            self.clients.discard(queue)
+
+    def _deliver(self, level: dict[str, Any]) -> None:
+        for queue in self.clients:
+            if queue.full():
+                queue.get_nowait()  # a slow client loses its oldest update, not the newest
+            queue.put_nowait(level)
+
+    async def _listen(self, nodes: Sequence[HostPort], password: str | None) -> None:
+        while True:
+            for node in nodes:
+                client = Redis(host=node.host, port=node.port, password=password)
+                try:
+                    async with client.pubsub() as pubsub:
+                        await pubsub.subscribe(CHANNEL)
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                self._deliver(json.loads(message["data"]))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.warning("stock feed subscription lost", node=str(node), error=str(error))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
+            await asyncio.sleep(1.0)
