@@ -13,6 +13,7 @@ loses nothing: the row stays unpublished and is relayed again, so consumers must
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -99,10 +100,8 @@ class OutboxRelay:
                 log.warning("outbox relay failed", error=str(error))
                 moved = 0
             if moved < self.batch:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), idle_s)
-                except TimeoutError:
-                    pass
 
 
 Handler = Callable[[Event], Awaitable[None]]
