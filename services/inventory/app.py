@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from aiohttp import web
@@ -15,11 +12,9 @@ from services.inventory.stock import Stock
 from services.inventory.views import FEED, STOCK, api
 from services.kit import backends
 from services.kit.app import create_app
-from services.kit.logs import get_logger
 from services.kit.metrics import Metrics
 from services.kit.settings import Expect, Settings
-
-log = get_logger(__name__)
+from services.kit.tasks import every
 
 
 class InventorySettings(Settings):
@@ -36,30 +31,10 @@ def init_app(settings: InventorySettings) -> web.Application:
     stock = Stock(database)
     app[STOCK] = stock
     app[FEED] = feed
-    app.cleanup_ctx.append(_sweeper(stock, feed, settings.reservation_sweep_seconds))
+
+    async def sweep() -> None:
+        for level in await stock.release_expired():
+            await feed.publish(level)
+
+    app.cleanup_ctx.append(every(settings.reservation_sweep_seconds, sweep, "reservation-sweeper"))
     return app
-
-
-def _sweeper(
-    stock: Stock, feed: StockFeed, every_s: int
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Release expired reservations; at shutdown the sweep under way finishes first."""
-
-    async def loop(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                for level in await stock.release_expired():
-                    await feed.publish(level)
-            except Exception as error:  # the next sweep tries again
-                log.warning("reservation sweep failed", error=str(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every_s)
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(loop(stop))
-        yield
-        stop.set()
-        await task
-
-    return context

@@ -1,0 +1,1 @@
+"""The order service: carts, orders, the checkout saga and order history."""

@@ -1,0 +1,90 @@
+"""Carts: in Redis with the seed's 7-day TTL, written through to PostgreSQL.
+
+Every change goes to the database first (the durable copy) and then to Redis (the fast one);
+a read that misses Redis (expired, or Redis lost its data) rebuilds the entry from the
+database, so losing Redis loses no cart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from services.kit.db import Database
+from services.kit.logs import get_logger
+
+log = get_logger(__name__)
+MAX_LINES = 100
+
+
+def _key(user_id: int) -> str:
+    return f"cart:{{{user_id}}}"
+
+
+class Carts:
+    def __init__(self, db: Database, redis: RedisCluster | Redis, ttl_s: int):
+        self.db = db
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def get(self, user_id: int) -> dict[str, int]:
+        """The cart as {sku: quantity}."""
+        try:
+            cached = await self.redis.get(_key(user_id))
+        except Exception as error:  # Redis down: the database has every cart
+            log.warning("cart cache unavailable", error=str(error))
+            cached = None
+        if cached is not None:
+            return json.loads(cached)
+        stored = await self.db.fetchval(
+            "SELECT items FROM carts WHERE user_id = $1", user_id, fresh=True
+        )
+        items = _items(stored)
+        await self._cache(user_id, items)
+        return items
+
+    async def set_line(self, user_id: int, sku: str, quantity: int) -> dict[str, int]:
+        """Set one line's quantity (0 removes it); returns the whole cart."""
+        async with self.db.transaction() as connection:
+            current = _items(
+                await connection.fetchval(
+                    "SELECT items FROM carts WHERE user_id = $1 FOR UPDATE", user_id
+                )
+            )
+            if quantity:
+                current[sku] = quantity
+            else:
+                current.pop(sku, None)
+            if len(current) > MAX_LINES:
+                raise ValueError(f"a cart holds at most {MAX_LINES} lines")
+            await connection.execute(
+                """INSERT INTO carts (user_id, items, updated_at) VALUES ($1, $2::jsonb, now())
+                   ON CONFLICT (user_id)
+                   DO UPDATE SET items = excluded.items, updated_at = now()""",
+                user_id,
+                json.dumps(current),
+            )
+        await self._cache(user_id, current)
+        return current
+
+    async def clear(self, user_id: int) -> None:
+        await self.db.execute("DELETE FROM carts WHERE user_id = $1", user_id)
+        try:
+            await self.redis.delete(_key(user_id))
+        except Exception as error:
+            log.warning("cart cache unavailable", error=str(error))
+
+    async def _cache(self, user_id: int, items: dict[str, int]) -> None:
+        try:
+            await self.redis.set(_key(user_id), json.dumps(items), ex=self.ttl_s)
+        except Exception as error:  # the write is durable; the cache refills on the next read
+            log.warning("cart cache unavailable", error=str(error))
+
+
+def _items(stored: Any) -> dict[str, int]:
+    if stored is None:
+        return {}
+    return json.loads(stored) if isinstance(stored, str) else dict(stored)

@@ -1,0 +1,200 @@
+"""Orders: placed once per Idempotency-Key, priced from the catalog, started on their saga.
+
+Placing an order is one transaction: the idempotency key, the order (status `pending`), its
+items priced from `products` at this moment, and the `order.placed` event in the outbox. The
+same key again returns the same order; the same key with a different request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.kit.db import Database
+
+ACTIVE = ("pending", "stock_reserved", "paid")  # the saga is still working on these
+
+
+class KeyReused(Exception):
+    """The Idempotency-Key was used for a different request."""
+
+
+class UnknownProducts(Exception):
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__(", ".join(skus))
+        self.skus = skus
+
+
+@dataclass(frozen=True)
+class Placed:
+    order: dict[str, Any]
+    created: bool  # False when the key had already placed it
+
+
+def request_hash(items: dict[str, int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(items.items())).encode()).hexdigest()
+
+
+def _order(row: asyncpg.Record, items: list[asyncpg.Record]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "total_cents": row["total_cents"],
+        "currency": row["currency"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "items": [
+            {"sku": i["sku"], "quantity": i["quantity"], "unit_price_cents": i["unit_price_cents"]}
+            for i in items
+        ],
+    }
+
+
+class Orders:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def place(self, user_id: int, key: str, items: dict[str, int]) -> Placed:
+        digest = request_hash(items)
+        async with self.db.transaction() as connection:
+            claimed = await connection.fetchrow(
+                """INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+                   ON CONFLICT (user_id, key) DO NOTHING RETURNING key""",
+                user_id,
+                key,
+                digest,
+            )
+            if claimed is None:
+                # A concurrent twin may still be inside its transaction: the row lock waits
+                # for it, so the answer is always the order it committed.
+                known = await connection.fetchrow(
+                    """SELECT request_hash, order_id, order_created_at FROM idempotency_keys
+                       WHERE user_id = $1 AND key = $2 FOR SHARE""",
+                    user_id,
+                    key,
+                )
+                if known["request_hash"] != digest:
+                    raise KeyReused(key)
+                found = await self._load(connection, known["order_id"], known["order_created_at"])
+                return Placed(found, created=False)
+            prices = {
+                r["sku"]: r
+                for r in await connection.fetch(
+                    """SELECT id, sku, price_cents, currency FROM products
+                       WHERE sku = ANY($1) AND active""",
+                    list(items),
+                )
+            }
+            missing = sorted(set(items) - set(prices))
+            if missing:
+                raise UnknownProducts(missing)
+            total = sum(prices[sku]["price_cents"] * quantity for sku, quantity in items.items())
+            order = await connection.fetchrow(
+                """INSERT INTO orders (user_id, total_cents) VALUES ($1, $2)
+                   RETURNING id, status, total_cents, currency, created_at, updated_at""",
+                user_id,
+                total,
+            )
+            await connection.executemany(
+                """INSERT INTO order_items
+                     (order_id, order_created_at, sku, product_id, quantity, unit_price_cents)
+                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                [
+                    (
+                        order["id"],
+                        order["created_at"],
+                        sku,
+                        prices[sku]["id"],
+                        quantity,
+                        prices[sku]["price_cents"],
+                    )
+                    for sku, quantity in sorted(items.items())
+                ],
+            )
+            await connection.execute(
+                """UPDATE idempotency_keys SET order_id = $3, order_created_at = $4
+                   WHERE user_id = $1 AND key = $2""",
+                user_id,
+                key,
+                order["id"],
+                order["created_at"],
+            )
+            placed = await self._load(connection, order["id"], order["created_at"])
+            await connection.execute(
+                "INSERT INTO outbox (topic, key, payload) VALUES ('order.placed', $1, $2::jsonb)",
+                str(order["id"]),
+                json.dumps({"user_id": user_id, **placed}),
+            )
+        return Placed(placed, created=True)
+
+    async def get(self, user_id: int, order_id: int, fresh: bool = True) -> dict[str, Any] | None:
+        row = await self.db.fetchrow(
+            """SELECT id, created_at FROM orders WHERE id = $1 AND user_id = $2""",
+            order_id,
+            user_id,
+            fresh=fresh,
+        )
+        if row is None:
+            return None
+        async with self.db.transaction() as connection:
+            return await self._load(connection, row["id"], row["created_at"])
+
+    async def history(
+        self, user_id: int, before: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest first, across monthly partitions; plain reads (replicas)."""
+        rows = await self.db.fetch(
+            """SELECT o.id, o.status, o.total_cents, o.currency, o.created_at, o.updated_at,
+                      coalesce(jsonb_agg(jsonb_build_object(
+                          'sku', i.sku, 'quantity', i.quantity,
+                          'unit_price_cents', i.unit_price_cents) ORDER BY i.sku)
+                        FILTER (WHERE i.sku IS NOT NULL), '[]') AS items
+               FROM orders o
+               LEFT JOIN order_items i ON i.order_id = o.id AND i.order_created_at = o.created_at
+               WHERE o.user_id = $1 AND ($2::timestamptz IS NULL OR o.created_at < $2)
+               GROUP BY o.id, o.created_at
+               ORDER BY o.created_at DESC, o.id DESC LIMIT $3""",
+            user_id,
+            before,
+            limit,
+        )
+        return [
+            {
+                **{k: row[k] for k in ("id", "status", "total_cents", "currency")},
+                "created_at": row["created_at"].isoformat(),
+                "updated_at": row["updated_at"].isoformat(),
+                "items": json.loads(row["items"])
+                if isinstance(row["items"], str)
+                else row["items"],
+            }
+            for row in rows
+        ]
+
+    async def queue_depth(self) -> int:
+        """Orders the saga has not finished (the HPA's order_queue_depth)."""
+        return await self.db.fetchval(
+            "SELECT count(*) FROM orders WHERE status = ANY($1::text[])", list(ACTIVE)
+        )
+
+    @staticmethod
+    async def _load(
+        connection: asyncpg.Connection, order_id: int, created_at: datetime
+    ) -> dict[str, Any]:
+        row = await connection.fetchrow(
+            """SELECT id, status, total_cents, currency, created_at, updated_at FROM orders
+               WHERE id = $1 AND created_at = $2""",
+            order_id,
+            created_at,
+        )
+        items = await connection.fetch(
+            """SELECT sku, quantity, unit_price_cents FROM order_items
+               WHERE order_id = $1 AND order_created_at = $2 ORDER BY sku""",
+            order_id,
+            created_at,
+        )
+        return _order(row, items)

@@ -1,0 +1,185 @@
+"""The order service against the real data tier: carts that survive losing Redis, orders placed
+once per Idempotency-Key (even by concurrent twins), priced from the catalog, history, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from services.kit.auth import Tokens
+from services.order.app import OrderSettings, init_app
+from stacks.local.data_tier import DataTier
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings_for) -> TestClient:
+    return await aiohttp_client(init_app(settings_for(OrderSettings, "order")))
+
+
+@pytest.fixture
+def shopper(tokens: Tokens) -> dict[str, str]:
+    """A fresh shopper's bearer header (a user id no other test uses)."""
+    user_id = str(uuid.uuid4().int % 10**9 + 10**6)
+    return {"Authorization": f"Bearer {tokens.issue(user_id, 'customer', 'test-session')}"}
+
+
+async def prices(platform: DataTier, *skus: str) -> dict[str, int]:
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT sku, price_cents FROM products WHERE sku = ANY($1)", list(skus)
+        )
+    finally:
+        await connection.close()
+    return {r["sku"]: r["price_cents"] for r in rows}
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": f"checkout-{uuid.uuid4().hex}"}
+
+
+async def test_the_cart_is_written_through_and_survives_losing_redis(
+    client: TestClient, shopper: dict[str, str], platform: DataTier, tokens: Tokens
+) -> None:
+    put = await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-000001", "quantity": 2}, headers=shopper
+    )
+    assert put.status == 200 and (await put.json())["items"] == {"SKU-000001": 2}
+    await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-000002", "quantity": 1}, headers=shopper
+    )
+    await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-000001", "quantity": 0}, headers=shopper
+    )
+    redis = RedisCluster(
+        startup_nodes=[ClusterNode(*n.rsplit(":", 1)) for n in platform.redis.nodes],
+        password=platform.redis.password,
+    )
+    try:
+        user_id = tokens.verify(shopper["Authorization"].split()[1]).user_id
+        ttl = await redis.ttl(f"cart:{{{user_id}}}")
+        assert 7 * 24 * 3600 - 60 < ttl <= 7 * 24 * 3600
+        await redis.delete(f"cart:{{{user_id}}}")  # Redis loses the cart
+    finally:
+        await redis.aclose()
+    again = await client.get("/api/orders/cart", headers=shopper)
+    assert (await again.json())["items"] == {"SKU-000002": 1}
+
+
+async def test_an_order_is_priced_from_the_catalog_and_starts_its_saga(
+    client: TestClient, shopper: dict[str, str], platform: DataTier
+) -> None:
+    catalog = await prices(platform, "SKU-000003", "SKU-000004")
+    body = {"items": [{"sku": "SKU-000003", "quantity": 2}, {"sku": "SKU-000004", "quantity": 1}]}
+    response = await client.post("/api/orders", json=body, headers={**shopper, **key()})
+    assert response.status == 201
+    order = await response.json()
+    assert order["status"] == "pending"
+    assert order["total_cents"] == 2 * catalog["SKU-000003"] + catalog["SKU-000004"]
+    assert {i["sku"]: i["unit_price_cents"] for i in order["items"]} == catalog
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:
+        event = await connection.fetchval(
+            "SELECT count(*) FROM outbox WHERE topic = 'order.placed' AND key = $1",
+            str(order["id"]),
+        )
+        assert event == 1  # written in the same transaction as the order
+    finally:
+        await connection.close()
+    fetched = await client.get(f"/api/orders/{order['id']}", headers=shopper)
+    assert (await fetched.json())["id"] == order["id"]
+
+
+async def test_the_same_key_places_one_order_even_from_concurrent_twins(
+    client: TestClient, shopper: dict[str, str], platform: DataTier
+) -> None:
+    body = {"items": [{"sku": "SKU-000005", "quantity": 1}]}
+    twin = {**shopper, **key()}
+    responses = await asyncio.gather(
+        *(client.post("/api/orders", json=body, headers=twin) for _ in range(8))
+    )
+    orders = [await r.json() for r in responses]
+    assert sorted(r.status for r in responses) == [200] * 7 + [201]
+    assert len({o["id"] for o in orders}) == 1
+    history = await (await client.get("/api/orders", headers=shopper)).json()
+    assert [o["id"] for o in history] == [orders[0]["id"]]
+    reused = await client.post(
+        "/api/orders", json={"items": [{"sku": "SKU-000006", "quantity": 1}]}, headers=twin
+    )
+    assert reused.status == 409
+
+
+async def test_checking_out_the_cart_empties_it(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-000007", "quantity": 3}, headers=shopper
+    )
+    response = await client.post("/api/orders", json={}, headers={**shopper, **key()})
+    assert response.status == 201
+    assert [(i["sku"], i["quantity"]) for i in (await response.json())["items"]] == [
+        ("SKU-000007", 3)
+    ]
+    assert (await (await client.get("/api/orders/cart", headers=shopper)).json())["items"] == {}
+
+
+async def test_history_is_newest_first_and_pages(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    ids = []
+    for n in range(3):
+        body = {"items": [{"sku": f"SKU-00001{n}", "quantity": 1}]}
+        ids.append(
+            (
+                await (
+                    await client.post("/api/orders", json=body, headers={**shopper, **key()})
+                ).json()
+            )["id"]
+        )
+    first = await (await client.get("/api/orders", params={"limit": "2"}, headers=shopper)).json()
+    assert [o["id"] for o in first] == ids[::-1][:2]
+    rest = await (
+        await client.get("/api/orders", params={"before": first[-1]["created_at"]}, headers=shopper)
+    ).json()
+    assert [o["id"] for o in rest] == [ids[0]]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "field"),
+    [
+        ({"items": [{"sku": "SKU-000001", "quantity": 1}]}, {}, "header.Idempotency-Key"),
+        (
+            {"items": [{"sku": "SKU-000001", "quantity": 1}]},
+            {"Idempotency-Key": "short"},
+            "header.Idempotency-Key",
+        ),
+        ({"items": [{"sku": "SKU-NOPE", "quantity": 1}]}, None, "body.items"),
+        ({"items": [{"sku": "SKU-000001", "quantity": 101}]}, None, "body.items.0.quantity"),
+        ({"items": []}, None, "body.items"),
+        ({}, None, "body.items"),  # an empty cart
+    ],
+)
+async def test_bad_orders_name_the_field_and_write_nothing(
+    client: TestClient,
+    shopper: dict[str, str],
+    body: dict[str, Any],
+    headers: dict[str, str] | None,
+    field: str,
+) -> None:
+    response = await client.post(
+        "/api/orders", json=body, headers={**shopper, **(key() if headers is None else headers)}
+    )
+    assert response.status == 422
+    assert field in [f["field"] for f in (await response.json())["fields"]]
+    assert await (await client.get("/api/orders", headers=shopper)).json() == []
+
+
+async def test_orders_need_a_shopper(client: TestClient) -> None:
+    assert (await client.get("/api/orders")).status == 401
+    assert (await client.post("/api/orders", json={}, headers=key())).status == 401
