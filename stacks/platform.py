@@ -122,6 +122,10 @@ class Platform:
             database=self.postgres.address,
             redis_nodes=self.redis.nodes,
             memcached_nodes=self.memcached.nodes,
+            services={
+                s.name: f"http://{s.name}.{s.namespace}.svc.cluster.local:{s.port}"
+                for s in SERVICE_TABLE
+            },
         )
         signing = SharedSecret(
             "jwt-signing",

@@ -6,11 +6,11 @@ mounted as files) and the local platform (127.0.0.1 ports, secret files in the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from components.conf.postgres import PgUsers
 from infra.config import CacheTtls
-from stacks.services import Dependency, Service
+from stacks.services import Dependency, Service, callees
 
 USERS = PgUsers()
 
@@ -22,6 +22,8 @@ class Addresses:
     database: str  # PgPool-II: writes to the primary, reads balanced over the replicas
     redis_nodes: tuple[str, ...]  # cluster seed nodes
     memcached_nodes: tuple[str, ...]
+    # Base URLs of the services others call (`http://host:port`), by service name.
+    services: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ def service_environment(
     }
     if service.image == "service":  # the gateway (HAProxy) takes its configuration as a file
         env["JWT_SECRET_FILE"] = secrets.jwt_secret
+        # Whom it calls, by the caller graph: INVENTORY_URL, PAYMENT_URL, ...
+        for callee in callees(service.name):
+            if callee.name in addresses.services:
+                env[f"{callee.name.upper()}_URL"] = addresses.services[callee.name]
     if Dependency.POSTGRES in service.needs:
         env |= database_environment(addresses.database, secrets.database_password)
     if Dependency.REDIS in service.needs:
