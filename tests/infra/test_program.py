@@ -3,6 +3,7 @@ is registered, and the error names the key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -30,6 +31,9 @@ class Recorder(pulumi.runtime.Mocks):
 def run_program(
     raw: dict[str, Any], secrets: dict[str, str]
 ) -> tuple[Recorder, BaseException | None]:
+    # Pulumi's runtime drives its own loop on the main thread; earlier async tests may have
+    # closed the default one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
     config |= {f"{PROJECT}:{k}": v for k, v in secrets.items()}
     pulumi.runtime.set_all_config(config, [f"{PROJECT}:{k}" for k in secrets])
