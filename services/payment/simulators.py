@@ -1,0 +1,660 @@
+"""Stand-ins for the two payment providers, shipped so the platform runs (and is tested) with
+no account anywhere:
+
+    python -m services.payment.simulators --kind stripe --port 12111
+    python -m services.payment.simulators --kind paypal --port 12112
+
+`stripe` imitates a Stripe-like API: form-encoded bodies, amounts in minor units, errors as
+`{"error": {"type", "code", "decline_code", "message"}}`, idempotency by `Idempotency-Key`:
+
+    POST /v1/payment_intents                 amount, currency, payment_method=tok_...,
+                                             capture_method=manual, confirm=true
+    POST /v1/payment_intents/{id}/capture    [amount_to_capture]
+    POST /v1/payment_intents/{id}/cancel
+    POST /v1/refunds                         payment_intent, [amount]
+
+`paypal` imitates a PayPal-like API: JSON bodies, amounts as decimal strings, errors as
+`{"name", "message", "debug_id", "details": [{"issue", "description"}]}`, idempotency by
+`PayPal-Request-Id` (scoped to the request path, as PayPal's is to the call):
+
+    POST /v2/checkout/orders                           intent=AUTHORIZE, purchase_units,
+                                                       payment_source.token
+    POST /v2/checkout/orders/{id}/authorize
+    POST /v2/payments/authorizations/{id}/capture      [amount]
+    POST /v2/payments/authorizations/{id}/void
+    POST /v2/payments/captures/{id}/refund             [amount]
+
+Both want `Authorization: Bearer <api key>` (`--api-key`, default `sim-secret`). A token that
+contains `declined` is declined, one that contains `insufficient` lacks funds; any other
+`tok_...` token pays. A body holding anything that looks like a card number is refused (and
+never echoed, logged or stored): the platform handles tokens only.
+
+A request repeated with the same idempotency key is answered with the first answer (marked
+`Idempotent-Replayed: true`) and changes nothing; the same key with a different body is an
+error. Server errors are not remembered, so a retry after one is processed afresh.
+
+The admin endpoints, for tests and failure drills:
+
+    POST /_sim/behaviour   {"mode": "ok"|"fail"|"slow"|"timeout"|"flaky"|"lost",
+                            "delay_ms": 0, "failure_rate": 0.0, "fail_next": 0, "seed": null}
+    GET  /_sim/behaviour
+    GET  /_sim/charges     every payment: amounts, status, how many captures/voids/refunds
+                           were applied and the idempotency key of each operation
+    GET  /_sim/requests    every provider call received: method, path, idempotency key, status
+    POST /_sim/reset       forget everything, behave normally
+
+Modes (before processing unless said): `fail` answers 500; `slow` waits `delay_ms` then
+processes; `timeout` hangs (until the behaviour changes or the simulator stops) and then
+answers 504 without processing; `flaky` answers 503 to a `failure_rate` share of calls;
+`lost` processes the call and then answers 502, as when a response is lost on the way back
+(a retry with the same key then gets the original result). `fail_next: n` makes the next n
+calls answer 503, whatever the mode. `delay_ms` also delays every mode but `timeout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import secrets
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.payment.money import contains_pan, format_amount, parse_amount
+
+Kind = Literal["stripe", "paypal"]
+HANG_S = 300.0  # a `timeout` call hangs this long at most
+DEFAULT_API_KEY = "sim-secret"
+REQUEST_LOG = 10_000  # the last calls /_sim/requests lists
+
+Json = dict[str, Any]
+Answer = tuple[int, Json]
+
+
+class Behaviour(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["ok", "fail", "slow", "timeout", "flaky", "lost"] = "ok"
+    delay_ms: int = Field(default=0, ge=0, le=600_000)
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    fail_next: int = Field(default=0, ge=0)
+    seed: int | None = None
+
+
+@dataclass
+class Payment:
+    """One authorization and what happened to it since."""
+
+    id: str
+    idempotency_key: str | None
+    amount_cents: int
+    currency: str
+    status: str = "authorized"  # authorized, captured, voided
+    captured_cents: int = 0
+    refunded_cents: int = 0
+    authorizations: int = 1
+    captures: int = 0
+    voids: int = 0
+    refunds: int = 0
+    capture_id: str | None = None  # PayPal's capture object (refunds are made against it)
+    operations: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, operation: str, key: str | None, amount_cents: int | None = None) -> None:
+        self.operations.append(
+            {"operation": operation, "idempotency_key": key, "amount_cents": amount_cents}
+        )
+
+
+@dataclass
+class Stored:
+    fingerprint: str
+    status: int
+    body: Json
+
+
+class BadBody(Exception):
+    pass
+
+
+class Simulator:
+    """What both providers share: auth, behaviour, idempotency, the PAN check, the ledger."""
+
+    kind: Kind
+    key_header: str
+
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> None:
+        self.api_key = api_key
+        self.behaviour = Behaviour(seed=seed)
+        self.rng = random.Random(seed)
+        self.payments: dict[str, Payment] = {}
+        self.idempotency: dict[tuple[str, str], Stored] = {}
+        self.requests: deque[Json] = deque(maxlen=REQUEST_LOG)
+        self._release: asyncio.Event | None = None
+
+    # --- the app ----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/_sim/behaviour", self.set_behaviour)
+        app.router.add_get("/_sim/behaviour", self.get_behaviour)
+        app.router.add_get("/_sim/charges", self.charges)
+        app.router.add_get("/_sim/requests", self.list_requests)
+        app.router.add_post("/_sim/reset", self.reset)
+        for path, operation in self.operations().items():
+            app.router.add_post(path, self._endpoint(operation))
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
+        raise NotImplementedError
+
+    # --- provider-specific shapes -----------------------------------------------------------
+
+    async def read_body(self, request: web.Request) -> Json:
+        raise NotImplementedError
+
+    def error(self, status: int, code: str, message: str, **extra: Any) -> Answer:
+        raise NotImplementedError
+
+    def idempotency_scope(self, path: str) -> str:
+        return ""  # Stripe: keys are global to the account
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def set_behaviour(self, request: web.Request) -> web.Response:
+        try:
+            behaviour = Behaviour.model_validate(await request.json())
+        except (ValidationError, ValueError) as error:
+            return web.json_response({"error": str(error)}, status=400)
+        self.behaviour = behaviour
+        if behaviour.seed is not None:
+            self.rng = random.Random(behaviour.seed)
+        self._wake_hung()
+        return web.json_response(self.behaviour.model_dump())
+
+    async def get_behaviour(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.behaviour.model_dump())
+
+    async def charges(self, _request: web.Request) -> web.Response:
+        return web.json_response({"charges": [asdict(p) for p in self.payments.values()]})
+
+    async def list_requests(self, _request: web.Request) -> web.Response:
+        return web.json_response({"requests": list(self.requests)})
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        self.behaviour = Behaviour()
+        self.payments.clear()
+        self.idempotency.clear()
+        self.requests.clear()
+        self._wake_hung()
+        return web.json_response({"status": "reset"})
+
+    def _wake_hung(self) -> None:
+        if self._release is not None:
+            self._release.set()
+        self._release = None
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._wake_hung()
+
+    # --- every provider call ----------------------------------------------------------------
+
+    def _endpoint(
+        self, operation: Callable[[Json, Mapping[str, str], str | None], Answer]
+    ) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            entry: Json = {
+                "method": request.method,
+                "path": request.path,
+                "idempotency_key": request.headers.get(self.key_header),
+            }
+            self.requests.append(entry)
+            status, body, headers = await self._serve(request, operation)
+            entry["status"] = status
+            return web.json_response(body, status=status, headers=headers)
+
+        return handler
+
+    async def _serve(
+        self,
+        request: web.Request,
+        operation: Callable[[Json, Mapping[str, str], str | None], Answer],
+    ) -> tuple[int, Json, dict[str, str]]:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return (*self.error(401, "unauthorized", "invalid API key"), {})
+        try:
+            body = await self.read_body(request)
+        except BadBody as error:
+            return (*self.error(400, "invalid_request", str(error)), {})
+        if contains_pan(body):
+            # Never echoed, logged or stored: refused outright.
+            return (
+                *self.error(400, "card_number_rejected", "raw card numbers are not accepted"),
+                {},
+            )
+        failure = await self._misbehave()
+        if failure is not None:
+            return (*failure, {})
+
+        key = request.headers.get(self.key_header)
+        slot = (key, self.idempotency_scope(request.path)) if key else None
+        fingerprint = hashlib.sha256(
+            json.dumps([request.path, body], sort_keys=True).encode()
+        ).hexdigest()
+        if slot is not None and (stored := self.idempotency.get(slot)) is not None:
+            if stored.fingerprint != fingerprint:
+                return (
+                    *self.error(
+                        422 if self.kind == "paypal" else 400,
+                        "idempotency_key_reused",
+                        "this idempotency key was used with a different request",
+                    ),
+                    {},
+                )
+            return stored.status, stored.body, {"Idempotent-Replayed": "true"}
+        # No await between here and the store below: concurrent repeats cannot both process.
+        status, answer = operation(body, request.match_info, key)
+        if slot is not None and status < 500:
+            self.idempotency[slot] = Stored(fingerprint, status, answer)
+        if self.behaviour.mode == "lost":
+            return (*self.error(502, "bad_gateway", "upstream answer lost"), {})
+        return status, answer, {}
+
+    async def _misbehave(self) -> Answer | None:
+        behaviour = self.behaviour
+        if behaviour.mode == "timeout":
+            if self._release is None:
+                self._release = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), HANG_S)
+            return self.error(504, "timeout", "the request timed out")
+        if behaviour.delay_ms:
+            await asyncio.sleep(behaviour.delay_ms / 1000)
+        if behaviour.fail_next > 0:
+            self.behaviour = behaviour.model_copy(update={"fail_next": behaviour.fail_next - 1})
+            return self.error(503, "unavailable", "temporarily unavailable")
+        if behaviour.mode == "fail":
+            return self.error(500, "internal", "an error occurred on the provider's side")
+        if behaviour.mode == "flaky" and self.rng.random() < behaviour.failure_rate:
+            return self.error(503, "unavailable", "temporarily unavailable")
+        return None
+
+    def new_payment(
+        self, prefix: str, key: str | None, amount_cents: int, currency: str
+    ) -> Payment:
+        payment = Payment(f"{prefix}_{secrets.token_hex(8)}", key, amount_cents, currency)
+        payment.record("authorize", key, amount_cents)
+        self.payments[payment.id] = payment
+        return payment
+
+
+def _declined(token: str) -> str | None:
+    """The decline reason a test token asks for, or None when it pays."""
+    if "declined" in token:
+        return "generic_decline"
+    if "insufficient" in token:
+        return "insufficient_funds"
+    return None
+
+
+class StripeSimulator(Simulator):
+    kind: Kind = "stripe"
+    key_header = "Idempotency-Key"
+
+    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
+        return {
+            "/v1/payment_intents": self.create_intent,
+            "/v1/payment_intents/{id}/capture": self.capture,
+            "/v1/payment_intents/{id}/cancel": self.cancel,
+            "/v1/refunds": self.refund,
+        }
+
+    async def read_body(self, request: web.Request) -> Json:
+        if not request.can_read_body:
+            return {}
+        if request.content_type not in ("application/x-www-form-urlencoded", ""):
+            raise BadBody("bodies are application/x-www-form-urlencoded")
+        form = await request.post()
+        return {name: str(value) for name, value in form.items()}
+
+    def error(self, status: int, code: str, message: str, **extra: Any) -> Answer:
+        kind = "api_error" if status >= 500 else extra.pop("type", "invalid_request_error")
+        return status, {"error": {"type": kind, "code": code, "message": message, **extra}}
+
+    def _amount(self, body: Json, name: str, required: bool = True) -> int | None:
+        raw = body.get(name)
+        if raw is None and not required:
+            return None
+        if raw is None or not str(raw).isdigit() or int(raw) <= 0:
+            raise BadBody(f"{name} must be a positive integer in minor units")
+        return int(raw)
+
+    def _intent(self, payment: Payment) -> Json:
+        status = {
+            "authorized": "requires_capture",
+            "captured": "succeeded",
+            "voided": "canceled",
+        }[payment.status]
+        return {
+            "id": payment.id,
+            "object": "payment_intent",
+            "amount": payment.amount_cents,
+            "amount_received": payment.captured_cents,
+            "currency": payment.currency.lower(),
+            "status": status,
+        }
+
+    def create_intent(self, body: Json, _match: Mapping[str, str], key: str | None) -> Answer:
+        try:
+            amount = self._amount(body, "amount")
+        except BadBody as error:
+            return self.error(400, "parameter_invalid_integer", str(error), param="amount")
+        assert amount is not None
+        currency = str(body.get("currency", ""))
+        if len(currency) != 3 or not currency.isalpha():
+            return self.error(400, "parameter_invalid", "currency is 3 letters", param="currency")
+        token = str(body.get("payment_method", ""))
+        if not token.startswith(("tok_", "pm_")):
+            return self.error(400, "resource_missing", "no such payment method", param="token")
+        if (reason := _declined(token)) is not None:
+            return self.error(
+                402, "card_declined", "Your card was declined.", type="card_error",
+                decline_code=reason,
+            )  # fmt: skip
+        payment = self.new_payment("pi", key, amount, currency.upper())
+        if body.get("capture_method", "automatic") != "manual":
+            payment.status, payment.captured_cents, payment.captures = "captured", amount, 1
+            payment.record("capture", key, amount)
+        return 200, self._intent(payment)
+
+    def _find(self, intent_id: str) -> Payment | None:
+        payment = self.payments.get(intent_id)
+        return payment if payment is not None and payment.id.startswith("pi_") else None
+
+    def capture(self, body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        payment = self._find(match["id"])
+        if payment is None:
+            return self.error(404, "resource_missing", f"no such payment_intent: {match['id']}")
+        try:
+            amount = self._amount(body, "amount_to_capture", required=False)
+        except BadBody as error:
+            return self.error(400, "parameter_invalid_integer", str(error))
+        amount = payment.amount_cents if amount is None else amount
+        if payment.status != "authorized":
+            return self.error(
+                400, "payment_intent_unexpected_state",
+                f"this PaymentIntent is {self._intent(payment)['status']}",
+            )  # fmt: skip
+        if amount > payment.amount_cents:
+            return self.error(400, "amount_too_large", "amount_to_capture exceeds the amount")
+        payment.status, payment.captured_cents = "captured", amount
+        payment.captures += 1
+        payment.record("capture", key, amount)
+        return 200, self._intent(payment)
+
+    def cancel(self, _body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        payment = self._find(match["id"])
+        if payment is None:
+            return self.error(404, "resource_missing", f"no such payment_intent: {match['id']}")
+        if payment.status != "authorized":
+            return self.error(
+                400, "payment_intent_unexpected_state",
+                f"this PaymentIntent is {self._intent(payment)['status']}",
+            )  # fmt: skip
+        payment.status = "voided"
+        payment.voids += 1
+        payment.record("void", key)
+        return 200, self._intent(payment)
+
+    def refund(self, body: Json, _match: Mapping[str, str], key: str | None) -> Answer:
+        payment = self._find(str(body.get("payment_intent", "")))
+        if payment is None:
+            return self.error(404, "resource_missing", "no such payment_intent")
+        try:
+            amount = self._amount(body, "amount", required=False)
+        except BadBody as error:
+            return self.error(400, "parameter_invalid_integer", str(error))
+        left = payment.captured_cents - payment.refunded_cents
+        amount = left if amount is None else amount
+        if payment.status != "captured":
+            return self.error(400, "charge_not_captured", "this PaymentIntent has no charge")
+        if left <= 0:
+            return self.error(400, "charge_already_refunded", "the charge is fully refunded")
+        if amount > left:
+            return self.error(400, "amount_too_large", f"at most {left} can be refunded")
+        payment.refunded_cents += amount
+        payment.refunds += 1
+        payment.record("refund", key, amount)
+        refund_id = f"re_{secrets.token_hex(8)}"
+        return 200, {
+            "id": refund_id,
+            "object": "refund",
+            "amount": amount,
+            "currency": payment.currency.lower(),
+            "payment_intent": payment.id,
+            "status": "succeeded",
+        }
+
+
+@dataclass
+class _Order:
+    id: str
+    amount_cents: int
+    currency: str
+    token: str
+    authorization_id: str | None = None
+
+
+class PayPalSimulator(Simulator):
+    kind: Kind = "paypal"
+    key_header = "PayPal-Request-Id"
+
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> None:
+        super().__init__(api_key=api_key, seed=seed)
+        self.orders: dict[str, _Order] = {}
+        self.captures: dict[str, str] = {}  # capture id -> authorization (payment) id
+
+    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
+        return {
+            "/v2/checkout/orders": self.create_order,
+            "/v2/checkout/orders/{id}/authorize": self.authorize_order,
+            "/v2/payments/authorizations/{id}/capture": self.capture,
+            "/v2/payments/authorizations/{id}/void": self.void,
+            "/v2/payments/captures/{id}/refund": self.refund,
+        }
+
+    def idempotency_scope(self, path: str) -> str:
+        return path
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.orders.clear()
+        self.captures.clear()
+        return await super().reset(request)
+
+    async def read_body(self, request: web.Request) -> Json:
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise BadBody("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadBody("the body is not a JSON object")
+        return body
+
+    def error(self, status: int, code: str, message: str, **extra: Any) -> Answer:
+        name = {
+            400: "INVALID_REQUEST",
+            401: "AUTHENTICATION_FAILURE",
+            404: "RESOURCE_NOT_FOUND",
+            422: "UNPROCESSABLE_ENTITY",
+        }.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "INVALID_REQUEST")
+        return status, {
+            "name": name,
+            "message": message,
+            "debug_id": secrets.token_hex(6),
+            "details": [{"issue": code.upper(), "description": message, **extra}],
+        }
+
+    def _money(self, amount: Any, currency: str | None = None) -> tuple[int, str]:
+        if not isinstance(amount, dict):
+            raise BadBody("amount is an object {currency_code, value}")
+        code = str(amount.get("currency_code", ""))
+        if len(code) != 3 or not code.isalpha() or (currency and code.upper() != currency):
+            raise BadBody("amount.currency_code is wrong")
+        try:
+            cents = parse_amount(amount.get("value"), code)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise BadBody(str(error)) from None
+        if cents <= 0:
+            raise BadBody("amount.value must be positive")
+        return cents, code.upper()
+
+    def _amount_view(self, cents: int, currency: str) -> Json:
+        return {"currency_code": currency, "value": format_amount(cents, currency)}
+
+    def create_order(self, body: Json, _match: Mapping[str, str], _key: str | None) -> Answer:
+        if body.get("intent") != "AUTHORIZE":
+            return self.error(422, "unsupported_intent", "only intent AUTHORIZE is simulated")
+        try:
+            units = body.get("purchase_units")
+            if not isinstance(units, list) or len(units) != 1:
+                raise BadBody("exactly one purchase unit")
+            cents, currency = self._money(units[0].get("amount"))
+            token = body.get("payment_source", {}).get("token", {}).get("id")
+        except (BadBody, AttributeError) as error:
+            return self.error(400, "invalid_parameter_value", str(error))
+        if not isinstance(token, str) or not token.startswith("tok_"):
+            return self.error(400, "invalid_payment_source", "payment_source.token.id is missing")
+        order = _Order(f"ORDER-{secrets.token_hex(8).upper()}", cents, currency, token)
+        self.orders[order.id] = order
+        return 201, {"id": order.id, "intent": "AUTHORIZE", "status": "CREATED"}
+
+    def authorize_order(self, _body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        order = self.orders.get(match["id"])
+        if order is None:
+            return self.error(404, "invalid_resource_id", f"order {match['id']} does not exist")
+        if order.authorization_id is not None:
+            return self.error(422, "order_already_authorized", "the order is authorized already")
+        if (reason := _declined(order.token)) is not None:
+            issue = "instrument_declined" if reason == "generic_decline" else reason
+            return self.error(422, issue, "the instrument was declined")
+        payment = self.new_payment("AUTH", key, order.amount_cents, order.currency)
+        order.authorization_id = payment.id
+        return 201, {
+            "id": order.id,
+            "status": "COMPLETED",
+            "purchase_units": [
+                {
+                    "payments": {
+                        "authorizations": [
+                            {
+                                "id": payment.id,
+                                "status": "CREATED",
+                                "amount": self._amount_view(order.amount_cents, order.currency),
+                            }
+                        ]
+                    }
+                }
+            ],
+        }
+
+    def _authorization(self, authorization_id: str) -> Payment | None:
+        payment = self.payments.get(authorization_id)
+        return payment if payment is not None and payment.id.startswith("AUTH_") else None
+
+    def capture(self, body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        payment = self._authorization(match["id"])
+        if payment is None:
+            return self.error(404, "invalid_resource_id", "no such authorization")
+        try:
+            amount = payment.amount_cents
+            if "amount" in body:
+                amount, _ = self._money(body["amount"], payment.currency)
+        except BadBody as error:
+            return self.error(400, "invalid_parameter_value", str(error))
+        if payment.status == "captured":
+            return self.error(422, "authorization_already_captured", "already captured")
+        if payment.status == "voided":
+            return self.error(422, "authorization_voided", "the authorization was voided")
+        if amount > payment.amount_cents:
+            return self.error(422, "max_capture_amount_exceeded", "more than authorized")
+        payment.status, payment.captured_cents = "captured", amount
+        payment.captures += 1
+        payment.capture_id = f"CAP_{secrets.token_hex(8).upper()}"
+        self.captures[payment.capture_id] = payment.id
+        payment.record("capture", key, amount)
+        return 201, {
+            "id": payment.capture_id,
+            "status": "COMPLETED",
+            "amount": self._amount_view(amount, payment.currency),
+            "final_capture": True,
+        }
+
+    def void(self, _body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        payment = self._authorization(match["id"])
+        if payment is None:
+            return self.error(404, "invalid_resource_id", "no such authorization")
+        if payment.status != "authorized":
+            return self.error(422, "cannot_be_voided", f"the authorization is {payment.status}")
+        payment.status = "voided"
+        payment.voids += 1
+        payment.record("void", key)
+        return 200, {"id": payment.id, "status": "VOIDED"}
+
+    def refund(self, body: Json, match: Mapping[str, str], key: str | None) -> Answer:
+        authorization = self.captures.get(match["id"])
+        payment = None if authorization is None else self.payments[authorization]
+        if payment is None:
+            return self.error(404, "invalid_resource_id", "no such capture")
+        left = payment.captured_cents - payment.refunded_cents
+        try:
+            amount = left
+            if "amount" in body:
+                amount, _ = self._money(body["amount"], payment.currency)
+        except BadBody as error:
+            return self.error(400, "invalid_parameter_value", str(error))
+        if left <= 0:
+            return self.error(422, "capture_fully_refunded", "the capture is fully refunded")
+        if amount > left:
+            return self.error(422, "refund_amount_exceeded", f"at most {left} can be refunded")
+        payment.refunded_cents += amount
+        payment.refunds += 1
+        payment.record("refund", key, amount)
+        return 201, {
+            "id": f"REF_{secrets.token_hex(8).upper()}",
+            "status": "COMPLETED",
+            "amount": self._amount_view(amount, payment.currency),
+        }
+
+
+SIMULATORS: dict[str, type[Simulator]] = {"stripe": StripeSimulator, "paypal": PayPalSimulator}
+
+
+def build(kind: Kind, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> Simulator:
+    return SIMULATORS[kind](api_key=api_key, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=sorted(SIMULATORS), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--seed", type=int, default=None, help="for `flaky`: repeatable draws")
+    args = parser.parse_args(argv)
+    simulator = build(args.kind, api_key=args.api_key, seed=args.seed)
+    web.run_app(simulator.app(), host=args.host, port=args.port, shutdown_timeout=1.0)
+
+
+if __name__ == "__main__":
+    main()
