@@ -1,0 +1,66 @@
+"""The payment service's application: the ledger, the providers behind their breakers, fraud."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import Field
+
+from services.kit import backends
+from services.kit.app import create_app
+from services.kit.metrics import Metrics
+from services.kit.settings import Expect, SecretFile, Settings
+from services.payment.fraud import FraudRules
+from services.payment.ledger import Ledger
+from services.payment.providers import PayPalProvider, StripeProvider
+from services.payment.resilience import PaymentMetrics, PaymentRouter
+from services.payment.views import FRAUD, LEDGER, ROUTER, api
+
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$"), Expect("an http(s) URL")]
+
+
+class PaymentSettings(Settings):
+    # The primary provider first: checkouts fail over to the second when it is unwell.
+    stripe_url: Url
+    stripe_api_key_file: SecretFile
+    paypal_url: Url
+    paypal_api_key_file: SecretFile
+    max_amount_cents: Annotated[int, Field(gt=0), Expect("cents, > 0")] = 1_000_000
+    velocity_limit: Annotated[int, Field(ge=1), Expect("payments per window, >= 1")] = 5
+    velocity_window_seconds: Annotated[int, Field(ge=1), Expect("seconds")] = 3600
+    provider_timeout_seconds: Annotated[float, Field(gt=0, le=30), Expect("seconds")] = 5.0
+
+
+def init_app(settings: PaymentSettings) -> web.Application:
+    metrics = Metrics(settings.service_name)
+    database = backends.database(settings, metrics)
+    router = PaymentRouter(
+        [
+            StripeProvider(
+                settings.stripe_url,
+                settings.stripe_api_key_file.read_text().strip(),
+                timeout_s=settings.provider_timeout_seconds,
+            ),
+            PayPalProvider(
+                settings.paypal_url,
+                settings.paypal_api_key_file.read_text().strip(),
+                timeout_s=settings.provider_timeout_seconds,
+            ),
+        ],
+        metrics=PaymentMetrics(metrics.registry),
+    )
+    app = create_app(settings, api, [database], metrics=metrics)
+    app[LEDGER] = Ledger(database)
+    app[ROUTER] = router
+    app[FRAUD] = FraudRules(
+        max_amount_cents=settings.max_amount_cents,
+        velocity_limit=settings.velocity_limit,
+        velocity_window_s=settings.velocity_window_seconds,
+    )
+
+    async def close_router(app: web.Application) -> None:
+        await router.close()
+
+    app.on_cleanup.append(close_router)
+    return app

@@ -1,0 +1,163 @@
+"""The payment service against the real database and the shipped provider simulators: one
+charge per Idempotency-Key, failover, declines, fraud rules, refunds and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.kit.auth import Tokens
+from services.payment.app import PaymentSettings, init_app
+from services.payment.simulators import DEFAULT_API_KEY, Simulator, build
+
+
+@pytest.fixture
+async def providers(aiohttp_server) -> dict[str, tuple[Simulator, TestServer]]:
+    made = {}
+    for kind in ("stripe", "paypal"):
+        simulator = build(kind)
+        made[kind] = (simulator, await aiohttp_server(simulator.app()))
+    return made
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> TestClient:
+    key_file = tmp_path / "provider-key"
+    key_file.write_text(DEFAULT_API_KEY)
+    settings = settings_for(
+        PaymentSettings,
+        "payment",
+        STRIPE_URL=str(providers["stripe"][1].make_url("")).rstrip("/"),
+        STRIPE_API_KEY_FILE=str(key_file),
+        PAYPAL_URL=str(providers["paypal"][1].make_url("")).rstrip("/"),
+        PAYPAL_API_KEY_FILE=str(key_file),
+        MAX_AMOUNT_CENTS="500000",
+        PROVIDER_TIMEOUT_SECONDS="0.5",
+    )
+    return await aiohttp_client(init_app(settings))
+
+
+@pytest.fixture
+def saga(tokens: Tokens) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.issue('order', 'service', 'saga')}"}
+
+
+def charge(amount: int = 2599, user: str | None = None, token: str = "tok_visa") -> dict[str, Any]:
+    return {
+        "order_id": uuid.uuid4().int % 10**12 + 1,
+        "user_id": user or uuid.uuid4().hex[:12],
+        "amount_cents": amount,
+        "currency": "USD",
+        "token": token,
+    }
+
+
+def key() -> str:
+    return f"order-{uuid.uuid4().hex}"
+
+
+async def sim(server: TestServer, method: str, path: str, **body: Any) -> Any:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, server.make_url(path), json=body or None) as response,
+    ):
+        return await response.json()
+
+
+async def test_a_charge_is_captured_once_per_key(
+    client: TestClient, saga: dict[str, str], providers
+) -> None:
+    body, idempotency = charge(), key()
+    headers = {**saga, "Idempotency-Key": idempotency}
+    responses = await asyncio.gather(
+        *(client.post("/api/payments", json=body, headers=headers) for _ in range(3))
+    )
+    payments = [await r.json() for r in responses]
+    assert {r.status for r in responses} == {201}
+    assert len({p["id"] for p in payments}) == 1
+    assert payments[0]["status"] == "captured" and payments[0]["provider"] == "stripe"
+    ledger = (await sim(providers["stripe"][1], "GET", "/_sim/charges"))["charges"]
+    mine = [c for c in ledger if c["idempotency_key"] == f"{idempotency}:authorize"]
+    assert [(c["authorizations"], c["captures"], c["captured_cents"]) for c in mine] == [
+        (1, 1, 2599)
+    ]
+    different = await client.post(
+        "/api/payments", json={**body, "amount_cents": 1}, headers=headers
+    )
+    assert different.status == 409
+
+
+async def test_checkouts_fail_over_when_the_primary_fails(
+    client: TestClient, saga: dict[str, str], providers
+) -> None:
+    await sim(providers["stripe"][1], "POST", "/_sim/behaviour", mode="fail")
+    response = await client.post(
+        "/api/payments", json=charge(), headers={**saga, "Idempotency-Key": key()}
+    )
+    assert response.status == 201
+    assert (await response.json())["provider"] == "paypal"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'payment_attempts_total{provider="stripe",result="error"}' in metrics
+
+
+async def test_declines_and_fraud_answer_402_and_record_why(
+    client: TestClient, saga: dict[str, str]
+) -> None:
+    declined = await client.post(
+        "/api/payments",
+        json=charge(token="tok_declined"),
+        headers={**saga, "Idempotency-Key": key()},
+    )
+    assert declined.status == 402, await declined.text()
+    too_much = await client.post(
+        "/api/payments", json=charge(amount=900_000), headers={**saga, "Idempotency-Key": key()}
+    )
+    assert too_much.status == 402 and "limit" in (await too_much.json())["message"]
+
+
+async def test_a_refund_happens_once(client: TestClient, saga: dict[str, str]) -> None:
+    paid = await (
+        await client.post(
+            "/api/payments", json=charge(), headers={**saga, "Idempotency-Key": key()}
+        )
+    ).json()
+    for _ in range(2):
+        refunded = await client.post(f"/api/payments/{paid['id']}/refund", headers=saga)
+        assert refunded.status == 200 and (await refunded.json())["status"] == "refunded"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"token": "4242424242424242"}, "body.token"),  # a card number is never accepted
+        ({"amount_cents": 0}, "body.amount_cents"),
+        ({"currency": "XXX"}, "body.currency"),
+        ({"order_id": -1}, "body.order_id"),
+    ],
+)
+async def test_bad_charges_name_the_field(
+    client: TestClient, saga: dict[str, str], change: dict[str, Any], field: str
+) -> None:
+    response = await client.post(
+        "/api/payments", json={**charge(), **change}, headers={**saga, "Idempotency-Key": key()}
+    )
+    assert response.status == 422
+    assert field in [f["field"] for f in (await response.json())["fields"]]
+
+
+async def test_only_the_saga_may_charge(client: TestClient, tokens: Tokens) -> None:
+    shopper = {
+        "Authorization": f"Bearer {tokens.issue('5', 'customer', 's')}",
+        "Idempotency-Key": key(),
+    }
+    assert (await client.post("/api/payments", json=charge(), headers=shopper)).status == 403
+    assert (
+        await client.post("/api/payments", json=charge(), headers={"Idempotency-Key": key()})
+    ).status == 401
