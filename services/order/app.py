@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import aiohttp
 from aiohttp import web
 from prometheus_client import Gauge
 
 from services.kit import backends
-from services.kit.app import create_app
+from services.kit.app import TOKENS, create_app
+from services.kit.db import Database
+from services.kit.events import Consumer, OutboxRelay
 from services.kit.metrics import Metrics
-from services.kit.settings import Settings
+from services.kit.redis import RedisStore
+from services.kit.settings import Expect, Settings, SettingsError
 from services.kit.tasks import every
 from services.order.carts import Carts
 from services.order.orders import Orders
+from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
 from services.order.views import CARTS, ORDERS, api
 from stacks.services import SERVICES
 
@@ -20,7 +29,12 @@ QUEUE_DEPTH = SERVICES["order"].scaling.custom_metric.name  # type: ignore[union
 
 
 class OrderSettings(Settings):
-    pass
+    # Whom the saga calls (stacks.wiring sets them from the caller graph).
+    inventory_url: Annotated[str | None, Expect("an http(s) URL")] = None
+    payment_url: Annotated[str | None, Expect("an http(s) URL")] = None
+    # Run the outbox relay and the saga and fulfilment consumers in this process (a separate
+    # worker Deployment can take them over with RUN_WORKERS=false on the API pods).
+    run_workers: bool = True
 
 
 def init_app(settings: OrderSettings) -> web.Application:
@@ -39,4 +53,41 @@ def init_app(settings: OrderSettings) -> web.Application:
         depth.set(await orders.queue_depth())
 
     app.cleanup_ctx.append(every(5, measure, "order-queue-depth"))
+    if settings.run_workers:
+        if not (settings.inventory_url and settings.payment_url):
+            raise SettingsError(
+                [("INVENTORY_URL", "missing; the checkout saga calls inventory and payment")],
+                settings.service_name,
+            )
+        app.cleanup_ctx.append(
+            _workers(database, redis, Peers(settings.inventory_url, settings.payment_url))
+        )
     return app
+
+
+def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: ignore[no-untyped-def]
+    """The outbox relay, the checkout saga and fulfilment, as background tasks of the app."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        tokens = app[TOKENS]
+        async with aiohttp.ClientSession() as http:
+            checkout = Checkout(
+                database, http, peers, lambda: tokens.issue("order", "service", "saga")
+            )
+            stop = asyncio.Event()
+            tasks = [
+                asyncio.create_task(OutboxRelay(database, redis.client).run(stop)),
+                asyncio.create_task(
+                    Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle).run(stop)
+                ),
+                asyncio.create_task(
+                    Consumer(redis.client, "fulfilment", FULFILMENT_TOPICS, checkout.handle).run(
+                        stop
+                    )
+                ),
+            ]
+            yield
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    return context

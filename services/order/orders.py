@@ -59,7 +59,9 @@ class Orders:
     def __init__(self, db: Database):
         self.db = db
 
-    async def place(self, user_id: int, key: str, items: dict[str, int]) -> Placed:
+    async def place(
+        self, user_id: int, key: str, items: dict[str, int], payment_token: str
+    ) -> Placed:
         digest = request_hash(items)
         async with self.db.transaction() as connection:
             claimed = await connection.fetchrow(
@@ -128,7 +130,8 @@ class Orders:
             await connection.execute(
                 "INSERT INTO outbox (topic, key, payload) VALUES ('order.placed', $1, $2::jsonb)",
                 str(order["id"]),
-                json.dumps({"user_id": user_id, **placed}),
+                # The saga's input: the order, and the provider token the shopper paid with.
+                json.dumps({"user_id": user_id, "payment_token": payment_token, **placed}),
             )
         return Placed(placed, created=True)
 

@@ -54,6 +54,8 @@ class NewOrder(BaseModel):
     """The items to buy; without them, the cart is checked out."""
 
     items: list[CartLine] | None = Field(default=None, min_length=1, max_length=MAX_LINES)
+    # The payment provider's token for the shopper's card (never the card itself).
+    payment_token: str = Field(pattern=r"^tok_[A-Za-z0-9_]{4,64}$")
 
 
 class OrderPath(BaseModel):
@@ -109,7 +111,7 @@ async def place_order(request: web.Request, body: NewOrder, user: Principal) -> 
     if not items:
         raise ValidationFailed.field("body.items", "nothing to order: the cart is empty")
     try:
-        placed = await request.app[ORDERS].place(_user(user), key, items)
+        placed = await request.app[ORDERS].place(_user(user), key, items, body.payment_token)
     except KeyReused:
         raise Conflict(f"{KEY_HEADER} was already used for a different order") from None
     except UnknownProducts as error:

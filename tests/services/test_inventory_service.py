@@ -245,11 +245,23 @@ async def test_the_live_feed_streams_stock_changes(
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
-        ({"order_id": 1, "items": []}, 422, "body.items"),
-        ({"order_id": 1, "items": [{"sku": "SKU-X", "quantity": 0}]}, 422, "body.items.0.quantity"),
+        ({"order_id": 987_654_321_987, "items": []}, 422, "body.items"),
+        (
+            {"order_id": 987_654_321_987, "items": [{"sku": "SKU-X", "quantity": 0}]},
+            422,
+            "body.items.0.quantity",
+        ),
         ({"order_id": 0, "items": [{"sku": "SKU-X", "quantity": 1}]}, 422, "body.order_id"),
-        ({"order_id": 1, "items": [{"sku": "bad sku", "quantity": 1}]}, 422, "body.items.0.sku"),
-        ({"order_id": 1, "items": [{"sku": "SKU-NOSUCHTHING", "quantity": 1}]}, 422, "body.items"),
+        (
+            {"order_id": 987_654_321_987, "items": [{"sku": "bad sku", "quantity": 1}]},
+            422,
+            "body.items.0.sku",
+        ),
+        (
+            {"order_id": 987_654_321_987, "items": [{"sku": "SKU-NOSUCHTHING", "quantity": 1}]},
+            422,
+            "body.items",
+        ),
     ],
 )
 async def test_bad_reservations_name_the_field(

@@ -19,7 +19,7 @@ from stacks.local.data_tier import DataTier
 
 @pytest.fixture
 async def client(aiohttp_client, settings_for) -> TestClient:
-    return await aiohttp_client(init_app(settings_for(OrderSettings, "order")))
+    return await aiohttp_client(init_app(settings_for(OrderSettings, "order", RUN_WORKERS="false")))
 
 
 @pytest.fixture
@@ -76,7 +76,10 @@ async def test_an_order_is_priced_from_the_catalog_and_starts_its_saga(
     client: TestClient, shopper: dict[str, str], platform: DataTier
 ) -> None:
     catalog = await prices(platform, "SKU-000003", "SKU-000004")
-    body = {"items": [{"sku": "SKU-000003", "quantity": 2}, {"sku": "SKU-000004", "quantity": 1}]}
+    body = {
+        "items": [{"sku": "SKU-000003", "quantity": 2}, {"sku": "SKU-000004", "quantity": 1}],
+        "payment_token": "tok_visa",
+    }
     response = await client.post("/api/orders", json=body, headers={**shopper, **key()})
     assert response.status == 201
     order = await response.json()
@@ -99,7 +102,7 @@ async def test_an_order_is_priced_from_the_catalog_and_starts_its_saga(
 async def test_the_same_key_places_one_order_even_from_concurrent_twins(
     client: TestClient, shopper: dict[str, str], platform: DataTier
 ) -> None:
-    body = {"items": [{"sku": "SKU-000005", "quantity": 1}]}
+    body = {"items": [{"sku": "SKU-000005", "quantity": 1}], "payment_token": "tok_visa"}
     twin = {**shopper, **key()}
     responses = await asyncio.gather(
         *(client.post("/api/orders", json=body, headers=twin) for _ in range(8))
@@ -110,7 +113,9 @@ async def test_the_same_key_places_one_order_even_from_concurrent_twins(
     history = await (await client.get("/api/orders", headers=shopper)).json()
     assert [o["id"] for o in history] == [orders[0]["id"]]
     reused = await client.post(
-        "/api/orders", json={"items": [{"sku": "SKU-000006", "quantity": 1}]}, headers=twin
+        "/api/orders",
+        json={"items": [{"sku": "SKU-000006", "quantity": 1}], "payment_token": "tok_visa"},
+        headers=twin,
     )
     assert reused.status == 409
 
@@ -121,7 +126,9 @@ async def test_checking_out_the_cart_empties_it(
     await client.put(
         "/api/orders/cart/items", json={"sku": "SKU-000007", "quantity": 3}, headers=shopper
     )
-    response = await client.post("/api/orders", json={}, headers={**shopper, **key()})
+    response = await client.post(
+        "/api/orders", json={"payment_token": "tok_visa"}, headers={**shopper, **key()}
+    )
     assert response.status == 201
     assert [(i["sku"], i["quantity"]) for i in (await response.json())["items"]] == [
         ("SKU-000007", 3)
@@ -134,7 +141,7 @@ async def test_history_is_newest_first_and_pages(
 ) -> None:
     ids = []
     for n in range(3):
-        body = {"items": [{"sku": f"SKU-00001{n}", "quantity": 1}]}
+        body = {"items": [{"sku": f"SKU-00001{n}", "quantity": 1}], "payment_token": "tok_visa"}
         ids.append(
             (
                 await (
@@ -153,16 +160,33 @@ async def test_history_is_newest_first_and_pages(
 @pytest.mark.parametrize(
     ("body", "headers", "field"),
     [
-        ({"items": [{"sku": "SKU-000001", "quantity": 1}]}, {}, "header.Idempotency-Key"),
         (
-            {"items": [{"sku": "SKU-000001", "quantity": 1}]},
+            {"items": [{"sku": "SKU-000001", "quantity": 1}], "payment_token": "tok_visa"},
+            {},
+            "header.Idempotency-Key",
+        ),
+        (
+            {"items": [{"sku": "SKU-000001", "quantity": 1}], "payment_token": "tok_visa"},
             {"Idempotency-Key": "short"},
             "header.Idempotency-Key",
         ),
-        ({"items": [{"sku": "SKU-NOPE", "quantity": 1}]}, None, "body.items"),
-        ({"items": [{"sku": "SKU-000001", "quantity": 101}]}, None, "body.items.0.quantity"),
-        ({"items": []}, None, "body.items"),
-        ({}, None, "body.items"),  # an empty cart
+        (
+            {"items": [{"sku": "SKU-NOPE", "quantity": 1}], "payment_token": "tok_visa"},
+            None,
+            "body.items",
+        ),
+        (
+            {"items": [{"sku": "SKU-000001", "quantity": 101}], "payment_token": "tok_visa"},
+            None,
+            "body.items.0.quantity",
+        ),
+        ({"items": [], "payment_token": "tok_visa"}, None, "body.items"),
+        ({"payment_token": "tok_visa"}, None, "body.items"),  # an empty cart
+        (
+            {"items": [{"sku": "SKU-000001", "quantity": 1}], "payment_token": "4242424242424242"},
+            None,
+            "body.payment_token",
+        ),
     ],
 )
 async def test_bad_orders_name_the_field_and_write_nothing(

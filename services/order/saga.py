@@ -1,0 +1,177 @@
+"""The checkout saga: reserve stock, take the payment, confirm; compensate on failure.
+
+Each step is driven by an event the previous step wrote to the outbox, in the same transaction
+as the order's state change:
+
+    order.placed          -> reserve the stock       -> stock_reserved  (or cancelled)
+    order.stock_reserved  -> charge the payment      -> paid            (or release, cancelled)
+    order.paid            -> commit the reservation  -> confirmed
+    order.confirmed       -> hand over to fulfilment -> shipped          (the fulfilment worker)
+
+Every step is idempotent: the calls it makes are keyed by the order (the reservation by order
+id, the charge by `checkout-order-<id>`), and a state change only applies from the state it
+expects, so a redelivered event, or a worker that crashed between a call and its commit,
+repeats nothing.
+A step that fails transiently raises: the event stays pending and is redelivered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from services.kit.db import Database
+from services.kit.events import Event
+from services.kit.logs import get_logger
+
+log = get_logger(__name__)
+
+SAGA_TOPICS = ("order.placed", "order.stock_reserved", "order.paid")
+FULFILMENT_TOPICS = ("order.confirmed",)
+
+
+class Retry(Exception):
+    """A peer did not answer usefully: leave the event pending, it will be redelivered."""
+
+
+@dataclass(frozen=True)
+class Peers:
+    inventory: str  # base URLs, from INVENTORY_URL / PAYMENT_URL
+    payment: str
+
+
+class Checkout:
+    def __init__(
+        self,
+        db: Database,
+        http: aiohttp.ClientSession,
+        peers: Peers,
+        service_token: Callable[[], str],
+        timeout_s: float = 10.0,
+    ):
+        self.db = db
+        self.http = http
+        self.peers = peers
+        self.service_token = service_token
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def handle(self, event: Event) -> None:
+        step = {
+            "order.placed": self.reserve,
+            "order.stock_reserved": self.pay,
+            "order.paid": self.confirm,
+            "order.confirmed": self.ship,
+        }[event.topic]
+        await step(event.payload)
+
+    # --- the steps ---------------------------------------------------------------------------
+
+    async def reserve(self, order: dict[str, Any]) -> None:
+        items = [{"sku": i["sku"], "quantity": i["quantity"]} for i in order["items"]]
+        status, answer = await self._call(
+            "POST",
+            f"{self.peers.inventory}/api/inventory/reservations",
+            {"order_id": order["id"], "items": items},
+        )
+        if status == 201:
+            await self._move(order, "pending", "stock_reserved", "order.stock_reserved")
+        elif status in (409, 422):  # not enough stock, or an item that no longer exists
+            await self._move(
+                order, "pending", "cancelled", "order.cancelled", reason=answer.get("message")
+            )
+        else:
+            raise Retry(f"inventory answered {status}")
+
+    async def pay(self, order: dict[str, Any]) -> None:
+        body = {
+            "order_id": order["id"],
+            "user_id": str(order["user_id"]),
+            "amount_cents": order["total_cents"],
+            "currency": order["currency"],
+            "token": order.get("payment_token", ""),
+        }
+        status, answer = await self._call(
+            "POST", f"{self.peers.payment}/api/payments", body, key=f"checkout-order-{order['id']}"
+        )
+        if status == 201:
+            await self._move(order, "stock_reserved", "paid", "order.paid", payment_id=answer["id"])
+        elif 400 <= status < 500 and status not in (401, 403, 408, 429):
+            # Declined or refused: give the stock back, then close the order.
+            await self._release(order)
+            await self._move(
+                order,
+                "stock_reserved",
+                "cancelled",
+                "order.cancelled",
+                reason=answer.get("message"),
+            )
+        else:
+            raise Retry(f"payment answered {status}")
+
+    async def confirm(self, order: dict[str, Any]) -> None:
+        status, _ = await self._call(
+            "POST", f"{self.peers.inventory}/api/inventory/reservations/{order['id']}/commit"
+        )
+        if status != 204:
+            raise Retry(f"inventory answered {status} to the commit")
+        await self._move(order, "paid", "confirmed", "order.confirmed")
+
+    async def ship(self, order: dict[str, Any]) -> None:
+        """Fulfilment: hand the confirmed order to the warehouse (simulated) and mark it."""
+        await self._move(order, "confirmed", "shipped", None)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _release(self, order: dict[str, Any]) -> None:
+        status, _ = await self._call(
+            "POST", f"{self.peers.inventory}/api/inventory/reservations/{order['id']}/release"
+        )
+        if status != 204:
+            raise Retry(f"inventory answered {status} to the release")
+
+    async def _move(
+        self, order: dict[str, Any], expected: str, new: str, topic: str | None, **extra: Any
+    ) -> bool:
+        """Move the order from `expected` to `new` and write `topic` in the same transaction;
+        a no-op when it has already moved (a redelivered event)."""
+        async with self.db.transaction() as connection:
+            moved = await connection.fetchval(
+                """UPDATE orders SET status = $4, updated_at = now()
+                   WHERE id = $1 AND created_at = $2 AND status = $3 RETURNING id""",
+                order["id"],
+                datetime.fromisoformat(order["created_at"]),
+                expected,
+                new,
+            )
+            if moved is not None and topic is not None:
+                await connection.execute(
+                    "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3::jsonb)",
+                    topic,
+                    str(order["id"]),
+                    json.dumps({**order, "status": new, **extra}),
+                )
+        if moved is not None:
+            log.info("order moved", order=order["id"], status=new, **extra)
+        return moved is not None
+
+    async def _call(
+        self, method: str, url: str, body: dict[str, Any] | None = None, key: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {self.service_token()}"}
+        if key:
+            headers["Idempotency-Key"] = key
+        try:
+            async with self.http.request(
+                method, url, json=body, headers=headers, timeout=self.timeout
+            ) as response:
+                answer = (
+                    await response.json() if response.content_type == "application/json" else {}
+                )
+                return response.status, answer
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise Retry(f"{url}: {error}") from error

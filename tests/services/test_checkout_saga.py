@@ -1,0 +1,129 @@
+"""The checkout saga end to end, on the real data tier: order, inventory and payment services
+in process, the shipped payment simulators, events through the outbox and Redis Streams."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.inventory.app import InventorySettings
+from services.inventory.app import init_app as inventory_app
+from services.kit.auth import Tokens
+from services.order.app import OrderSettings
+from services.order.app import init_app as order_app
+from services.payment.app import PaymentSettings
+from services.payment.app import init_app as payment_app
+from services.payment.simulators import DEFAULT_API_KEY, build
+from stacks.local.data_tier import DataTier
+from tests.services.test_inventory_service import new_sku
+
+
+def url(server: Any) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> dict[str, Any]:
+    stripe, paypal = build("stripe"), build("paypal")
+    stripe_server, paypal_server = (
+        await aiohttp_server(stripe.app()),
+        await aiohttp_server(paypal.app()),
+    )
+    key_file = tmp_path / "provider-key"
+    key_file.write_text(DEFAULT_API_KEY)
+    payment = await aiohttp_server(
+        payment_app(
+            settings_for(
+                PaymentSettings,
+                "payment",
+                STRIPE_URL=url(stripe_server),
+                STRIPE_API_KEY_FILE=str(key_file),
+                PAYPAL_URL=url(paypal_server),
+                PAYPAL_API_KEY_FILE=str(key_file),
+            )
+        )
+    )
+    inventory = await aiohttp_server(inventory_app(settings_for(InventorySettings, "inventory")))
+    order = await aiohttp_client(
+        order_app(
+            settings_for(
+                OrderSettings, "order", INVENTORY_URL=url(inventory), PAYMENT_URL=url(payment)
+            )
+        )
+    )
+    return {"order": order, "inventory": inventory, "stripe": stripe}
+
+
+@pytest.fixture
+def shopper(tokens: Tokens) -> dict[str, str]:
+    user_id = str(uuid.uuid4().int % 10**9 + 2 * 10**9)
+    return {"Authorization": f"Bearer {tokens.issue(user_id, 'customer', 'saga-test')}"}
+
+
+async def place(
+    client: TestClient, shopper: dict[str, str], sku: str, quantity: int, token: str = "tok_visa"
+) -> int:
+    response = await client.post(
+        "/api/orders",
+        json={"items": [{"sku": sku, "quantity": quantity}], "payment_token": token},
+        headers={**shopper, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert response.status == 201, await response.text()
+    return (await response.json())["id"]
+
+
+async def settled(
+    client: TestClient, shopper: dict[str, str], order_id: int, timeout_s: float = 30
+) -> str:
+    """The order's status once the saga has finished with it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status = (await (await client.get(f"/api/orders/{order_id}", headers=shopper)).json())[
+            "status"
+        ]
+        if status in ("shipped", "cancelled") or asyncio.get_running_loop().time() > deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+async def stock(shop: dict[str, Any], sku: str) -> tuple[int, int]:
+    async with shop["order"].session.get(
+        shop["inventory"].make_url(f"/api/inventory/{sku}")
+    ) as response:
+        level = await response.json()
+    return level["available"], level["reserved"]
+
+
+async def test_a_paid_order_is_confirmed_and_shipped(shop, shopper, platform: DataTier) -> None:
+    sku = await new_sku(platform, 10)
+    order_id = await place(shop["order"], shopper, sku, 3)
+    assert await settled(shop["order"], shopper, order_id) == "shipped"
+    assert await stock(shop, sku) == (7, 0)  # sold: no longer reserved
+    captured = [
+        p
+        for p in shop["stripe"].payments.values()
+        if p.idempotency_key == f"checkout-order-{order_id}:authorize"
+    ]
+    assert [(p.captures, p.captured_cents) for p in captured] == [(1, captured[0].amount_cents)]
+
+
+async def test_not_enough_stock_cancels_the_order(shop, shopper, platform: DataTier) -> None:
+    sku = await new_sku(platform, 2)
+    order_id = await place(shop["order"], shopper, sku, 5)
+    assert await settled(shop["order"], shopper, order_id) == "cancelled"
+    assert await stock(shop, sku) == (2, 0)
+    assert not [
+        p for p in shop["stripe"].payments.values() if str(order_id) in (p.idempotency_key or "")
+    ]
+
+
+async def test_a_declined_payment_gives_the_stock_back(shop, shopper, platform: DataTier) -> None:
+    sku = await new_sku(platform, 4)
+    order_id = await place(shop["order"], shopper, sku, 3, token="tok_declined")
+    assert await settled(shop["order"], shopper, order_id) == "cancelled"
+    assert await stock(shop, sku) == (4, 0)  # the reservation was released
