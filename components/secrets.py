@@ -1,4 +1,4 @@
-"""A generated secret shared by several namespaces (the access-token signing key)."""
+"""Secrets that several namespaces need: the same Kubernetes Secret in each of them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,31 @@ from components.kube import Labels, meta
 
 
 @dataclass
+class SecretCopiesArgs:
+    values: dict[str, pulumi.Input[str]]  # key -> value (secret config, generated values)
+    namespaces: tuple[str, ...]
+    labels: Labels
+
+
+class SecretCopies(pulumi.ComponentResource):
+    """The given values as one Secret named `name` in every listed namespace."""
+
+    def __init__(
+        self, name: str, args: SecretCopiesArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("platform:security:SecretCopies", name, None, opts)
+        for namespace in args.namespaces:
+            k8s.core.v1.Secret(
+                f"{name}-{namespace}",
+                metadata=meta(name, namespace, args.labels.k8s(name, "platform")),
+                string_data=args.values,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.name = name
+        self.register_outputs({})
+
+
+@dataclass
 class SharedSecretArgs:
     namespaces: tuple[str, ...]
     labels: Labels
@@ -20,7 +45,7 @@ class SharedSecretArgs:
 
 
 class SharedSecret(pulumi.ComponentResource):
-    """One random value, stored as the same Kubernetes Secret in every namespace that uses it."""
+    """A generated random value (the access-token signing key), copied to every namespace."""
 
     def __init__(
         self, name: str, args: SharedSecretArgs, opts: pulumi.ResourceOptions | None = None
@@ -28,13 +53,9 @@ class SharedSecret(pulumi.ComponentResource):
         super().__init__("platform:security:SharedSecret", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         value = random.RandomPassword(name, length=args.length, special=False, opts=child)
-        for namespace in args.namespaces:
-            k8s.core.v1.Secret(
-                f"{name}-{namespace}",
-                metadata=meta(name, namespace, args.labels.k8s(name, "platform")),
-                string_data={args.key: value.result},
-                opts=child,
-            )
+        SecretCopies(
+            name, SecretCopiesArgs({args.key: value.result}, args.namespaces, args.labels), child
+        )
         self.name = name
         self.key = args.key
         self.register_outputs({})

@@ -31,6 +31,8 @@ CONFIDENTIAL_FAMILIES = ("n2d-", "c2d-", "c3d-")
 SECRET_KEYS = {
     "pagerdutyRoutingKey": "PagerDuty Events v2 routing key for critical alerts",
     "slackWebhookUrl": "Slack incoming-webhook URL for warning alerts",
+    "stripeApiKey": "the primary payment provider's secret API key",
+    "paypalApiKey": "the secondary payment provider's API credentials",
 }
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -291,6 +293,13 @@ class ImagesConfig(_Model):
         return {target: ref for target, ref in self.model_dump().items() if ref is not None}
 
 
+class PaymentProvidersConfig(_Model):
+    """Where the payment service reaches its providers (primary first; it fails over)."""
+
+    stripe: str = Field(default="https://api.stripe.com", pattern=r"^https://\S+$")
+    paypal: str = Field(default="https://api-m.paypal.com", pattern=r"^https://\S+$")
+
+
 class AlertingConfig(_Model):
     slack_channel: str = "#shop-alerts"
 
@@ -311,6 +320,7 @@ class StackConfig(_Model):
     services: dict[str, ServiceOverride] = {}
     images: ImagesConfig = ImagesConfig()
     alerting: AlertingConfig = AlertingConfig()
+    payment_providers: PaymentProvidersConfig = PaymentProvidersConfig()
     # Advisory budget for the estimated monthly node cost (policy pack).
     monthly_budget_usd: PositiveInt | None = None
 

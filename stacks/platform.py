@@ -23,7 +23,7 @@ from components.network import Network, NetworkArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, service_flows
 from components.postgres import PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
-from components.secrets import SharedSecret, SharedSecretArgs
+from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
 from infra.config import StackConfig
 from stacks.gateway import kubernetes_config
 from stacks.services import SERVICE_TABLE, Dependency, Service, namespaces, users_of
@@ -126,7 +126,20 @@ class Platform:
                 s.name: f"http://{s.name}.{s.namespace}.svc.cluster.local:{s.port}"
                 for s in SERVICE_TABLE
             },
+            external=config.payment_providers.model_dump(),
         )
+        # The providers' keys, where the services that may call them run.
+        providers = SecretCopies(
+            "payment-providers",
+            SecretCopiesArgs(
+                values={name: secrets[f"{name}ApiKey"] for name in addresses.external},
+                namespaces=tuple(
+                    dict.fromkeys(s.namespace for s in SERVICE_TABLE if s.internet_egress)
+                ),
+                labels=labels,
+            ),
+            in_cluster,
+        ).name
         signing = SharedSecret(
             "jwt-signing",
             SharedSecretArgs(
@@ -141,18 +154,25 @@ class Platform:
             database_password=f"{SECRETS_DIR}/{self.postgres.app_secret}/password",
             redis_password=f"{SECRETS_DIR}/{self.redis.auth_secret}/password",
             jwt_secret=f"{SECRETS_DIR}/{signing.name}/{signing.key}",
+            external_keys={
+                name: f"{SECRETS_DIR}/{providers}/{name}" for name in addresses.external
+            },
         )
         self.services: dict[str, Microservice] = {}
         for svc in SERVICE_TABLE:
             low, high = config.replicas_for(svc.name)
-            secrets_needed = tuple(
-                secret
-                for dependency, secret in (
-                    (Dependency.POSTGRES, self.postgres.app_secret),
-                    (Dependency.REDIS, self.redis.auth_secret),
+            secrets_needed = (
+                tuple(
+                    secret
+                    for dependency, secret in (
+                        (Dependency.POSTGRES, self.postgres.app_secret),
+                        (Dependency.REDIS, self.redis.auth_secret),
+                    )
+                    if dependency in svc.needs
                 )
-                if dependency in svc.needs
-            ) + ((signing.name,) if svc.image == "service" else ())
+                + ((signing.name,) if svc.image == "service" else ())
+                + ((providers,) if svc.internet_egress else ())
+            )
             self.services[svc.name] = Microservice(
                 svc.name,
                 MicroserviceArgs(

@@ -24,6 +24,8 @@ class Addresses:
     memcached_nodes: tuple[str, ...]
     # Base URLs of the services others call (`http://host:port`), by service name.
     services: dict[str, str] = field(default_factory=dict)
+    # Outside APIs (the payment providers) by name, for services allowed to reach them.
+    external: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class SecretFiles:
     database_password: str
     redis_password: str
     jwt_secret: str  # the access-token signing key
+    external_keys: dict[str, str] = field(default_factory=dict)  # outside APIs' keys, by name
 
 
 def service_environment(
@@ -53,6 +56,10 @@ def service_environment(
         for callee in callees(service.name):
             if callee.name in addresses.services:
                 env[f"{callee.name.upper()}_URL"] = addresses.services[callee.name]
+    if service.internet_egress:  # the payment providers: STRIPE_URL, STRIPE_API_KEY_FILE, ...
+        for name, url in addresses.external.items():
+            env[f"{name.upper()}_URL"] = url
+            env[f"{name.upper()}_API_KEY_FILE"] = secrets.external_keys[name]
     if Dependency.POSTGRES in service.needs:
         env |= database_environment(addresses.database, secrets.database_password)
     if Dependency.REDIS in service.needs:

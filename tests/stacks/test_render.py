@@ -458,3 +458,21 @@ def test_images_are_built_from_the_repository(prod: StackRender) -> None:
         "memcached",
     }
     assert {i["dockerfile"]["location"] for i in images} == {"services/Dockerfile"}
+
+
+def test_the_payment_service_reaches_its_providers_with_keys_from_secret_config(
+    prod: StackRender,
+) -> None:
+    payment = pod_spec(prod.object("Deployment", "payment", "payments"))
+    env = {e["name"]: e["value"] for e in payment["containers"][0]["env"]}
+    assert env["STRIPE_URL"] == "https://api.stripe.com" and env["PAYPAL_URL"].startswith(
+        "https://"
+    )
+    assert env["STRIPE_API_KEY_FILE"] == "/var/run/secrets/shop/payment-providers/stripe"
+    mounted = {m["mountPath"] for m in payment["containers"][0]["volumeMounts"]}
+    assert "/var/run/secrets/shop/payment-providers" in mounted
+    secret = prod.object("Secret", "payment-providers", "payments")
+    assert set(secret["stringData"]) == {"stripe", "paypal"}
+    # Only the service allowed out to the internet gets them.
+    order = pod_spec(prod.object("Deployment", "order", "shop"))
+    assert "STRIPE_URL" not in {e["name"] for e in order["containers"][0]["env"]}
