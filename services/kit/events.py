@@ -157,9 +157,15 @@ class Consumer:
                 block=self.block_ms // len(self.topics),
             )
             for _, entries in response or []:
-                for entry_id, fields in entries:
-                    await self._handle(topic, entry_id, fields, deliveries=1)
-                    handled += 1
+                # A batch is handled concurrently: its entries are independent (one order's
+                # next event only exists once this one's step has committed).
+                await asyncio.gather(
+                    *(
+                        self._handle(topic, entry_id, fields, deliveries=1)
+                        for entry_id, fields in entries
+                    )
+                )
+                handled += len(entries)
         return handled
 
     async def run(self, stop: asyncio.Event) -> None:

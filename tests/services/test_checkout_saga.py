@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -127,3 +128,53 @@ async def test_a_declined_payment_gives_the_stock_back(shop, shopper, platform: 
     order_id = await place(shop["order"], shopper, sku, 3, token="tok_declined")
     assert await settled(shop["order"], shopper, order_id) == "cancelled"
     assert await stock(shop, sku) == (4, 0)  # the reservation was released
+
+
+@pytest.mark.slow
+async def test_a_flash_sale_sells_exactly_the_stock(
+    shop, tokens: Tokens, platform: DataTier
+) -> None:
+    """2,000 shoppers at once for 100 units: exactly 100 orders end shipped, every other one is
+    cancelled, stock ends at 0 and never below, each sale is captured exactly once, and the
+    audit trail adds up to the final stock."""
+    units, attempts = 100, 2000
+    sku = await new_sku(platform, units)
+    client = shop["order"]
+    semaphore = asyncio.Semaphore(200)  # in flight at once, as a load balancer would admit
+
+    async def attempt(n: int) -> tuple[dict[str, str], int]:
+        shopper = {
+            "Authorization": f"Bearer {tokens.issue(str(3 * 10**9 + n), 'customer', 'sale')}"
+        }
+        async with semaphore:
+            return shopper, await place(client, shopper, sku, 1)
+
+    placed = await asyncio.gather(*(attempt(n) for n in range(attempts)))
+    ids = [o for _, o in placed]
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:
+        deadline = asyncio.get_running_loop().time() + 240
+        while True:  # one query for every order, rather than 2,000 pollers
+            rows = await connection.fetch("SELECT id, status FROM orders WHERE id = ANY($1)", ids)
+            status_of = {r["id"]: r["status"] for r in rows}
+            if all(s in ("shipped", "cancelled") for s in status_of.values()):
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the saga did not finish"
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+    statuses = [status_of[o] for o in ids]
+    assert statuses.count("shipped") == units
+    assert statuses.count("cancelled") == attempts - units
+    assert await stock(shop, sku) == (0, 0)
+    async with client.session.get(
+        shop["inventory"].make_url(f"/api/inventory/{sku}/audit")
+    ) as response:
+        assert (await response.json())["consistent"] is True
+    shipped = {o for (_, o), status in zip(placed, statuses, strict=True) if status == "shipped"}
+    captures = [
+        p.captures
+        for p in shop["stripe"].payments.values()
+        if p.idempotency_key and int(p.idempotency_key.split(":")[0].rsplit("-", 1)[1]) in shipped
+    ]
+    assert sorted(captures) == [1] * units
