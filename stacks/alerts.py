@@ -17,6 +17,8 @@ HTTP_REQUESTS = "http_requests_total"  # labels: service, route, method, status
 HTTP_LATENCY = "http_request_duration_seconds"  # histogram; labels: service, route
 CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), result (hit|miss)
 ORDER_QUEUE_DEPTH = "order_queue_depth"
+PAYMENT_ATTEMPTS = "payment_attempts_total"  # labels: provider, result
+PAYMENT_BREAKER_STATE = "payment_breaker_state"  # labels: provider; 0 closed, 1 half-open, 2 open
 
 # Seed thresholds.
 ERROR_RATE_CRITICAL = 0.05
@@ -102,6 +104,13 @@ ALERTS: tuple[Alert, ...] = (
         f" > {DISK_WARNING_RATIO}",
         "10m",
         "A persistent volume is more than 85 % full",
+    ),
+    Alert(
+        "PaymentProviderDown",
+        "warning",
+        f"max by (provider) ({PAYMENT_BREAKER_STATE}) == 2",
+        "5m",
+        "A payment provider's circuit breaker has stayed open: checkouts run on the fallback",
     ),
     Alert(
         "OrderQueueGrowing",

@@ -50,12 +50,16 @@ from services.payment.providers import (
     TransientError,
     Void,
 )
+from stacks import alerts
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-PAYMENT_ATTEMPTS = "payment_attempts_total"  # labels: provider, result
-PAYMENT_BREAKER_STATE = "payment_breaker_state"  # labels: provider; 0 closed, 1 half-open, 2 open
+# The names are the alerts' contract (stacks/alerts.py).
+PAYMENT_ATTEMPTS = alerts.PAYMENT_ATTEMPTS  # labels: provider, result
+PAYMENT_BREAKER_STATE = (
+    alerts.PAYMENT_BREAKER_STATE
+)  # labels: provider; 0 closed, 1 half-open, 2 open
 # result label values of PAYMENT_ATTEMPTS: each HTTP-level attempt, or a call the breaker refused
 RESULTS = ("success", "declined", "rejected", "error", "breaker_open")
 
