@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.asyncio import Redis
-
 from services.inventory.stock import Level, feed_message
+from services.kit.cache import subscribe
 from services.kit.logs import get_logger
 from services.kit.redis import RedisStore
-from services.kit.settings import HostPort
 
 CHANNEL = "inventory:stock"
 QUEUE_SIZE = 100
@@ -37,7 +34,9 @@ class StockFeed:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen(self.redis.nodes, self.redis.password))
+        self._listener = asyncio.create_task(
+            subscribe(self.redis.nodes, self.redis.password, CHANNEL, self._deliver)
+        )
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -68,22 +67,3 @@ class StockFeed:
             if queue.full():
                 queue.get_nowait()  # a slow client loses its oldest update, not the newest
             queue.put_nowait(level)
-
-    async def _listen(self, nodes: Sequence[HostPort], password: str | None) -> None:
-        while True:
-            for node in nodes:
-                client = Redis(host=node.host, port=node.port, password=password)
-                try:
-                    async with client.pubsub() as pubsub:
-                        await pubsub.subscribe(CHANNEL)
-                        async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                self._deliver(json.loads(message["data"]))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    log.warning("stock feed subscription lost", node=str(node), error=str(error))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await client.aclose()
-            await asyncio.sleep(1.0)

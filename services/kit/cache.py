@@ -69,6 +69,32 @@ def client(
     )
 
 
+async def subscribe(
+    nodes: Sequence[HostPort], password: str | None, channel: str, on_message: Callable[[Any], None]
+) -> None:
+    """Hand every JSON message on a pub/sub channel to `on_message`, for ever.
+
+    Cluster pub/sub is broadcast, so one connection to any node hears every message; when it
+    is lost, the next seed node is tried (a second's pause after a full round)."""
+    while True:
+        for node in nodes:
+            connection = Redis(host=node.host, port=node.port, password=password)
+            try:
+                async with connection.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            on_message(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("subscription to %s on %s lost: %s", channel, node, error)
+            finally:
+                with contextlib.suppress(Exception):
+                    await connection.aclose()
+        await asyncio.sleep(1.0)
+
+
 class RedisLayer:
     """L2: the Redis cluster, through a client with short timeouts so a sick node costs little."""
 
@@ -341,28 +367,13 @@ class Cache:
                 log.warning("cache invalidation not published: %s", error)
 
     async def _listen(self, redis: RedisLayer) -> None:
-        """Drop from L1 whatever another instance invalidated; reconnect on any failure."""
-        while True:
-            for node in redis.nodes:
-                client = Redis(host=node.host, port=node.port, password=redis.password)
-                try:
-                    async with client.pubsub() as pubsub:
-                        await pubsub.subscribe(INVALIDATION_CHANNEL)
-                        async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                for key in json.loads(message["data"]):
-                                    self.l1.pop(key, None)
-                except asyncio.CancelledError:
-                    await client.aclose()
-                    raise
-                except Exception as error:
-                    log.warning(
-                        "cache invalidation listener on %s:%s lost: %s", node.host, node.port, error
-                    )
-                finally:
-                    with contextlib.suppress(Exception):
-                        await client.aclose()
-            await asyncio.sleep(1.0)
+        """Drop from L1 whatever another instance invalidated."""
+
+        def drop(keys: Any) -> None:
+            for key in keys:
+                self.l1.pop(key, None)
+
+        await subscribe(redis.nodes, redis.password, INVALIDATION_CHANNEL, drop)
 
     def _redis(self) -> RedisLayer | None:
         return next((layer for layer in self.layers if isinstance(layer, RedisLayer)), None)
