@@ -261,6 +261,19 @@ def env_vars(values: dict[str, pulumi.Input[str]]) -> list[k8s.core.v1.EnvVarArg
     return [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(values.items())]
 
 
+def secret_env_vars(refs: dict[str, tuple[str, str]]) -> list[k8s.core.v1.EnvVarArgs]:
+    """Variables read from Secrets: ``{VAR: (secret, key)}``."""
+    return [
+        k8s.core.v1.EnvVarArgs(
+            name=var,
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)
+            ),
+        )
+        for var, (secret, key) in sorted(refs.items())
+    ]
+
+
 def volume_claim(
     name: str, storage_class: str, size_gb: int, labels: dict[str, str]
 ) -> k8s.core.v1.PersistentVolumeClaimArgs:

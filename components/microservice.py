@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from components.kube import (
     Labels,
+    checkov_skips,
     config_map_volume,
     container,
     disruption_budget,
@@ -24,6 +25,7 @@ from components.kube import (
     meta,
     mount,
     pod,
+    secret_env_vars,
     secret_volume,
     tcp_probe,
     zone_spread,
@@ -42,8 +44,11 @@ class MicroserviceArgs:
     max_replicas: int
     labels: Labels
     env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
-    # Kubernetes Secret names mounted as files under SECRETS_DIR/<name>/ (never env values).
+    # Kubernetes Secret names mounted as files under SECRETS_DIR/<name>/.
     secrets: tuple[str, ...] = ()
+    # Environment variable -> (Secret, key), only for programs that cannot read a secret from
+    # a file (HAProxy's HMAC key). The Deployment holds the reference, never the value.
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Files rendered for this service (the gateway's haproxy.cfg), mounted at `config_path`.
     config_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     config_path: str = CONFIG_DIR
@@ -100,12 +105,20 @@ class Microservice(pulumi.ComponentResource):
             (r.cpu_request, r.memory_request, r.cpu_limit, r.memory_limit),
             mounts,
             ports=_ports(svc),
-            env=env_vars(args.env),
+            env=env_vars(args.env) + secret_env_vars(args.secret_env),
             **_probes(svc),
+        )
+        skips = (
+            checkov_skips(
+                CKV_K8S_35="the program reads this secret only from its environment (see "
+                "MicroserviceArgs.secret_env); every other secret is a file"
+            )
+            if args.secret_env
+            else None
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=meta(svc.name, ns, labels),
+            metadata=meta(svc.name, ns, labels, skips),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 # No `replicas`: the HPA owns the count, and a re-apply must not reset it.
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),

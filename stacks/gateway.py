@@ -1,19 +1,23 @@
 """The gateway's routes, derived from the service table: `/api/<route>` -> service.
 
 The same routes are rendered for Kubernetes (servers found through each service's headless
-Service) and for the local platform (the services' local ports).
+Service) and for the local platform (the services' local ports). Either way HAProxy needs the
+token signing key in the environment variable ``JWT_KEY_ENV`` (never in the rendered file):
+the pod gets it from the signing-key Secret, the local runner from ``gateway_environment``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import PurePosixPath
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 
 from components.conf.haproxy import DnsServers, Route, StaticServers, haproxy_cfg
 from stacks.services import GATEWAY_CONFIG, SERVICE_TABLE, SERVICES, Service
 
 # Routes whose every request must carry a valid access token (verified at the gateway).
 AUTHENTICATED_ROUTES = frozenset({"orders"})
+# The variable HAProxy reads the HS256 signing key from (components/conf/haproxy.py).
+JWT_KEY_ENV = "GATEWAY_JWT_KEY"
 
 
 def routes(backend: Callable[[Service], DnsServers | StaticServers]) -> list[Route]:
@@ -52,5 +56,32 @@ def kubernetes_config() -> tuple[str, dict[str, str]]:
         metrics_port=gateway.metrics_port,
         metrics_bind="0.0.0.0",
         nbthread=max(1, int(float(gateway.resources.cpu_limit))),
+        jwt_key_env=JWT_KEY_ENV,
     )
     return str(path.parent), {path.name: cfg}
+
+
+def local_config(
+    servers: Mapping[str, Sequence[tuple[str, int]]],
+    *,
+    port: int,
+    metrics_port: int,
+    stats_socket: str | None = None,
+) -> str:
+    """The local platform's haproxy.cfg: ``servers`` maps each routed service to its
+    processes' ``(host, port)``; both frontends listen on loopback only."""
+    missing = sorted(svc.name for svc in SERVICE_TABLE if svc.route and svc.name not in servers)
+    if missing:
+        raise ValueError(f"no local servers for routed services: {', '.join(missing)}")
+    return haproxy_cfg(
+        routes(lambda svc: StaticServers(tuple(servers[svc.name]))),
+        port=port,
+        metrics_port=metrics_port,
+        stats_socket=stats_socket,
+        jwt_key_env=JWT_KEY_ENV,
+    )
+
+
+def gateway_environment(jwt_secret_file: str | Path) -> dict[str, str]:
+    """What the local HAProxy process needs in its environment: the signing key."""
+    return {JWT_KEY_ENV: Path(jwt_secret_file).read_text().strip()}

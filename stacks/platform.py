@@ -25,7 +25,7 @@ from components.postgres import PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
 from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
 from infra.config import StackConfig
-from stacks.gateway import kubernetes_config
+from stacks.gateway import JWT_KEY_ENV, kubernetes_config
 from stacks.services import SERVICE_TABLE, Dependency, Service, namespaces, users_of
 from stacks.wiring import Addresses, SecretFiles, service_environment
 
@@ -140,12 +140,11 @@ class Platform:
             ),
             in_cluster,
         ).name
+        # Every workload checks access tokens: the services and the gateway.
         signing = SharedSecret(
             "jwt-signing",
             SharedSecretArgs(
-                namespaces=tuple(
-                    dict.fromkeys(s.namespace for s in SERVICE_TABLE if s.image == "service")
-                ),
+                namespaces=tuple(dict.fromkeys(s.namespace for s in SERVICE_TABLE)),
                 labels=labels,
             ),
             in_cluster,
@@ -185,7 +184,7 @@ class Platform:
                         svc, config.environment, addresses, secret_files, config.cache_ttl
                     ),
                     secrets=secrets_needed,
-                    **gateway_files(svc),
+                    **gateway_files(svc, signing),
                     public_source_ranges=config.network.gateway_source_ranges,
                 ),
                 in_cluster,
@@ -223,12 +222,17 @@ class Platform:
         )
 
 
-def gateway_files(svc: Service) -> dict[str, Any]:
-    """The gateway's rendered haproxy.cfg, mounted where its command reads it."""
+def gateway_files(svc: Service, signing: SharedSecret) -> dict[str, Any]:
+    """The gateway's rendered haproxy.cfg, mounted where its command reads it, and the token
+    signing key in the variable the config names."""
     if svc.image != "gateway":
         return {}
     path, files = kubernetes_config()
-    return {"config_files": files, "config_path": path}
+    return {
+        "config_files": files,
+        "config_path": path,
+        "secret_env": {JWT_KEY_ENV: (signing.name, signing.key)},
+    }
 
 
 def _namespaces_of(dependency: Dependency) -> tuple[str, ...]:

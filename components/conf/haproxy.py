@@ -14,10 +14,18 @@ What the gateway does, in order, for every request on the public frontend:
 5. ``/api/<prefix>`` and ``/api/<prefix>/...`` go to the route's backend (the path is
    forwarded unchanged); anything else gets a 404 JSON.
 
-JWT: verification lands in a later issue. ``Route.auth`` marks the routes that need it and the
-rendered config has one marked place for it. Today the gateway only answers 401 when a
-request to such a route carries no ``Authorization: Bearer`` header at all; it does not
-pretend to check signatures: the services verify the token.
+JWT (routes with ``auth=True``): the gateway itself checks the access token before the
+request reaches a service: a ``Bearer`` token whose header says HS256, whose HS256 signature
+verifies with the platform's signing key, whose ``type`` claim is ``access`` and whose ``exp``
+lies in the future. Anything else is a 401 JSON answer that never reaches the service. The
+services verify the same token again (defence in depth, and routes without ``auth`` still
+carry optional identities).
+
+The signing key never sits in this file (Kubernetes keeps the file in a ConfigMap): the
+config names an environment variable, ``"${<jwt_key_env>}"``, that HAProxy expands when it
+parses the file. The pod sets it from the signing-key Secret, the local runner from the key
+file. HAProxy 2.6 has no way to read an HMAC key from a file. If the variable is unset or
+empty the config refuses to load (an empty HMAC key would let anyone sign tokens).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
+_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # What a client-supplied X-Request-ID may look like: safe to log and to echo into JSON.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # Names of HAProxy-rendered objects, so tests and the runner can refer to them.
@@ -94,7 +103,7 @@ class Route:
     backend: StaticServers | DnsServers
     # Server timeout (time to first response byte) for this service.
     timeout_ms: int = 5000
-    # Requests must carry a JWT. Hook for the later JWT issue; see the module docstring.
+    # Requests must carry a valid access token, checked at the gateway (module docstring).
     auth: bool = False
     health_path: str = "/healthz"
 
@@ -182,6 +191,7 @@ def haproxy_cfg(
     client_ip_occurrence: int = -1,
     stats_socket: str | None = None,
     allow_chunked_bodies: bool = False,
+    jwt_key_env: str | None = None,
 ) -> str:
     """Render ``haproxy.cfg`` for the API gateway.
 
@@ -200,6 +210,8 @@ def haproxy_cfg(
     ``allow_chunked_bodies=False`` answers 411 to chunked request bodies: the gateway can only
     enforce ``max_body_bytes`` on a declared Content-Length (the services still enforce their
     own limit, e.g. aiohttp's ``client_max_size``, whichever way the body arrives).
+    ``jwt_key_env``: the environment variable holding the token signing key; required as soon
+    as one route has ``auth=True`` (the gateway never lets such a route go unchecked).
     """
     if not routes:
         raise ValueError("the gateway needs at least one route")
@@ -219,6 +231,10 @@ def haproxy_cfg(
         raise ValueError(f"client_ip_header {client_ip_header!r} is not a header name")
     if client_ip_occurrence == 0:
         raise ValueError("client_ip_occurrence counts from 1 (or from the end, -1)")
+    if any(r.auth for r in routes) and jwt_key_env is None:
+        raise ValueError("routes with auth=True need jwt_key_env (the signing key's variable)")
+    if jwt_key_env is not None and not _ENV_RE.match(jwt_key_env):
+        raise ValueError(f"jwt_key_env {jwt_key_env!r} is not an environment variable name")
     for attr in ("service", "path_prefix"):
         values = [getattr(r, attr) for r in routes]
         if len(set(values)) != len(values):
@@ -227,6 +243,8 @@ def haproxy_cfg(
     # Longest prefix first, so /api/users/me wins over /api/users.
     ordered = sorted(routes, key=lambda r: (-r.path.count("/"), -len(r.path), r.path))
     out: list[str] = ["# API gateway; rendered by components/conf/haproxy.py (do not edit)."]
+    if jwt_key_env is not None:
+        out += _require_env(jwt_key_env)
     out += _global(maxconn, nbthread, stats_socket)
     if any(isinstance(r.backend, DnsServers) for r in routes):
         out += _resolvers()
@@ -240,12 +258,23 @@ def haproxy_cfg(
         client_ip_header,
         client_ip_occurrence,
         allow_chunked_bodies,
+        jwt_key_env,
     )
     out += _not_found_backend()
     for route in ordered:
         out += _backend(route)
     out += _metrics_frontend(metrics_bind, metrics_port)
     return "\n".join(out) + "\n"
+
+
+def _require_env(name: str) -> list[str]:
+    """Refuse to load without the variable: ``haproxy -c`` and the start fail, naming it."""
+    return [
+        "",
+        f'.if !defined({name}) || streq("${name}","")',
+        f'.alert "environment variable {name} (the JWT signing key) is not set or empty"',
+        ".endif",
+    ]
 
 
 def _global(maxconn: int, nbthread: int | None, stats_socket: str | None) -> list[str]:
@@ -324,6 +353,7 @@ def _frontend(
     client_ip_header: str | None,
     client_ip_occurrence: int,
     allow_chunked_bodies: bool,
+    jwt_key_env: str | None,
 ) -> list[str]:
     lines = [
         "",
@@ -392,24 +422,41 @@ def _frontend(
             f"    acl {acl} path_beg {route.path}/",
         ]
     auth_routes = [r for r in routes if r.auth]
-    if auth_routes:
-        names = ", ".join(r.service for r in auth_routes)
-        missing = " || ".join(f"{_route_acl(r)} !has_bearer" for r in auth_routes)
-        lines += [
-            "",
-            f"    # 4. JWT HOOK: routes with auth=True ({names}).",
-            "    # Token verification (http_auth_bearer + jwt_verify) is a later issue and goes",
-            "    # here. Until then: no bearer token at all -> 401; the services verify tokens.",
-            "    acl has_bearer http_auth_bearer -m found",
-            "    http-request deny deny_status 401 "
-            + _json_error("unauthorized")
-            + ' hdr WWW-Authenticate "Bearer"'
-            + f" if {missing}",
-        ]
+    if auth_routes and jwt_key_env is not None:
+        lines += _jwt_rules(auth_routes, jwt_key_env)
     lines.append("")
     lines += [f"    use_backend be_{r.service} if {_route_acl(r)}" for r in routes]
     lines.append(f"    default_backend {NOT_FOUND_BACKEND}")
     return lines
+
+
+def _jwt_rules(auth_routes: Sequence[Route], key_env: str) -> list[str]:
+    names = ", ".join(r.service for r in auth_routes)
+    token = "http_auth_bearer"
+    checks = ("jwt_hs256", "jwt_signed", "jwt_access", "jwt_live")
+    unauthorized = "http-request deny deny_status 401 " + _json_error(
+        "unauthorized", '"reason":"%[var(txn.jwt_problem)]",'
+    )
+    return [
+        "",
+        f"    # 4. JWT on {names}: HS256 header and signature, an access token, not expired.",
+        "    http-request set-var(txn.needs_token) bool(1) if "
+        + " || ".join(_route_acl(r) for r in auth_routes),
+        "    acl needs_token var(txn.needs_token) -m bool",
+        f"    acl has_token {token} -m found",
+        f"    acl jwt_hs256 {token},jwt_header_query('$.alg') -m str HS256",
+        f'    acl jwt_signed {token},jwt_verify("HS256","${{{key_env}}}") -m int 1',
+        f"    acl jwt_access {token},jwt_payload_query('$.type') -m str access",
+        "    acl jwt_live var(txn.jwt_exp),sub(txn.now) gt 0",
+        f"    http-request set-var(txn.jwt_exp) {token},jwt_payload_query('$.exp','int') "
+        "if needs_token has_token",
+        "    http-request set-var(txn.now) date() if needs_token",
+        # RFC 6750's error codes, so clients can tell "log in" from "refresh your token".
+        "    http-request set-var(txn.jwt_problem) str(missing_token) if needs_token !has_token",
+        "    http-request set-var(txn.jwt_problem) str(invalid_token) if needs_token has_token",
+        f'    {unauthorized} hdr WWW-Authenticate "Bearer" if '
+        + " || ".join(f"needs_token !{check}" for check in checks),
+    ]
 
 
 def _not_found_backend() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,8 @@ from components.conf.haproxy import (
     StaticServers,
     haproxy_cfg,
 )
+
+KEY = "GATEWAY_JWT_KEY"
 
 
 def local_routes() -> list[Route]:
@@ -59,7 +62,13 @@ def section(cfg: str, header: str) -> list[str]:
 
 
 def test_local_frontend_routes_limits_and_request_id() -> None:
-    cfg = haproxy_cfg(local_routes(), port=18080, metrics_port=18404, rate_limit=RateLimit(20, 10))
+    cfg = haproxy_cfg(
+        local_routes(),
+        jwt_key_env=KEY,
+        port=18080,
+        metrics_port=18404,
+        rate_limit=RateLimit(20, 10),
+    )
     fe = section(cfg, "frontend gateway")
     assert fe[0] == "bind 127.0.0.1:18080"
     assert "monitor-uri /healthz" in fe
@@ -87,7 +96,7 @@ def test_local_frontend_routes_limits_and_request_id() -> None:
 
 
 def test_rules_run_in_order_request_id_first() -> None:
-    fe = section(haproxy_cfg(local_routes()), "frontend gateway")
+    fe = section(haproxy_cfg(local_routes(), jwt_key_env=KEY), "frontend gateway")
     rules = [x for x in fe if x.startswith("http-request")]
     first = {
         k: next(i for i, x in enumerate(rules) if k in x)
@@ -102,19 +111,27 @@ def test_rules_run_in_order_request_id_first() -> None:
     assert list(first.values()) == sorted(first.values())
 
 
-def test_auth_hook_only_for_auth_routes() -> None:
-    cfg = haproxy_cfg(local_routes())
+def test_jwt_rules_cover_exactly_the_auth_routes() -> None:
+    cfg = haproxy_cfg(local_routes(), jwt_key_env=KEY)
     fe = section(cfg, "frontend gateway")
+    assert "http-request set-var(txn.needs_token) bool(1) if route_user_me || route_order" in fe
+    # The key is a variable HAProxy expands at load time, never a value in the file.
+    assert f'acl jwt_signed http_auth_bearer,jwt_verify("HS256","${{{KEY}}}") -m int 1' in fe
+    assert any("jwt_header_query('$.alg') -m str HS256" in x for x in fe)
+    assert any("jwt_payload_query('$.type') -m str access" in x for x in fe)
     deny = [x for x in fe if "deny_status 401" in x]
     assert len(deny) == 1
-    assert deny[0].endswith("if route_user_me !has_bearer || route_order !has_bearer")
-    assert "JWT HOOK" in cfg
+    assert deny[0].endswith(
+        "if needs_token !jwt_hs256 || needs_token !jwt_signed || needs_token !jwt_access "
+        "|| needs_token !jwt_live"
+    )
+    assert cfg.index(f".if !defined({KEY})") < cfg.index("global")
     no_auth = haproxy_cfg([local_routes()[0]])
-    assert "has_bearer" not in no_auth and "401" not in no_auth
+    assert "jwt" not in no_auth and "401" not in no_auth
 
 
 def test_static_backend_has_health_checks_and_timeout() -> None:
-    cfg = haproxy_cfg(local_routes())
+    cfg = haproxy_cfg(local_routes(), jwt_key_env=KEY)
     be = section(cfg, "backend be_order")
     assert "timeout server 5000ms" in be
     assert "option httpchk" in be
@@ -127,7 +144,7 @@ def test_static_backend_has_health_checks_and_timeout() -> None:
 
 
 def test_not_found_and_metrics() -> None:
-    cfg = haproxy_cfg(local_routes(), metrics_port=18404)
+    cfg = haproxy_cfg(local_routes(), jwt_key_env=KEY, metrics_port=18404)
     nf = section(cfg, "backend be_not_found")
     assert nf[0].startswith("http-request return status 404 content-type application/json")
     assert '"error":"not_found"' in nf[0]
@@ -140,6 +157,7 @@ def test_not_found_and_metrics() -> None:
 def test_k8s_uses_server_template_with_resolvers() -> None:
     cfg = haproxy_cfg(
         k8s_routes(),
+        jwt_key_env=KEY,
         bind="0.0.0.0",
         metrics_bind="0.0.0.0",
         nbthread=2,
@@ -156,13 +174,16 @@ def test_k8s_uses_server_template_with_resolvers() -> None:
     assert fe[0] == "bind 0.0.0.0:8080"
     assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-1)" in fe
     assert "nbthread 2" in section(cfg, "global")
-    gclb = haproxy_cfg(k8s_routes(), client_ip_header="X-Forwarded-For", client_ip_occurrence=-2)
+    gclb = haproxy_cfg(
+        k8s_routes(), jwt_key_env=KEY, client_ip_header="X-Forwarded-For", client_ip_occurrence=-2
+    )
     assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-2)" in gclb
 
 
 def test_options_switch_features_off_and_timeouts_render() -> None:
     cfg = haproxy_cfg(
         local_routes(),
+        jwt_key_env=KEY,
         rate_limit=None,
         allow_chunked_bodies=True,
         timeouts=GatewayTimeouts(connect_ms=1500, client_ms=20_000),
@@ -180,15 +201,19 @@ def test_options_switch_features_off_and_timeouts_render() -> None:
     "make",
     [
         lambda: haproxy_cfg([]),
+        lambda: haproxy_cfg(local_routes()),  # auth routes without a key
+        lambda: haproxy_cfg(local_routes(), jwt_key_env="jwt key"),
         lambda: Route("User", "users", StaticServers((("127.0.0.1", 1),))),
         lambda: Route("user", "/api/users", StaticServers((("127.0.0.1", 1),))),
         lambda: StaticServers(()),
         lambda: StaticServers((("127.0.0.1", 0),)),
         lambda: DnsServers("bad name"),
         lambda: haproxy_cfg([*local_routes(), local_routes()[0]]),
-        lambda: haproxy_cfg(local_routes(), port=8404, metrics_port=8404),
-        lambda: haproxy_cfg(local_routes(), client_ip_header="X-F: y"),
-        lambda: haproxy_cfg(local_routes(), client_ip_header="X-Real-IP", client_ip_occurrence=0),
+        lambda: haproxy_cfg(local_routes(), jwt_key_env=KEY, port=8404, metrics_port=8404),
+        lambda: haproxy_cfg(local_routes(), jwt_key_env=KEY, client_ip_header="X-F: y"),
+        lambda: haproxy_cfg(
+            local_routes(), jwt_key_env=KEY, client_ip_header="X-Real-IP", client_ip_occurrence=0
+        ),
     ],
 )
 def test_invalid_inputs_are_rejected(make: object) -> None:
@@ -200,10 +225,13 @@ def test_invalid_inputs_are_rejected(make: object) -> None:
 @pytest.mark.parametrize("kind", ["local", "k8s"])
 def test_haproxy_accepts_the_config(kind: str, tmp_path: Path) -> None:
     if kind == "local":
-        cfg = haproxy_cfg(local_routes(), stats_socket=str(tmp_path / "admin.sock"))
+        cfg = haproxy_cfg(
+            local_routes(), jwt_key_env=KEY, stats_socket=str(tmp_path / "admin.sock")
+        )
     else:
         cfg = haproxy_cfg(
             k8s_routes(),
+            jwt_key_env=KEY,
             bind="0.0.0.0",
             metrics_bind="0.0.0.0",
             nbthread=2,
@@ -212,9 +240,19 @@ def test_haproxy_accepts_the_config(kind: str, tmp_path: Path) -> None:
         )
     path = tmp_path / "haproxy.cfg"
     path.write_text(cfg)
-    proc = subprocess.run(
-        ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
-    )
+    proc = check(path, {KEY: "k" * 64})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Warnings usually mean a directive is ignored: treat them as failures.
     assert "WARNING" not in proc.stdout + proc.stderr
+    # Without the signing key (or with an empty one) the gateway refuses to load.
+    for env in ({}, {KEY: ""}):
+        proc = check(path, env)
+        assert proc.returncode != 0
+        assert f"environment variable {KEY} (the JWT signing key) is not set" in proc.stderr
+
+
+def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != KEY} | env
+    return subprocess.run(
+        ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30, env=environ
+    )

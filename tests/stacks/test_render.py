@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stacks.gateway import JWT_KEY_ENV
 from stacks.services import SERVICE_TABLE, SERVICES
 from tests.conftest import STACKS, StackRender
 
@@ -422,6 +423,19 @@ def test_gateway_listens_on_the_pod_and_routes_by_the_table(prod: StackRender) -
     assert "payment" not in cfg
     mounts = pod_spec(prod.object("Deployment", "gateway", "shop"))["containers"][0]["volumeMounts"]
     assert {"name": "config", "mountPath": "/etc/haproxy", "readOnly": True} in mounts
+
+
+def test_gateway_verifies_tokens_with_the_key_from_the_signing_secret(prod: StackRender) -> None:
+    cfg = prod.object("ConfigMap", "gateway-config", "shop")["data"]["haproxy.cfg"]
+    assert f'jwt_verify("HS256","${{{JWT_KEY_ENV}}}")' in cfg
+    gateway = pod_spec(prod.object("Deployment", "gateway", "shop"))["containers"][0]
+    ref = {e["name"]: e.get("valueFrom") for e in gateway["env"]}[JWT_KEY_ENV]
+    assert ref == {"secretKeyRef": {"name": "jwt-signing", "key": "key"}}
+    # The Secret it names exists in the gateway's namespace and is the services' key.
+    signing = prod.object("Secret", "jwt-signing", "shop")["stringData"]["key"]
+    assert signing not in cfg
+    payments = prod.object("Secret", "jwt-signing", "payments")["stringData"]["key"]
+    assert signing == payments
 
 
 def test_prod_cluster_is_private_and_hardened(prod: StackRender) -> None:
