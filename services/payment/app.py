@@ -14,7 +14,7 @@ from services.kit.settings import Expect, SecretFile, Settings
 from services.payment.fraud import FraudRules
 from services.payment.ledger import Ledger
 from services.payment.providers import PayPalProvider, StripeProvider
-from services.payment.resilience import PaymentMetrics, PaymentRouter
+from services.payment.resilience import BreakerConfig, PaymentMetrics, PaymentRouter
 from services.payment.views import FRAUD, LEDGER, ROUTER, api
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$"), Expect("an http(s) URL")]
@@ -30,6 +30,8 @@ class PaymentSettings(Settings):
     velocity_limit: Annotated[int, Field(ge=1), Expect("payments per window, >= 1")] = 5
     velocity_window_seconds: Annotated[int, Field(ge=1), Expect("seconds")] = 3600
     provider_timeout_seconds: Annotated[float, Field(gt=0, le=30), Expect("seconds")] = 5.0
+    # How long an open breaker keeps a provider out before one trial call may go.
+    breaker_cooldown_seconds: Annotated[float, Field(gt=0, le=3600), Expect("seconds")] = 30.0
 
 
 def init_app(settings: PaymentSettings) -> web.Application:
@@ -49,6 +51,7 @@ def init_app(settings: PaymentSettings) -> web.Application:
             ),
         ],
         metrics=PaymentMetrics(metrics.registry),
+        breaker=BreakerConfig(cooldown_s=settings.breaker_cooldown_seconds),
     )
     app = create_app(settings, api, [database], metrics=metrics)
     app[LEDGER] = Ledger(database)

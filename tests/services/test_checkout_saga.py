@@ -19,9 +19,11 @@ from services.order.app import OrderSettings
 from services.order.app import init_app as order_app
 from services.payment.app import PaymentSettings
 from services.payment.app import init_app as payment_app
-from services.payment.simulators import DEFAULT_API_KEY, build
+from services.payment.simulators import DEFAULT_API_KEY, Behaviour, build
 from stacks.local.data_tier import DataTier
 from tests.services.test_inventory_service import new_sku
+
+BREAKER_COOLDOWN_S = 2.0
 
 
 def url(server: Any) -> str:
@@ -46,6 +48,7 @@ async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> 
                 STRIPE_API_KEY_FILE=str(key_file),
                 PAYPAL_URL=url(paypal_server),
                 PAYPAL_API_KEY_FILE=str(key_file),
+                BREAKER_COOLDOWN_SECONDS=str(BREAKER_COOLDOWN_S),
             )
         )
     )
@@ -57,13 +60,18 @@ async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> 
             )
         )
     )
-    return {"order": order, "inventory": inventory, "stripe": stripe}
+    return {
+        "order": order,
+        "inventory": inventory,
+        "payment": payment,
+        "stripe": stripe,
+        "paypal": paypal,
+    }
 
 
 @pytest.fixture
 def shopper(tokens: Tokens) -> dict[str, str]:
-    user_id = str(uuid.uuid4().int % 10**9 + 2 * 10**9)
-    return {"Authorization": f"Bearer {tokens.issue(user_id, 'customer', 'saga-test')}"}
+    return new_shopper(tokens)
 
 
 async def place(
@@ -128,6 +136,62 @@ async def test_a_declined_payment_gives_the_stock_back(shop, shopper, platform: 
     order_id = await place(shop["order"], shopper, sku, 3, token="tok_declined")
     assert await settled(shop["order"], shopper, order_id) == "cancelled"
     assert await stock(shop, sku) == (4, 0)  # the reservation was released
+
+
+def new_shopper(tokens: Tokens) -> dict[str, str]:
+    """A shopper of their own: the fraud rules' velocity limit counts payments per user."""
+    user_id = str(uuid.uuid4().int % 10**9 + 2 * 10**9)
+    return {"Authorization": f"Bearer {tokens.issue(user_id, 'customer', 'saga-test')}"}
+
+
+def captured_by(simulator: Any, order_ids: list[int]) -> set[int]:
+    """The orders whose authorization this provider holds, each captured exactly once."""
+    found = set()
+    for payment in simulator.payments.values():
+        for order_id in order_ids:
+            if payment.idempotency_key == f"checkout-order-{order_id}:authorize":
+                assert (payment.captures, payment.captured_cents) == (1, payment.amount_cents)
+                found.add(order_id)
+    return found
+
+
+async def breaker_metrics(shop: dict[str, Any]) -> str:
+    async with shop["order"].session.get(shop["payment"].make_url("/metrics")) as response:
+        return await response.text()
+
+
+async def test_checkouts_ride_out_a_failing_primary_provider(
+    shop, tokens: Tokens, platform: DataTier
+) -> None:
+    """Stripe (the primary) answers 500s: checkouts still ship, paid through PayPal, Stripe's
+    breaker opens and refuses calls; once Stripe recovers and the cooldown has passed, a trial
+    call closes the breaker and checkouts are paid through Stripe again."""
+    sku = await new_sku(platform, 100)
+    order = shop["order"]
+
+    async def checkout() -> tuple[int, str]:
+        shopper = new_shopper(tokens)
+        order_id = await place(order, shopper, sku, 1)
+        return order_id, await settled(order, shopper, order_id)
+
+    shop["stripe"].behaviour = Behaviour(mode="fail")
+    outcomes = await asyncio.gather(*(checkout() for _ in range(8)))
+    assert [status for _, status in outcomes] == ["shipped"] * 8
+    during = [order_id for order_id, _ in outcomes]
+    assert captured_by(shop["paypal"], during) == set(during)
+    assert captured_by(shop["stripe"], during) == set()
+    metrics = await breaker_metrics(shop)
+    assert 'payment_attempts_total{provider="stripe",result="breaker_open"}' in metrics
+
+    shop["stripe"].behaviour = Behaviour()
+    await asyncio.sleep(BREAKER_COOLDOWN_S + 0.2)
+    outcomes = [await checkout() for _ in range(3)]
+    assert [status for _, status in outcomes] == ["shipped"] * 3
+    after = [order_id for order_id, _ in outcomes]
+    assert captured_by(shop["stripe"], after) == set(after)
+    metrics = await breaker_metrics(shop)
+    assert 'payment_breaker_state{provider="stripe"} 0.0' in metrics
+    assert await stock(shop, sku) == (100 - len(during) - len(after), 0)
 
 
 @pytest.mark.slow
