@@ -10,7 +10,7 @@ OUT ?= build/render/$(STACK)
 # checkov pins packages that conflict with pulumi's, so it lives in its own environment.
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: test plan lint checkov-env venv clean system-packages
+.PHONY: test plan lint checkov-env venv clean system-packages up down status
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,18 @@ system-packages:
 test: venv checkov-env system-packages
 	$(VENV)/bin/ruff check .
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
+
+# The whole platform on this machine (stacks/local): runs in the foreground until Ctrl-C;
+# `make up ARGS=--detach` returns once everything is ready, `make down` stops it, `make status`
+# shows it. State lives in .local/ (git-ignored). `make up ARGS=--help` lists the options.
+up: venv system-packages
+	@$(PY) -m stacks.local up $(ARGS)
+
+down: venv
+	@$(PY) -m stacks.local down $(ARGS)
+
+status: venv
+	@$(PY) -m stacks.local status $(ARGS)
 
 # Offline render of a stack under Pulumi's mock runtime (what `pulumi preview` would create)
 # and the policy pack's verdict on it.

@@ -60,6 +60,7 @@ class DataTierConfig:
     pg_synchronous_standbys: int = 1  # at most pg_replicas
     pgpool_children: int = 24
     pgpool_max_pool: int = 2
+    pg_max_connections: int | None = None  # per member; None: PgTuning.tiny()'s
     redis_masters: int = 3
     redis_replicas_per_master: int = 1
     redis_maxmemory_mb: int = 64
@@ -90,6 +91,7 @@ class DataTier:
                 synchronous_standbys=c.pg_synchronous_standbys,
                 pgpool_children=c.pgpool_children,
                 pgpool_max_pool=c.pgpool_max_pool,
+                max_connections=c.pg_max_connections,
             ),
         )
         self._check_postgres_user()

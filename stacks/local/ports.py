@@ -54,11 +54,17 @@ class PortAllocator:
         self.assigned: dict[str, int] = {}  # what -> port
         self._high = max(_LOWEST + 1000, _ephemeral_low())
 
-    def take(self, what: str) -> int:
+    def take(self, what: str, fixed: int | None = None) -> int:
+        """A free port for ``what``; ``fixed``: exactly that one (a clear error if taken)."""
         if what in self.assigned:
             raise ValueError(f"port for {what} already assigned")
         used = set(self.assigned.values())
-        if self.base is not None:
+        if fixed is not None:
+            if fixed in used or not 1 <= fixed <= 65535:
+                raise LocalPlatformError(f"port {fixed} cannot serve {what} (in use here)")
+            ensure_free(fixed, what, self.host)
+            port = fixed
+        elif self.base is not None:
             port = self.base + len(self.assigned)
             if port > 65535:
                 raise LocalPlatformError(f"base port {self.base} leaves no port for {what}")

@@ -18,7 +18,7 @@ import io
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,6 +62,8 @@ class PostgresOptions:
     # children = at most 24 client connections through pgpool at once (keep service pools small).
     pgpool_children: int = 24
     pgpool_max_pool: int = 2
+    # None: PgTuning.tiny()'s 60. The whole platform raises it to fit its services' pools.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,59 @@ class PoolNode:
         return f"{self.host}:{self.port}"
 
 
+def psql(
+    address: str,
+    sql: str,
+    pgpass: Path,
+    role: str = USERS.superuser,
+    database: str = "postgres",
+) -> list[dict[str, str]]:
+    """Rows of one statement through psql (text values), as ``role`` with the passwords of
+    ``pgpass``; raises LocalPlatformError on any error. Usable from another process than
+    the one that started the servers (``make status``)."""
+    host, port = address.rsplit(":", 1)
+    result = subprocess.run(
+        [
+            f"{PG_BIN_DIR}/psql",
+            *("-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1"),
+            *("-h", host, "-p", port, "-U", role, "-d", database, "-c", sql),
+        ],
+        env={
+            "PATH": DEFAULT_PATH,
+            "LANG": "C.UTF-8",
+            "PGPASSFILE": str(pgpass),
+            "PGCONNECT_TIMEOUT": "3",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LocalPlatformError(f"psql {address} as {role}: {result.stderr.strip()}")
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def pool_nodes(pgpool: str, pgpass: Path) -> list[PoolNode]:
+    """``SHOW pool_nodes`` through the pgpool at ``pgpool``, as the app role."""
+    rows = psql(pgpool, "SHOW pool_nodes", pgpass, USERS.app, USERS.app_database)
+    return [
+        PoolNode(
+            node_id=int(r["node_id"]),
+            host=r["hostname"],
+            port=int(r["port"]),
+            status=r["status"],
+            role=r["role"],
+            pg_role=r.get("pg_role", ""),
+            select_cnt=int(r["select_cnt"]),
+            load_balance_node=r["load_balance_node"] == "true",
+            replication_state=r.get("replication_state", ""),
+            replication_sync_state=r.get("replication_sync_state", ""),
+        )
+        for r in rows
+    ]
+
+
 class LocalPostgres:
     """The members and pgpool of one local platform; ``start`` brings them up in order."""
 
@@ -100,6 +155,8 @@ class LocalPostgres:
         self.supervisor = supervisor
         self.user = server_user("postgres")  # initdb and postgres refuse to run as root
         self.tuning = PgTuning.tiny()
+        if self.options.max_connections is not None:
+            self.tuning = replace(self.tuning, max_connections=self.options.max_connections)
         replicas = self.options.replicas
         self.topology = PgTopology(
             members=tuple(
@@ -241,6 +298,46 @@ class LocalPostgres:
             timeout=timeout,
         )
 
+    def member_process(self, name: str) -> Process | None:
+        return self._members.get(name)
+
+    def rejoin_member(self, name: str, timeout: float = 120.0) -> None:
+        """Bring a member that stopped back as a standby and give it back to pgpool.
+
+        ``postgres-start.sh`` decides, exactly as in a restarted pod: an old primary is
+        rewound into a standby of the current primary, a standby follows it. The node is
+        attached only once it streams from the primary pgpool knows (the condition
+        ``follow_primary.sh`` applies to the standbys it re-points), so a diverged old
+        primary can never take reads or writes again (``auto_failback`` stays off).
+        """
+        deadline = time.monotonic() + timeout
+        old = self._members.get(name)
+        if old is not None:
+            if old.running():
+                raise LocalPlatformError(f"PostgreSQL {name} is still running")
+            self.supervisor.forget(old)
+            del self._members[name]
+        member = self.topology.member(name)
+        node_id = self.topology.members.index(member)
+        self.start_member(name, timeout=deadline - time.monotonic())
+        primary = next(
+            (n for n in self.pool_nodes() if n.role == "primary" and n.status != "down"), None
+        )
+        if primary is None:
+            raise LocalPlatformError(f"PgPool-II knows no primary for {name} to follow")
+        sql = (
+            "SELECT status FROM pg_stat_wal_receiver "
+            f"WHERE sender_host = '{primary.host}' AND sender_port = {primary.port}"
+        )
+        self.supervisor.wait_until(
+            lambda: self.query(member.address, sql) == [{"status": "streaming"}],
+            process=self._members[name],
+            what=f"{name} streaming from the primary {primary.address}",
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+        if self.pool_nodes()[node_id].status == "down":  # follow_primary.sh may have been first
+            self.attach_node(node_id, timeout=max(1.0, deadline - time.monotonic()))
+
     def stop_pgpool(self, timeout: float = 20.0) -> None:
         if self._pgpool is not None:
             self.supervisor.stop([self._pgpool], timeout)
@@ -256,46 +353,11 @@ class LocalPostgres:
         database: str = "postgres",
     ) -> list[dict[str, str]]:
         """Rows of one statement through psql (text values), as ``role``; raises on error."""
-        host, port = address.rsplit(":", 1)
-        result = subprocess.run(
-            [
-                f"{PG_BIN_DIR}/psql",
-                *("-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1"),
-                *("-h", host, "-p", port, "-U", role, "-d", database, "-c", sql),
-            ],
-            env={
-                "PATH": DEFAULT_PATH,
-                "LANG": "C.UTF-8",
-                "PGPASSFILE": str(self.pgpass),
-                "PGCONNECT_TIMEOUT": "3",
-            },
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise LocalPlatformError(f"psql {address} as {role}: {result.stderr.strip()}")
-        return list(csv.DictReader(io.StringIO(result.stdout)))
+        return psql(address, sql, self.pgpass, role, database)
 
     def pool_nodes(self) -> list[PoolNode]:
         """``SHOW pool_nodes`` through pgpool, as the app role."""
-        rows = self.query(self.pgpool, "SHOW pool_nodes", USERS.app, USERS.app_database)
-        return [
-            PoolNode(
-                node_id=int(r["node_id"]),
-                host=r["hostname"],
-                port=int(r["port"]),
-                status=r["status"],
-                role=r["role"],
-                pg_role=r.get("pg_role", ""),
-                select_cnt=int(r["select_cnt"]),
-                load_balance_node=r["load_balance_node"] == "true",
-                replication_state=r.get("replication_state", ""),
-                replication_sync_state=r.get("replication_sync_state", ""),
-            )
-            for r in rows
-        ]
+        return pool_nodes(self.pgpool, self.pgpass)
 
     # --- internals ----------------------------------------------------------------------------
 

@@ -364,6 +364,17 @@ class Supervisor:
         if alive:
             raise LocalPlatformError(f"could not stop {', '.join(alive)}")
 
+    def forget(self, process: Process) -> None:
+        """Drop a process that has exited (a finished job, a crashed server about to be
+        restarted) from the list and the manifest, after reaping it."""
+        if process.running():
+            raise LocalPlatformError(f"{process.name} (pid {process.pid}) is still running")
+        process._kill_leftovers()
+        process._reap()
+        with self._lock:
+            self._processes = [p for p in self._processes if p is not process]
+            self._write_manifest()
+
     def _write_manifest(self) -> None:
         records = [
             {

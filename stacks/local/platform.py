@@ -1,0 +1,931 @@
+"""The whole platform on one machine: what ``make up``, ``make down`` and ``make status`` run.
+
+``LocalPlatform(state_dir, PlatformConfig())`` composes, from the same service table, wiring
+and configuration renderers as the GKE stacks:
+
+1. the data tier (``DataTier``): PostgreSQL primary + replicas with synchronous replication
+   behind PgPool-II, the Redis cluster, the Memcached nodes, sized like the stack config's
+   defaults (``infra.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
+2. the payment-provider simulators the payment service calls;
+3. the jobs GKE runs as Jobs / CronJobs: migrations, the partition maintenance (then again
+   every ``partition_interval_s`` from the runner, as the CronJob would), the demo catalog;
+4. every service of ``SERVICE_TABLE`` (``Service.argv``, environment from
+   ``stacks.wiring.service_environment``), several processes where asked (the product
+   service, read heavy, gets two by default), the order service running the outbox relay and
+   the saga / fulfilment consumers in-process (``RUN_WORKERS``, as on GKE);
+5. the gateway: HAProxy with ``stacks.gateway.local_config`` (the same routes and rules as the
+   Kubernetes config, static servers instead of DNS).
+
+Everything lives under one state directory (``.local/`` in the checkout by default)::
+
+    platform.json    what runs where, the runner's PID and state (starting/ready/failed/...)
+    runner.log       the detached runner's output
+    gateway/         haproxy.cfg and its admin socket
+    tier/            the data tier's state: processes.json (every process, this runner's
+                     included), logs/<process>.log, secrets/, postgres/, redis/
+
+Why the project's own supervisor (``stacks.local.process``) rather than honcho, supervisord
+or circus: (1) PostgreSQL and initdb refuse root and must run as ``postgres`` with the PID we
+hold being the server itself (``runuser`` in between breaks fast shutdown, see process.py);
+(2) start-up is a dependency graph with protocol-level readiness (a streaming synchronous
+standby, pgpool seeing every node, a formed Redis cluster, each service's ``/readyz``) and
+one-shot jobs between phases (migrate before the services, seed before the demo users),
+which honcho cannot express and supervisord/circus only as "started"; (3) the restart policy
+must know the roles: supervisord would restart a killed primary at once, where it boots as
+the primary it was before PgPool-II has even noticed, racing the failover this platform
+exists to exercise. Here a dead PostgreSQL member is restarted only once pgpool has detached
+it and promoted another node, so it rejoins as a standby (``rejoin_member``); (4) ``down``
+from another process must stop exactly our processes (PID + start time in a manifest), not
+whatever holds a name. Those four would each need a plugin or wrapper around any of the
+three tools; the supervisor here is ~400 lines the tests already exercise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
+from services.kit.db import DatabaseConfig
+from stacks.gateway import gateway_environment, local_config
+from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
+from stacks.local.ports import HOST, is_taken
+from stacks.local.postgres import pool_nodes
+from stacks.local.process import (
+    LocalPlatformError,
+    Process,
+    make_dir,
+    new_password,
+    pid_alive,
+    recorded_processes,
+    stop_recorded,
+    write_file,
+)
+from stacks.services import (
+    GATEWAY_CONFIG,
+    SERVICE_TABLE,
+    SERVICES,
+    Dependency,
+    Service,
+    callees,
+    users_of,
+)
+from stacks.wiring import SecretFiles, database_environment, job_environment, service_environment
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = ROOT / ".local"
+STATE_FILE = "platform.json"
+RUNNER_LOG = "runner.log"
+TIER_DIR = "tier"
+ENVIRONMENT = "local"  # the services' ENVIRONMENT, as "prod" on GKE
+
+DEFAULT_GATEWAY_PORT = 8080
+DEFAULT_METRICS_PORT = 8404
+DEMO_PRODUCTS = 10_000
+DEMO_PASSWORD = "demo-password-1"  # public on purpose: local demo accounts only
+DEMO_USERS = (
+    ("alice@example.com", "Alice Demo"),
+    ("bob@example.com", "Bob Demo"),
+    ("carol@example.com", "Carol Demo"),
+)
+RESTART_WINDOW_S = 60.0
+PARTITION_RETRY_S = 60.0  # after a failed partition run (e.g. during a failover)
+
+# Each service process's asyncpg pool may grow to this many connections (services.kit.db).
+SERVICE_POOL_MAX: int = next(
+    f.default for f in fields(DatabaseConfig) if f.name == "max_connections"
+)  # type: ignore[assignment]
+# pgpool clients beyond the services' pools: a job, the partition run, status and drills.
+SPARE_CLIENTS = 8
+# Per PostgreSQL member beyond pgpool's children: its health and replication checks.
+SPARE_BACKENDS = 6
+
+
+def _default_processes() -> dict[str, int]:
+    # Reads dominate (catalog, search): two product processes; one of everything else is
+    # plenty on two cores. `--processes` changes it.
+    return {"product": 2}
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    processes: Mapping[str, int] = field(default_factory=_default_processes)  # else 1
+    demo_products: int = DEMO_PRODUCTS  # 0: no demo data (no catalog, no demo users)
+    gateway_port: int | None = DEFAULT_GATEWAY_PORT  # None: any free port
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    partition_interval_s: float = 3600.0
+    start_timeout_s: float = 300.0
+    restart_limit: int = 5  # restarts of one process within RESTART_WINDOW_S, then give up
+
+    def __post_init__(self) -> None:
+        unknown = sorted(
+            set(self.processes) - {s.name for s in SERVICE_TABLE if s.image == "service"}
+        )
+        if unknown:
+            raise LocalPlatformError(
+                f"--processes names unknown services: {', '.join(unknown)} (known: "
+                f"{', '.join(s.name for s in SERVICE_TABLE if s.image == 'service')})"
+            )
+        bad = [f"{name}={n}" for name, n in self.processes.items() if not 1 <= n <= 8]
+        if bad:
+            raise LocalPlatformError(f"--processes: 1..8 per service, got {', '.join(bad)}")
+        if self.demo_products < 0:
+            raise LocalPlatformError("--products must be >= 0")
+
+    def processes_of(self, service: Service) -> int:
+        return self.processes.get(service.name, 1)
+
+
+def connection_budget(config: PlatformConfig) -> tuple[int, int]:
+    """(pgpool children, max_connections per member) so every pool can reach full size.
+
+    A pgpool child serves one client connection at a time and the services' pools are
+    persistent: with fewer children than pooled connections, a pool growing under load
+    would wait forever for a child. One cached backend per child (all clients use one
+    role and database), so each member needs a backend per child, plus its own checks."""
+    pools = sum(config.processes_of(s) for s in users_of(Dependency.POSTGRES))
+    children = pools * SERVICE_POOL_MAX + SPARE_CLIENTS
+    reserved = 3  # PgTuning.tiny().superuser_reserved_connections: scripts, psql as superuser
+    return children, children + reserved + SPARE_BACKENDS
+
+
+def data_tier_config(config: PlatformConfig) -> DataTierConfig:
+    """The stack config's topology (infra.config defaults), with local sizes."""
+    pg, redis, memcached = PostgresConfig(), RedisConfig(), MemcachedConfig()
+    children, max_connections = connection_budget(config)
+    return DataTierConfig(
+        pg_replicas=pg.replicas,
+        pg_synchronous_standbys=pg.synchronous_standbys,
+        pgpool_children=children,
+        pgpool_max_pool=1,
+        pg_max_connections=max_connections,
+        redis_masters=redis.masters,
+        redis_replicas_per_master=redis.replicas_per_master,
+        memcached_nodes=memcached.nodes,
+        start_timeout_s=min(120.0, config.start_timeout_s),
+    )
+
+
+# --- the processes the runner adds to the data tier -------------------------------------------
+
+
+@dataclass
+class AppProcess:
+    """A simulator, service process or the gateway: how to (re)start it and when it is ready."""
+
+    name: str
+    kind: str  # simulator | service | gateway
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    ready_url: str
+    process: Process | None = None
+    restarts: list[float] = field(default_factory=list)
+    gave_up: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The HTTP status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (OSError, ValueError):
+        return None
+
+
+def http_json(
+    url: str, body: Mapping[str, Any] | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return int(error.code), json.loads(error.read() or b"null")
+
+
+def tcp_open(address: str, timeout: float = 0.5) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def haproxy_servers(stats_socket: Path) -> dict[str, str]:
+    """``backend/server`` -> status (UP, DOWN, ...) from HAProxy's admin socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        sock.connect(str(stats_socket))
+        sock.sendall(b"show stat\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    lines = b"".join(chunks).decode().splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise LocalPlatformError("unexpected answer from HAProxy's admin socket")
+    header = lines[0][2:].split(",")
+    at = {name: i for i, name in enumerate(header)}
+    servers = {}
+    for line in lines[1:]:
+        cols = line.split(",")
+        if len(cols) < len(header) or cols[at["svname"]] in ("FRONTEND", "BACKEND"):
+            continue
+        servers[f"{cols[at['pxname']]}/{cols[at['svname']]}"] = cols[at["status"]]
+    return servers
+
+
+# --- the platform -------------------------------------------------------------------------------
+
+
+class LocalPlatform:
+    def __init__(self, state_dir: Path | str, config: PlatformConfig | None = None) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.config = c = config or PlatformConfig()
+        # Checks the programs, the state directory and the postgres user before anything.
+        self.tier = DataTier(self.state_dir / TIER_DIR, data_tier_config(c))
+        self.supervisor = self.tier.supervisor  # one manifest for every process of the platform
+        ports = self.tier.ports
+        self.gateway_port = self._take_fixed_port("gateway", c.gateway_port, "--port")
+        self.metrics_port = self._take_fixed_port(
+            "gateway metrics", c.metrics_port, "--metrics-port"
+        )
+        self.gateway_dir = self.state_dir / "gateway"
+        self.gateway_config = self.gateway_dir / "haproxy.cfg"
+        self.stats_socket = self.gateway_dir / "admin.sock"
+        self.state_file = self.state_dir / STATE_FILE
+        secrets = self.tier.state_dir / "secrets"
+        python = [sys.executable, "-u", "-m"]
+
+        # The payment providers' stand-ins, each with its own API key.
+        self.provider_keys = {kind: new_password() for kind in ("stripe", "paypal")}
+        self.provider_key_files = {kind: secrets / f"{kind}-api-key" for kind in self.provider_keys}
+        self.simulators: dict[str, AppProcess] = {}
+        for kind, key in self.provider_keys.items():
+            port = ports.take(f"{kind} simulator")
+            self.simulators[kind] = AppProcess(
+                name=f"{kind}-simulator",
+                kind="simulator",
+                argv=[
+                    *python,
+                    "services.payment.simulators",
+                    *("--kind", kind, "--port", str(port), "--api-key", key),
+                ],
+                env={"PYTHONUNBUFFERED": "1"},
+                port=port,
+                ready_url=f"http://{HOST}:{port}/_sim/behaviour",
+            )
+
+        # Every service of the table, n processes each on ports of their own.
+        service_ports = {
+            svc.name: [ports.take(f"{svc.name}-{i}") for i in range(c.processes_of(svc))]
+            for svc in SERVICE_TABLE
+            if svc.image == "service"
+        }
+        self.services: dict[str, list[AppProcess]] = {}
+        for svc in SERVICE_TABLE:
+            if svc.image != "service":
+                continue
+            self.services[svc.name] = [
+                AppProcess(
+                    name=f"{svc.name}-{i}",
+                    kind="service",
+                    argv=[*python, *svc.argv[2:]]
+                    if svc.argv[:2] == ("python", "-m")
+                    else list(svc.argv),
+                    env=self._service_env(svc, i, port, service_ports),
+                    port=port,
+                    ready_url=f"http://{HOST}:{port}/readyz",
+                )
+                for i, port in enumerate(service_ports[svc.name])
+            ]
+
+        gateway = SERVICES["gateway"]
+        self.gateway = AppProcess(
+            name="gateway",
+            kind="gateway",
+            # The table's command, with the local config file in place of the pod's path.
+            argv=[str(self.gateway_config) if a == GATEWAY_CONFIG else a for a in gateway.argv],
+            env={},  # the signing key is added at start, once the tier has written it
+            port=self.gateway_port,
+            ready_url=f"http://{HOST}:{self.gateway_port}/healthz",
+        )
+        self.timings: dict[str, float] = {}
+        self.partitions: dict[str, Any] = {"every_s": c.partition_interval_s}
+        self.demo_users: list[str] = []
+        self._stop = threading.Event()
+        self._rejoining: dict[str, threading.Thread] = {}
+        self._state = "new"
+        self._error: str | None = None
+
+    # --- addresses --------------------------------------------------------------------------
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{HOST}:{self.gateway_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+    def apps(self) -> list[AppProcess]:
+        """Every process the runner adds to the data tier, in start order."""
+        found = list(self.simulators.values())
+        for processes in self.services.values():
+            found += processes
+        return [*found, self.gateway]
+
+    def _take_fixed_port(self, what: str, port: int | None, flag: str) -> int:
+        try:
+            return self.tier.ports.take(what, fixed=port)
+        except LocalPlatformError as error:
+            raise LocalPlatformError(
+                f"{error}; or run on another port: "
+                f"`make up ARGS='{flag} {port + 1 if port else 0}'` (0 picks any free port)"
+            ) from None
+
+    def _service_env(
+        self, svc: Service, index: int, port: int, ports: Mapping[str, list[int]]
+    ) -> dict[str, str]:
+        """The GKE wiring function, with local addresses. A caller's process i talks to the
+        callee's process i mod n: the local stand-in for a ClusterIP Service's balancing."""
+        peers = {
+            callee.name: f"http://{HOST}:{ports[callee.name][index % len(ports[callee.name])]}"
+            for callee in callees(svc.name)
+            if callee.name in ports
+        }
+        addresses = replace(
+            self.tier.addresses(),
+            services=peers,
+            external={kind: f"http://{HOST}:{sim.port}" for kind, sim in self.simulators.items()},
+        )
+        secrets: SecretFiles = replace(
+            self.tier.secret_files(),
+            external_keys={kind: str(path) for kind, path in self.provider_key_files.items()},
+        )
+        env = service_environment(svc, ENVIRONMENT, addresses, secrets, CacheTtls())
+        env["PORT"] = str(port)
+        env["PYTHONUNBUFFERED"] = "1"  # logs reach logs/<process>.log as they happen
+        return env
+
+    def _job_env(self, name: str) -> dict[str, str]:
+        database = database_environment(
+            self.tier.addresses().database, str(self.tier.postgres.app_password_file)
+        )
+        return {**job_environment(name, ENVIRONMENT, database), "PYTHONUNBUFFERED": "1"}
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] = print) -> LocalPlatform:
+        """Bring everything up in dependency order; on any failure stop what started."""
+        began = time.monotonic()
+        deadline = began + self.config.start_timeout_s
+        make_dir(self.state_dir, mode=0o711)  # the postgres user traverses it to tier/
+        self._write_state("starting")
+        t = self.tier.config
+        try:
+            # The simulators boot while the tier does (their logs go where the tier's do).
+            make_dir(self.tier.state_dir, mode=0o711)
+            make_dir(self.tier.state_dir / "logs")
+            self._start_apps(list(self.simulators.values()))
+            self._phase(
+                f"data tier (PostgreSQL 1+{t.pg_replicas}, PgPool-II, Redis "
+                f"{t.redis_masters}+{t.redis_masters * t.redis_replicas_per_master}, "
+                f"Memcached {t.memcached_nodes})",
+                self.tier.start,
+                progress,
+            )
+            for kind, path in self.provider_key_files.items():
+                write_file(path, self.provider_keys[kind], mode=0o600)
+            self._phase(
+                "migrations", lambda: self.run_job("migrate", ["services.kit.migrate"]), progress
+            )
+            self._phase("partitions", self.run_partitions, progress)
+            if self.config.demo_products:
+                self._phase(
+                    f"demo catalog ({self.config.demo_products:,} products)",
+                    lambda: self.run_job(
+                        "seed",
+                        ["services.maintenance.seed", "--products", str(self.config.demo_products)],
+                    ),
+                    progress,
+                )
+            self._phase(
+                "services", lambda: self._start_and_wait(self._service_apps(), deadline), progress
+            )
+            self._phase("gateway", lambda: self._start_gateway(deadline), progress)
+            if self.config.demo_products:
+                self._phase("demo users", self._register_demo_users, progress)
+        except BaseException as error:
+            self._error = str(error) if not isinstance(error, KeyboardInterrupt) else None
+            self._write_state("failed" if self._error else "stopping")
+            with contextlib.suppress(LocalPlatformError):
+                self.stop()
+            raise
+        self.timings["total"] = round(time.monotonic() - began, 1)
+        self._write_state("ready")
+        return self
+
+    def _phase(
+        self, what: str, step: Callable[[], object], progress: Callable[[str], None]
+    ) -> None:
+        began = time.monotonic()
+        progress(f"  {what} ...")
+        step()
+        self.timings[what.split(" (")[0]] = took = round(time.monotonic() - began, 1)
+        progress(f"  {what}: ready in {took} s")
+
+    def _service_apps(self) -> list[AppProcess]:
+        return [*self.simulators.values(), *(p for ps in self.services.values() for p in ps)]
+
+    def _start_apps(self, apps: Sequence[AppProcess]) -> None:
+        for app in apps:
+            if app.process is None:
+                app.process = self.supervisor.start(app.name, app.argv, env=app.env, cwd=ROOT)
+
+    def _start_and_wait(self, apps: Sequence[AppProcess], deadline: float) -> None:
+        self._start_apps(apps)
+        for app in apps:
+            assert app.process is not None
+            self.supervisor.wait_until(
+                lambda app=app: http_status(app.ready_url) == 200,
+                process=app.process,
+                what=f"{app.name} on {app.ready_url}",
+                timeout=max(1.0, deadline - time.monotonic()),
+                interval=0.2,
+            )
+
+    def _start_gateway(self, deadline: float) -> None:
+        make_dir(self.gateway_dir)
+        servers = {name: [(HOST, p.port) for p in ps] for name, ps in self.services.items()}
+        routed = {s.name for s in SERVICE_TABLE if s.route}
+        config = local_config(
+            {name: s for name, s in servers.items() if name in routed},
+            port=self.gateway_port,
+            metrics_port=self.metrics_port,
+            stats_socket=str(self.stats_socket),
+        )
+        write_file(self.gateway_config, config, mode=0o600)
+        self.gateway.env = gateway_environment(self.tier.jwt_secret_file)
+        self._start_apps([self.gateway])
+        assert self.gateway.process is not None
+
+        def serving() -> bool:
+            if http_status(self.gateway.ready_url) != 200:
+                return False
+            states = haproxy_servers(self.stats_socket)
+            return bool(states) and all(s.startswith("UP") for s in states.values())
+
+        self.supervisor.wait_until(
+            serving,
+            process=self.gateway.process,
+            what=f"the gateway on {self.gateway_url} with every server UP",
+            timeout=max(1.0, deadline - time.monotonic()),
+            interval=0.2,
+        )
+
+    def _register_demo_users(self) -> None:
+        for email, name in DEMO_USERS:
+            status, body = http_json(
+                f"{self.gateway_url}/api/users/register",
+                {"email": email, "password": DEMO_PASSWORD, "full_name": name},
+            )
+            if status not in (201, 409):
+                raise LocalPlatformError(f"registering demo user {email}: {status} {body}")
+            self.demo_users.append(email)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def run_job(self, name: str, module_argv: Sequence[str], timeout: float = 120.0) -> str:
+        """Run a one-shot job (what GKE runs as a Job) to completion; its last output line."""
+        process = self.supervisor.start(
+            f"job-{name}",
+            [sys.executable, "-u", "-m", *module_argv],
+            env=self._job_env(name),
+            cwd=ROOT,
+        )
+        code = process.wait(timeout)
+        if code != 0:
+            error = process.failure(f"job {name} failed (exit code {code})")
+            self.supervisor.forget(process)
+            raise error
+        last = process.log_tail(1)
+        self.supervisor.forget(process)
+        return last
+
+    def run_partitions(self) -> None:
+        """The partition CronJob's command, run by the runner on its schedule."""
+        ahead = PostgresConfig().partitions_ahead_months
+        try:
+            result = self.run_job(
+                "partitions", ["services.maintenance.partitions", "--ahead", str(ahead)]
+            )
+        except LocalPlatformError as error:
+            self.partitions |= {
+                "last_run": _now(),
+                "last_result": f"failed: {error}".split("\n")[0],
+            }
+            raise
+        self.partitions |= {"last_run": _now(), "last_result": result}
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, log: Callable[[str], None] = print) -> None:
+        """Until ``stop`` is set: restart crashed processes, rejoin stopped PostgreSQL
+        members once pgpool has failed over, run the partition job on its schedule."""
+        next_partitions = time.monotonic() + self.config.partition_interval_s
+        while not stop.wait(1.0):
+            self.check_once(log)
+            if time.monotonic() >= next_partitions:
+                try:
+                    self.run_partitions()
+                    next_partitions += self.config.partition_interval_s
+                    log(f"partition maintenance: {self.partitions['last_result']}")
+                except LocalPlatformError as error:
+                    next_partitions = time.monotonic() + PARTITION_RETRY_S
+                    log(
+                        f"partition maintenance failed, retrying in "
+                        f"{PARTITION_RETRY_S:.0f} s: {error}"
+                    )
+                self._write_state(self._state)
+
+    def check_once(self, log: Callable[[str], None] = print) -> None:
+        for app in self.apps():
+            process = app.process
+            if process is None or app.gave_up or process.running() or self._stop.is_set():
+                continue
+            now = time.monotonic()
+            app.restarts = [t for t in app.restarts if now - t < RESTART_WINDOW_S]
+            if len(app.restarts) >= self.config.restart_limit:
+                app.gave_up = True
+                log(
+                    f"{app.name} exited ({process.exit_status()}) {len(app.restarts)} times "
+                    f"within {RESTART_WINDOW_S:.0f} s: not restarting it; see {process.log}"
+                )
+                continue
+            log(f"{app.name} exited ({process.exit_status()}): restarting it")
+            self.supervisor.forget(process)
+            app.process = None
+            app.restarts.append(now)
+            self._start_apps([app])
+        self._rejoin_stopped_members(log)
+
+    def _rejoin_stopped_members(self, log: Callable[[str], None]) -> None:
+        pg = self.tier.postgres
+        stopped = [
+            m
+            for m in pg.topology.members
+            if (p := pg.member_process(m.name)) is not None
+            and not p.running()
+            and not (m.name in self._rejoining and self._rejoining[m.name].is_alive())
+        ]
+        if not stopped or self._stop.is_set():
+            return
+        try:
+            nodes = pg.pool_nodes()
+        except LocalPlatformError:
+            return  # pgpool busy (restarting its children after a failover): next round
+        for member in stopped:
+            node_id = pg.topology.members.index(member)
+            # pgpool decides: until it has detached the node and another node is the live
+            # primary, a restart could bring an old primary back as a primary.
+            if nodes[node_id].status != "down" or not any(
+                n.role == "primary" and n.status != "down" and n.node_id != node_id for n in nodes
+            ):
+                continue
+            log(
+                f"PostgreSQL {member.name} stopped and pgpool detached it: "
+                "rejoining it as a standby"
+            )
+
+            def rejoin(name: str = member.name) -> None:
+                try:
+                    pg.rejoin_member(name)
+                    log(f"PostgreSQL {name} rejoined as a standby and is attached again")
+                except LocalPlatformError as error:
+                    log(f"PostgreSQL {name} could not rejoin: {error}")
+
+            thread = threading.Thread(target=rejoin, name=f"rejoin-{member.name}", daemon=True)
+            self._rejoining[member.name] = thread
+            thread.start()
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything: the gateway, then the services and simulators, then the tier."""
+        self._stop.set()
+        if self._state not in ("failed",):
+            self._write_state("stopping")
+        errors: list[LocalPlatformError] = []
+        groups = [[self.gateway], self._service_apps()]
+        for group in groups:
+            live = [a.process for a in group if a.process is not None]
+            try:
+                self.supervisor.stop(live, timeout=15)
+            except LocalPlatformError as error:
+                errors.append(error)
+        for thread in self._rejoining.values():
+            thread.join(timeout=1)
+        try:
+            self.tier.stop()
+        except LocalPlatformError as error:
+            errors.append(error)
+        self._write_state("failed" if self._state == "failed" else "stopped")
+        if errors:
+            raise errors[0]
+
+    # --- the state file (read by `status`, `down` and the tests) ------------------------------
+
+    def _write_state(self, state: str) -> None:
+        self._state = state
+        if not self.state_dir.exists():
+            return
+        pg, redis, memcached = self.tier.postgres, self.tier.redis, self.tier.memcached
+        components: list[dict[str, Any]] = []
+        for m in pg.topology.members:
+            components.append({"name": m.name, "kind": "postgres", "address": m.address})
+        components.append({"name": "pgpool", "kind": "pgpool", "address": pg.pgpool})
+        for node in redis.spec.nodes:
+            components.append({"name": node.name, "kind": "redis", "address": node.endpoint})
+        for name, port in memcached.ports.items():
+            components.append({"name": name, "kind": "memcached", "address": f"{HOST}:{port}"})
+        for app in self.apps():
+            components.append(
+                {"name": app.name, "kind": app.kind, "address": app.address, "url": app.ready_url}
+            )
+        order = self.services.get("order", [])
+        if order:
+            components.append(
+                {
+                    "name": "outbox relay + saga workers",
+                    "kind": "workers",
+                    "address": f"in {', '.join(p.name for p in order)} (RUN_WORKERS)",
+                }
+            )
+        schedule = f"every {self.config.partition_interval_s:.0f} s from the runner"
+        components.append({"name": "partition maintenance", "kind": "job", "address": schedule})
+        runner_stat = pid_alive(os.getpid())
+        data = {
+            "state": state,
+            "error": self._error,
+            "runner": {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid())}
+            if runner_stat
+            else None,
+            "gateway": self.gateway_url,
+            "gateway_metrics": self.metrics_url,
+            "stats_socket": str(self.stats_socket),
+            "timings": self.timings,
+            "components": components,
+            "ports": dict(self.tier.ports.assigned),
+            "demo_users": self.demo_users,
+            "demo_password": DEMO_PASSWORD if self.demo_users else None,
+            "partitions": self.partitions,
+            "pgpass": str(pg.pgpass),
+            "redis_password_file": str(redis.password_file),
+            "jwt_secret_file": str(self.tier.jwt_secret_file),
+            "manifest": str(self.tier.state_dir / MANIFEST),
+            "logs": str(self.tier.state_dir / "logs"),
+        }
+        write_json(self.state_file, data)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[19])
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def runner_alive(state: Mapping[str, Any] | None) -> int | None:
+    """The runner's PID if the process that wrote ``state`` still runs."""
+    runner = (state or {}).get("runner")
+    if runner and pid_alive(runner["pid"], runner.get("start_ticks")):
+        return int(runner["pid"])
+    return None
+
+
+# --- state directory checks -----------------------------------------------------------------
+
+
+def prepare_state_dir(state_dir: Path, say: Callable[[str], None] = print) -> None:
+    """Before an `up`: refuse a running platform or a foreign directory; clear a stale one.
+
+    A state directory whose runner and processes are all gone (a crash, a reboot, a `kill
+    -9`) holds nothing a new run could reuse (passwords and data are per run): it is
+    removed, and the message says so."""
+    state_dir = state_dir.absolute()
+    if not state_dir.exists():
+        return
+    if not state_dir.is_dir():
+        raise LocalPlatformError(f"{state_dir} is not a directory: remove it or pass --state-dir")
+    state = read_state(state_dir)
+    if (pid := runner_alive(state)) is not None:
+        raise LocalPlatformError(
+            f"the platform is already running from {state_dir} (runner pid {pid}, gateway "
+            f"{(state or {}).get('gateway')}): `make status` shows it, `make down` stops it"
+        )
+    leftovers = recorded_processes(state_dir / TIER_DIR / MANIFEST)
+    if leftovers:
+        names = ", ".join(f"{p.name} (pid {p.pid})" for p in leftovers[:6])
+        more = f" and {len(leftovers) - 6} more" if len(leftovers) > 6 else ""
+        raise LocalPlatformError(
+            f"processes of an earlier run from {state_dir} are still running without their "
+            f"runner: {names}{more}; `make down` stops them"
+        )
+    entries = {p.name for p in state_dir.iterdir()}
+    if not entries:
+        return
+    ours = {STATE_FILE, RUNNER_LOG, TIER_DIR, "gateway", f"{Path(STATE_FILE).stem}.tmp"}
+    if not entries <= ours:
+        foreign = ", ".join(sorted(entries - ours)[:5])
+        raise LocalPlatformError(
+            f"{state_dir} holds files the local platform did not write ({foreign}): "
+            "remove it or pass another --state-dir"
+        )
+    what = (state or {}).get("state", "unknown")
+    shutil.rmtree(state_dir)
+    say(f"removed {state_dir}: the state of an earlier run ({what}) that no longer runs")
+
+
+# --- down and status (from any process) -----------------------------------------------------
+
+
+def stop_platform(state_dir: Path, timeout: float = 90.0) -> tuple[bool, list[str]]:
+    """Stop the runner (it stops everything in order), then anything it left behind.
+
+    Returns (something was running, ports still taken)."""
+    state_dir = state_dir.absolute()
+    state = read_state(state_dir)
+    was_running = False
+    pid = runner_alive(state)
+    if pid is not None:
+        was_running = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        runner = (state or {})["runner"]
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid, runner.get("start_ticks")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid, runner.get("start_ticks")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    leftovers = stop_recorded(state_dir / TIER_DIR / MANIFEST)
+    was_running = was_running or bool(leftovers)
+    ports = (state or {}).get("ports", {})
+    taken = [
+        f"{port} ({what})"
+        for what, port in ports.items()
+        if "pcp" not in what and is_taken(int(port))
+    ]
+    if state is not None and state.get("state") not in ("failed",):
+        write_json(state_dir / STATE_FILE, {**state, "state": "stopped", "runner": None})
+    return was_running, taken
+
+
+@dataclass(frozen=True)
+class Row:
+    component: str
+    address: str
+    pid: str
+    state: str
+
+
+def probe(state: Mapping[str, Any], state_dir: Path) -> list[Row]:
+    """Each component's live state: processes from the manifest, probes of their protocol."""
+    running = {p.name: p.pid for p in recorded_processes(Path(state["manifest"]))}
+    components = state["components"]
+    nodes: dict[str, str] = {}
+    pgpool = next((c for c in components if c["kind"] == "pgpool"), None)
+    if pgpool is not None and "pgpool" in running:
+        with contextlib.suppress(LocalPlatformError, OSError, KeyError, ValueError):
+            for n in pool_nodes(pgpool["address"], Path(state["pgpass"])):
+                sync = f", {n.replication_sync_state}" if n.replication_sync_state else ""
+                label = n.role if n.status != "down" else f"{n.role}, detached"
+                nodes[n.address] = f"{label}{sync}" if n.role == "standby" else label
+    redis_password = ""
+    with contextlib.suppress(OSError, KeyError):
+        redis_password = Path(state["redis_password_file"]).read_text().strip()
+
+    def one(c: Mapping[str, Any]) -> Row:
+        name, kind, address = c["name"], c["kind"], c["address"]
+        pid = running.get(name)
+        if kind in ("workers", "job"):
+            if kind == "job":
+                last = state.get("partitions", {})
+                detail = last.get("last_result", "not run yet")
+                when = last.get("last_run", "")
+                return Row(name, address, "", f"last run {when}: {detail}" if when else detail)
+            order_pids = [str(running[n]) for n in running if n.startswith("order-")]
+            return Row(name, address, ",".join(order_pids), "running" if order_pids else "down")
+        if pid is None:
+            return Row(name, address, "", "down")
+        if kind == "postgres":
+            up = tcp_open(address)
+            return Row(name, address, str(pid), (nodes.get(address) or "up") if up else "starting")
+        if kind == "redis":
+            return Row(name, address, str(pid), _redis_role(address, redis_password))
+        if kind in ("pgpool", "memcached"):
+            ok = tcp_open(address) and (kind != "pgpool" or bool(nodes))
+            return Row(name, address, str(pid), "up" if ok else "not answering")
+        status = http_status(c["url"])
+        return Row(
+            name,
+            address,
+            str(pid),
+            "ready" if status == 200 else f"not ready ({status or 'no answer'})",
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, components))
+
+
+def _redis_role(address: str, password: str) -> str:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    host, port = address.rsplit(":", 1)
+    client = Redis(host=host, port=int(port), password=password or None, socket_timeout=1)
+    try:
+        role = client.execute_command("ROLE")[0]
+        role = role.decode() if isinstance(role, bytes) else str(role)
+        return {"slave": "replica"}.get(role, role)
+    except RedisError:
+        return "not answering"
+    finally:
+        client.close()
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    headers = Row("COMPONENT", "ADDRESS", "PID", "STATE")
+    all_rows = [headers, *rows]
+    widths = [max(len(getattr(r, f)) for r in all_rows) for f in ("component", "address", "pid")]
+    lines = [
+        f"{r.component:<{widths[0]}}  {r.address:<{widths[1]}}  {r.pid:>{widths[2]}}  {r.state}"
+        for r in all_rows
+    ]
+    return "\n".join(lines)
+
+
+def summary(state: Mapping[str, Any], state_dir: Path) -> str:
+    """The status table, the gateway URL and two requests to try."""
+    url = state["gateway"]
+    lines = [format_table(probe(state, state_dir)), ""]
+    ready = state.get("timings", {}).get("total")
+    lines.append(f"gateway:  {url}" + (f"   (ready in {ready} s)" if ready else ""))
+    lines.append(f"metrics:  {state['gateway_metrics']}   logs: {state['logs']}")
+    lines += [
+        "try:",
+        f"  curl -s '{url}/api/products?category=laptops&page_size=3'",
+        f"  curl -s '{url}/api/products/search?q=waterprof+camra'   # typos still match",
+    ]
+    if state.get("demo_users"):
+        lines.append(
+            f"demo users: {', '.join(state['demo_users'])} (password {state['demo_password']})"
+        )
+    return "\n".join(lines)
