@@ -270,6 +270,8 @@ class LocalPlatform:
     def __init__(self, state_dir: Path | str, config: PlatformConfig | None = None) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.config = c = config or PlatformConfig()
+        if self.state_dir.is_dir():  # as start() would: the postgres user traverses it to tier/
+            self.state_dir.chmod(0o711)
         # Checks the programs, the state directory and the postgres user before anything.
         self.tier = DataTier(self.state_dir / TIER_DIR, data_tier_config(c))
         self.supervisor = self.tier.supervisor  # one manifest for every process of the platform

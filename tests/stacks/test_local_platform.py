@@ -1,0 +1,484 @@
+"""The whole platform on one machine, as `make up ARGS=--detach` starts it.
+
+One platform for the module (started through the CLI, detached, with the default 10,000
+product catalog), used in order: a shopper's journey through the gateway only, the metrics
+showing that reads went to replicas and caches, the running platform refusing a second `up`,
+a failover of the primary while orders are placed, and last `down`, after which no process of
+the platform may be alive and no port taken. The quick checks of bad local conditions need
+no platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stacks.alerts import CACHE_REQUESTS
+from stacks.local.platform import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
+from stacks.local.ports import is_taken
+from stacks.local.postgres import PoolNode, pool_nodes
+from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
+from tests.conftest import fresh_state_dir
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 240
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stacks.local", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Platform:
+    """What a test needs of a running platform, read from its state file and manifest."""
+
+    def __init__(self, state_dir: Path, up_output: str) -> None:
+        self.state_dir = state_dir
+        self.up_output = up_output
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / STATE_FILE).read_text())
+
+    @property
+    def gateway(self) -> str:
+        return str(self.state["gateway"])
+
+    def component(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.state["components"] if c["name"] == name)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [c for c in self.state["components"] if c["kind"] == kind]
+
+    def pids(self) -> dict[str, int]:
+        return {
+            p.name: p.pid for p in recorded_processes(self.state_dir / TIER_DIR / "processes.json")
+        }
+
+    def pool_nodes(self) -> list[PoolNode]:
+        return pool_nodes(self.component("pgpool")["address"], Path(self.state["pgpass"]))
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    with fresh_state_dir("platform-") as state_dir:
+        try:
+            began = time.monotonic()
+            result = cli(
+                *("up", "--detach", "--state-dir", str(state_dir)),
+                *("--port", "0", "--metrics-port", "0"),
+                timeout=START_TIMEOUT_S,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            print(f"platform ready in {time.monotonic() - began:.1f} s")  # shown with -s
+            yield Platform(state_dir, result.stdout)
+        finally:
+            cli("down", "--state-dir", str(state_dir))
+
+
+# --- HTTP through the gateway ------------------------------------------------------------------
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    json_body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    all_headers = dict(headers or {})
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    async with http.request(method, url, json=json_body, headers=all_headers) as response:
+        text = await response.text()
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:
+            body = text
+        return response.status, body
+
+
+async def shopper(http: aiohttp.ClientSession, gateway: str) -> str:
+    """Register and log in a new shopper; the access token."""
+    email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
+    password = "journey-pass-42"
+    status, body = await call(
+        http,
+        "POST",
+        f"{gateway}/api/users/register",
+        json_body={"email": email, "password": password, "full_name": "Test Shopper"},
+    )
+    assert status == 201, body
+    status, body = await call(
+        http, "POST", f"{gateway}/api/users/login", json_body={"email": email, "password": password}
+    )
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus samples by (name, sorted labels)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+# --- the tests, in order -----------------------------------------------------------------------
+
+
+def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> None:
+    out = platform.up_output
+    for name in (
+        "pg-0",
+        "pg-3",
+        "pgpool",
+        "redis-5",
+        "memcached-2",
+        "stripe-simulator",
+        "user-0",
+        "product-1",
+        "order-0",
+        "payment-0",
+        "inventory-0",
+        "gateway",
+        "outbox relay + saga workers",
+        "partition maintenance",
+    ):
+        assert name in out, name
+    assert f"gateway:  {platform.gateway}" in out
+    assert out.count(f"curl -s '{platform.gateway}/api/products") == 2
+    roles = sorted((n.role, n.status) for n in platform.pool_nodes())
+    assert roles == [("primary", "up")] + [("standby", "up")] * 3
+    status = cli("status", "--json", "--state-dir", str(platform.state_dir))
+    assert status.returncode == 0, status.stderr
+    rows = {r["component"]: r["state"] for r in json.loads(status.stdout)["rows"]}
+    assert rows["gateway"] == "ready" and rows["product-1"] == "ready"
+    assert sorted(rows[f"redis-{i}"] for i in range(6)) == ["master"] * 3 + ["replica"] * 3
+    assert sum(rows[f"pg-{i}"].startswith("standby") for i in range(4)) == 3
+    assert "orders_" in rows["partition maintenance"]
+
+
+async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> None:
+    """Register, log in, browse a category, search, view a product, add it to the cart,
+    check out, pay (the saga charges the provider), see the order in the history; then the
+    metrics show reads served by the replicas and the caches."""
+    g = platform.gateway
+    before = {n.node_id: n.select_cnt for n in platform.pool_nodes() if n.role == "standby"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        token = await shopper(http, g)
+        status, me = await call(http, "GET", f"{g}/api/users/me", token=token)
+        assert status == 200 and me["full_name"] == "Test Shopper"
+
+        status, categories = await call(http, "GET", f"{g}/api/products/categories")
+        assert status == 200
+        leaf = next(c for c in categories if c["slug"] == "laptops")
+        assert leaf["parent"] == "electronics" and leaf["products"] > 0
+        status, page = await call(
+            http, "GET", f"{g}/api/products?category={leaf['slug']}&page_size=50"
+        )
+        assert status == 200 and page["items"] and page["total"] >= 10_000 // 24 - 1
+        assert {item["category"] for item in page["items"]} == {leaf["slug"]}
+
+        status, found = await call(http, "GET", f"{g}/api/products/search?q=wireles+laptp")
+        assert status == 200 and found["items"]  # typos still match
+        assert all("laptop" in hit["name"] for hit in found["items"][:3])
+
+        # A product in stock: its level comes from the inventory service, via the gateway.
+        for item in page["items"]:
+            status, level = await call(http, "GET", f"{g}/api/inventory/{item['sku']}")
+            assert status == 200
+            if level["available"] >= 2:
+                product = item
+                break
+        else:
+            pytest.fail("no product in stock on the first page")
+        for _ in range(4):  # viewed again and again: the caches answer
+            status, detail = await call(http, "GET", f"{g}/api/products/{product['id']}")
+            assert status == 200 and detail["sku"] == product["sku"]
+
+        status, cart = await call(
+            http,
+            "PUT",
+            f"{g}/api/orders/cart/items",
+            token=token,
+            json_body={"sku": product["sku"], "quantity": 2},
+        )
+        assert status == 200 and cart["items"] == {product["sku"]: 2}
+        status, order = await call(
+            http,
+            "POST",
+            f"{g}/api/orders",
+            token=token,
+            json_body={"payment_token": "tok_visa"},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert status == 201, order
+        assert order["total_cents"] == 2 * product["price_cents"]
+        status, cart = await call(http, "GET", f"{g}/api/orders/cart", token=token)
+        assert status == 200 and cart["items"] == {}  # checked out
+
+        deadline = time.monotonic() + 30
+        while True:  # the saga: reserve stock, charge the provider, confirm, ship
+            status, current = await call(http, "GET", f"{g}/api/orders/{order['id']}", token=token)
+            assert status == 200
+            if current["status"] in ("shipped", "cancelled") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert current["status"] == "shipped"
+
+        status, history = await call(http, "GET", f"{g}/api/orders", token=token)
+        assert status == 200 and [o["id"] for o in history] == [order["id"]]
+        status, _ = await call(http, "GET", f"{g}/api/orders")
+        assert status == 401  # the gateway itself refuses a request without a token
+
+    # Reads went to the replicas: pgpool counted SELECTs on the standbys.
+    after = {n.node_id: n.select_cnt for n in platform.pool_nodes() if n.role == "standby"}
+    assert sum(after.values()) > sum(before.values())
+    # ... and to the caches: the product processes counted hits.
+    hits = 0.0
+    for process in platform.of_kind("service"):
+        if process["name"].startswith("product-"):
+            samples = scrape(f"http://{process['address']}/metrics")
+            hits += total(samples, CACHE_REQUESTS, result="hit")
+            assert total(samples, "db_query_duration_seconds_count", kind="read") >= 0
+    assert hits >= 2
+    # The gateway's own metrics saw every service's backend answer.
+    gateway = scrape(platform.state["gateway_metrics"])
+    for backend in ("be_user", "be_product", "be_order", "be_inventory"):
+        assert total(gateway, "haproxy_backend_http_responses_total", proxy=backend, code="2xx") > 0
+
+
+def test_a_second_up_is_refused_while_it_runs(platform: Platform) -> None:
+    result = cli("up", "--state-dir", str(platform.state_dir), "--port", "0")
+    assert result.returncode == 1
+    assert "already running" in result.stderr and "make down" in result.stderr
+
+
+async def test_failover_while_orders_are_placed(platform: Platform) -> None:
+    """SIGKILL the primary while shoppers place orders: pgpool promotes a standby, orders are
+    accepted again, every acknowledged order exists, and the old primary rejoins as a
+    standby. Each client retries a failed order with its Idempotency-Key, as a client
+    should: a key never yields two orders."""
+    g = platform.gateway
+    primary = next(n for n in platform.pool_nodes() if n.role == "primary")
+    old = next(c for c in platform.of_kind("postgres") if c["address"] == primary.address)
+    acknowledged: dict[str, int] = {}  # Idempotency-Key -> order id
+    outcomes: list[tuple[float, int]] = []  # (time, status) of every attempt
+    killed_at: list[float] = []
+    stop = asyncio.Event()
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        token = await shopper(http, g)
+        status, page = await call(http, "GET", f"{g}/api/products?page_size=20")
+        skus = [item["sku"] for item in page["items"]]
+
+        async def place(worker: int) -> None:
+            n = 0
+            while not stop.is_set():
+                key, n = f"failover-{worker}-{n}-{uuid.uuid4().hex[:8]}", n + 1
+                while not stop.is_set():  # retry this order until it is acknowledged
+                    try:
+                        status, body = await call(
+                            http,
+                            "POST",
+                            f"{g}/api/orders",
+                            token=token,
+                            json_body={
+                                "items": [{"sku": skus[n % len(skus)], "quantity": 1}],
+                                "payment_token": "tok_visa",
+                            },
+                            headers={"Idempotency-Key": key},
+                        )
+                    except (aiohttp.ClientError, TimeoutError):
+                        status, body = 0, None
+                    outcomes.append((time.monotonic(), status))
+                    await asyncio.sleep(0.25)  # ~12 attempts/s in all: under the rate limit
+                    if status in (200, 201):
+                        assert acknowledged.setdefault(key, body["id"]) == body["id"]
+                        break
+
+        async def drill() -> None:
+            await asyncio.sleep(3)
+            killed_at.append(time.monotonic())
+            os.kill(platform.pids()[old["name"]], signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                after = [t for t, s in outcomes if t > killed_at[0] and s in (200, 201)]
+                if len(after) >= 20 and time.monotonic() - killed_at[0] > 5:
+                    break
+            stop.set()
+
+        await asyncio.gather(drill(), *(place(i) for i in range(3)))
+
+        before = [s for t, s in outcomes if t < killed_at[0]]
+        after = [s for t, s in outcomes if t > killed_at[0]]
+        ok_after = [t for t, s in outcomes if t > killed_at[0] and s in (200, 201)]
+        print(
+            f"failover drill: {len(before)} attempts before the kill, {len(after)} after; "
+            f"first acknowledged order {min(ok_after) - killed_at[0]:.1f} s after the kill"
+            if ok_after
+            else "no order after the kill"
+        )
+        assert before and all(s == 201 for s in before)
+        assert len(ok_after) >= 20, f"orders after the failover: {after[-20:]}"
+
+        # Every acknowledged order is there, on the new primary's timeline.
+        for key, order_id in acknowledged.items():
+            status, body = await call(http, "GET", f"{g}/api/orders/{order_id}", token=token)
+            assert status == 200, (key, order_id, body)
+        status, history = await call(http, "GET", f"{g}/api/orders?limit=100", token=token)
+        assert status == 200
+        assert set(acknowledged.values()) <= {o["id"] for o in history}
+        assert len(set(acknowledged.values())) == len(acknowledged)  # one order per key
+
+    nodes = platform.pool_nodes()
+    assert next(n for n in nodes if n.role == "primary").address != primary.address
+    # The runner restarts the old primary once pgpool has detached it: it rewinds into a
+    # standby of the new primary and is attached again.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        mine = next(n for n in platform.pool_nodes() if n.address == primary.address)
+        if (mine.role, mine.status) == ("standby", "up"):
+            break
+        await asyncio.sleep(1)
+    assert (mine.role, mine.status) == ("standby", "up")
+    assert sorted(n.role for n in platform.pool_nodes()) == ["primary"] + ["standby"] * 3
+
+
+def _group_pids(leaders: list[int]) -> set[int]:
+    """The leaders and every process in their process groups (backends, pgpool children)."""
+    found = set(leaders)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2 :].split()[2]) in leaders:
+                found.add(int(entry.name))
+    return found
+
+
+def test_down_leaves_no_process_and_no_port(platform: Platform) -> None:
+    state = platform.state
+    runner = state["runner"]
+    pids = _group_pids(list(platform.pids().values()))
+    ports = {what: port for what, port in state["ports"].items() if "pcp" not in what}
+    assert len(pids) > 40 and pid_alive(runner["pid"], runner["start_ticks"])
+
+    result = cli("down", "--state-dir", str(platform.state_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stopped the platform" in result.stdout
+
+    assert not pid_alive(runner["pid"], runner["start_ticks"])
+    assert sorted(pid for pid in pids if pid_alive(pid)) == []
+    assert sorted(what for what, port in ports.items() if is_taken(port)) == []
+    status = cli("status", "--state-dir", str(platform.state_dir))
+    assert status.returncode == 3 and "not running" in status.stdout
+    again = cli("down", "--state-dir", str(platform.state_dir))
+    assert again.returncode == 0 and "nothing was running" in again.stdout
+
+
+# --- bad local conditions: one clear message each ------------------------------------------
+
+
+def test_a_taken_gateway_port_is_named_with_what_to_do() -> None:
+    import socket
+
+    with socket.socket() as sock, fresh_state_dir("platform-port-") as state_dir:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = cli("up", "--state-dir", str(state_dir), "--port", str(port))
+        assert result.returncode == 1
+        message = result.stderr.strip()
+        assert message.count("\n") == 0, message
+        assert f"port {port} on 127.0.0.1 (gateway) is already taken" in message
+        assert f"--port {port + 1}" in message
+        assert list(state_dir.iterdir()) == []  # nothing was started or written
+
+
+def test_a_stale_state_dir_is_cleared_and_a_foreign_one_refused() -> None:
+    with fresh_state_dir("platform-stale-") as state_dir:
+        gone = subprocess.Popen(["true"])  # a PID that no longer runs, as after a crash
+        gone.wait()
+        (state_dir / TIER_DIR).mkdir()
+        (state_dir / TIER_DIR / "processes.json").write_text(
+            json.dumps(
+                {
+                    "processes": [
+                        {
+                            "name": "pg-0",
+                            "pid": gone.pid,
+                            "start_ticks": 1,
+                            "log": "x",
+                            "stop_signal": 2,
+                        }
+                    ]
+                }
+            )
+        )
+        (state_dir / STATE_FILE).write_text(
+            json.dumps({"state": "ready", "runner": {"pid": gone.pid, "start_ticks": 5}})
+        )
+        said: list[str] = []
+        prepare_state_dir(state_dir, say=said.append)
+        assert not state_dir.exists()
+        assert said and "earlier run (ready)" in said[0] and "no longer runs" in said[0]
+
+    with fresh_state_dir("platform-foreign-") as state_dir:
+        (state_dir / "notes.txt").write_text("mine")
+        with pytest.raises(LocalPlatformError, match=r"did not write \(notes.txt\).*--state-dir"):
+            prepare_state_dir(state_dir)
+        assert (state_dir / "notes.txt").exists()
+
+
+def test_status_and_down_of_a_platform_that_never_ran() -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="platform-none-"))
+    try:
+        status = cli("status", "--state-dir", str(state_dir))
+        assert status.returncode == 3 and "make up" in status.stdout
+        down = cli("down", "--state-dir", str(state_dir))
+        assert down.returncode == 0 and "nothing was running" in down.stdout
+    finally:
+        state_dir.rmdir()
