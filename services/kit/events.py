@@ -183,7 +183,7 @@ class Consumer:
         pending = await self.redis.xpending_range(
             key, self.group, min="-", max="+", count=50, idle=self.retry_after_ms
         )
-        handled = 0
+        retries = []
         for item in pending:
             entry_id, deliveries = item["message_id"], item["times_delivered"]
             claimed = await self.redis.xclaim(
@@ -193,9 +193,10 @@ class Consumer:
                 if fields is None:  # trimmed meanwhile
                     await self.redis.xack(key, self.group, claimed_id)
                     continue
-                await self._handle(topic, claimed_id, fields, deliveries=deliveries + 1)
-                handled += 1
-        return handled
+                retries.append(self._handle(topic, claimed_id, fields, deliveries=deliveries + 1))
+        # Concurrently, like a fresh batch: after a crash the whole backlog waits here.
+        await asyncio.gather(*retries)
+        return len(retries)
 
     async def _handle(
         self, topic: str, entry_id: Any, fields: dict[Any, Any], deliveries: int

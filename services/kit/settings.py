@@ -153,6 +153,9 @@ class Settings(BaseModel):
     # An explicit replica for reads, where there is no PgPool-II in front of the database.
     database_read_host: Host | None = None
     database_read_port: Port = 5432
+    # Connections this process may hold. Through PgPool-II each open one pins a pgpool child:
+    # the sum over every process must stay below PgPool's num_init_children.
+    database_pool_max: Annotated[int, Field(ge=1, le=200), Expect("connections, 1..200")] = 10
 
     redis_nodes: Nodes | None = None
     redis_password_file: SecretFile | None = None
@@ -249,6 +252,8 @@ class Settings(BaseModel):
             user=self.database_user,
             password_file=self.database_password_file,
             replica=None if replica is None else Endpoint(replica, self.database_read_port),
+            min_connections=min(2, self.database_pool_max),
+            max_connections=self.database_pool_max,
         )
 
     def database_password(self) -> str | None:

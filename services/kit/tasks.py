@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from services.kit.logs import get_logger
 log = get_logger(__name__)
 
 Job = Callable[[], Awaitable[object]]
+T = TypeVar("T")
 
 
 def every(seconds: float, job: Job, name: str) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -40,3 +42,23 @@ def every(seconds: float, job: Job, name: str) -> Callable[[web.Application], As
         await task
 
     return context
+
+
+async def finish_even_if_cancelled(work: Awaitable[T]) -> T:
+    """Await `work`; if the caller is cancelled (its client hung up, the server is stopping),
+    `work` still runs to the end instead of stopping halfway.
+
+    For steps that move money or stock: a half-done step leaves state a retry must untangle,
+    and a database query cancelled mid-flight through PgPool-II can hold its connection. The
+    caller still sees the cancellation; a failure of the orphaned work is logged."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_orphan_failure)
+        raise
+
+
+def _log_orphan_failure(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("work finished after its caller left, and failed", error=repr(task.exception()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from services.kit.api import Api, json_response
 from services.kit.auth import Principal
 from services.kit.errors import ApiError, Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from services.kit.tasks import finish_even_if_cancelled
 from services.payment.fraud import FraudRules
 from services.payment.ledger import Ledger
 from services.payment.providers import PermanentError, TransientError
@@ -68,12 +69,21 @@ async def charge(request: web.Request, body: Charge, user: Principal) -> web.Res
     key = request.headers.get(KEY_HEADER, "")
     if not 8 <= len(key) <= 128 or not key.isascii():
         raise ValidationFailed.field(f"header.{KEY_HEADER}", "expected 8 to 128 ASCII characters")
-    ledger, router = request.app[LEDGER], request.app[ROUTER]
+    payment = await finish_even_if_cancelled(_settle(request.app, key, body))
+    if payment["status"] == "failed":
+        raise PaymentRequired(f"payment declined: {payment['failure_reason']}")
+    return json_response(Payment(**payment), status=201)
+
+
+async def _settle(app: web.Application, key: str, body: Charge) -> dict[str, Any]:
+    """The charge's steps, each recorded in the ledger before the next: a retry with the same
+    key resumes where the last attempt stopped."""
+    ledger, router = app[LEDGER], app[ROUTER]
     payment, same = await ledger.open(key, body.order_id, body.amount_cents, body.currency)
     if not same:
         raise Conflict(f"{KEY_HEADER} was used for a different payment")
     if payment["status"] == "pending":
-        decision = await request.app[FRAUD].check(body.user_id, body.amount_cents, body.currency)
+        decision = await app[FRAUD].check(body.user_id, body.amount_cents, body.currency)
         if not decision.allowed:
             payment = await ledger.update(
                 payment["id"], status="failed", failure_reason=decision.reason
@@ -110,9 +120,7 @@ async def charge(request: web.Request, body: Charge, user: Principal) -> web.Res
         payment = await ledger.update(
             payment["id"], status="captured", provider_ref=captured.reference
         )
-    if payment["status"] == "failed":
-        raise PaymentRequired(f"payment declined: {payment['failure_reason']}")
-    return json_response(Payment(**payment), status=201)
+    return payment
 
 
 @api.post(
@@ -124,16 +132,20 @@ async def charge(request: web.Request, body: Charge, user: Principal) -> web.Res
 )
 async def refund(request: web.Request, path_params: PaymentPath, user: Principal) -> Payment:
     """Give a captured payment back in full (saga compensation); repeating it changes nothing."""
-    ledger = request.app[LEDGER]
-    payment = await ledger.get(path_params.payment_id)
+    return Payment(**await finish_even_if_cancelled(_refund(request.app, path_params.payment_id)))
+
+
+async def _refund(app: web.Application, payment_id: str) -> dict[str, Any]:
+    ledger = app[LEDGER]
+    payment = await ledger.get(payment_id)
     if payment is None:
-        raise NotFound(f"no payment {path_params.payment_id}")
+        raise NotFound(f"no payment {payment_id}")
     if payment["status"] == "refunded":
-        return Payment(**payment)
+        return payment
     if payment["status"] != "captured":
         raise Conflict(f"a {payment['status']} payment cannot be refunded")
     try:
-        await request.app[ROUTER].refund(
+        await app[ROUTER].refund(
             payment["provider"],
             payment["provider_ref"],
             payment["amount_cents"],
@@ -142,4 +154,4 @@ async def refund(request: web.Request, path_params: PaymentPath, user: Principal
         )
     except TransientError:
         raise ServiceUnavailable("the provider did not refund; retry") from None
-    return Payment(**await ledger.update(payment["id"], status="refunded"))
+    return await ledger.update(payment["id"], status="refunded")

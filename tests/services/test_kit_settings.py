@@ -73,6 +73,16 @@ def test_an_explicit_replica_and_a_service_without_a_database(secrets: SecretFil
         bare.database()
 
 
+def test_the_pool_size_is_bounded_and_named(secrets: SecretFiles) -> None:
+    environ = wired("order", secrets)
+    assert Settings.from_env(environ).database().max_connections == 10
+    small = Settings.from_env(environ | {"DATABASE_POOL_MAX": "1"}).database()
+    assert (small.min_connections, small.max_connections) == (1, 1)
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(environ | {"DATABASE_POOL_MAX": "0"})
+    assert error.value.problems == [("DATABASE_POOL_MAX", "expected connections, 1..200, got '0'")]
+
+
 def test_cache_ttl_defaults_are_the_stack_configs() -> None:
     ttl = CacheTtls()
     defaults = Settings.model_fields
