@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except LocalPlatformError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # before the runner's own handling (e.g. during the checks)
+        return 130
 
 
 if __name__ == "__main__":

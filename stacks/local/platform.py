@@ -366,13 +366,13 @@ class LocalPlatform:
         return [*found, self.gateway]
 
     def _take_fixed_port(self, what: str, port: int | None, flag: str) -> int:
-        try:
-            return self.tier.ports.take(what, fixed=port)
-        except LocalPlatformError as error:
+        if port is not None and is_taken(port):
             raise LocalPlatformError(
-                f"{error}; or run on another port: "
-                f"`make up ARGS='{flag} {port + 1 if port else 0}'` (0 picks any free port)"
-            ) from None
+                f"port {port} on {HOST} ({what}) is already taken by another process: stop it "
+                f"(`ss -ltnp 'sport = :{port}'` names it) or run on another port: "
+                f"`make up ARGS='{flag} {port + 1}'` (0 picks any free port)"
+            )
+        return self.tier.ports.take(what, fixed=port)
 
     def _service_env(
         self, svc: Service, index: int, port: int, ports: Mapping[str, list[int]]
@@ -556,7 +556,8 @@ class LocalPlatform:
                 "last_result": f"failed: {error}".split("\n")[0],
             }
             raise
-        self.partitions |= {"last_run": _now(), "last_result": result}
+        runs = self.partitions.get("runs", 0) + 1
+        self.partitions |= {"last_run": _now(), "last_result": result, "runs": runs}
 
     # --- running ----------------------------------------------------------------------------
 
@@ -926,7 +927,9 @@ def summary(state: Mapping[str, Any], state_dir: Path) -> str:
         f"  curl -s '{url}/api/products?category=laptops&page_size=3'",
         f"  curl -s '{url}/api/products/search?q=waterprof+camra'   # typos still match",
     ]
-    if state.get("demo_users"):
+    if not state.get("demo_users"):
+        lines.append("no demo data (--no-demo-data): the catalog is empty")
+    else:
         lines.append(
             f"demo users: {', '.join(state['demo_users'])} (password {state['demo_password']})"
         )

@@ -84,7 +84,13 @@ def install(packages: list[str]) -> None:
     ):
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
-            raise LocalPlatformError(f"`{' '.join(argv)}` failed (exit code {result.returncode})")
+            raise LocalPlatformError(
+                f"could not install the Debian packages the local platform needs: "
+                f"`{' '.join(argv)}` failed (exit code {result.returncode}, its output is "
+                "above); fix apt (network, sources, a held dpkg lock: `apt-get -f install`) "
+                f"or install them by hand (`apt-get install {' '.join(packages)}`), then "
+                "run the command again"
+            )
 
 
 def ensure_programs(*, install_missing: bool) -> None:

@@ -482,3 +482,19 @@ def test_status_and_down_of_a_platform_that_never_ran() -> None:
         assert down.returncode == 0 and "nothing was running" in down.stdout
     finally:
         state_dir.rmdir()
+
+
+def test_a_package_that_cannot_be_installed_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stacks.local import system
+
+    def apt_fails(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 100 if "install" in argv else 0)
+
+    monkeypatch.setattr(system.subprocess, "run", apt_fails)
+    with pytest.raises(LocalPlatformError) as caught:
+        system.install(["postgresql-15", "pgpool2"])
+    message = str(caught.value)
+    assert "\n" not in message and "exit code 100" in message
+    assert "apt-get install postgresql-15 pgpool2" in message and "apt-get -f install" in message
