@@ -118,7 +118,7 @@ def _say(text: str) -> None:
 # --- up ---------------------------------------------------------------------------------------
 
 
-def _run(state_dir: Path, config: PlatformConfig) -> int:
+def _run(state_dir: Path, config: PlatformConfig, *, daemon: bool = False) -> int:
     """Start, print the table, supervise until a signal, stop. The runner itself."""
     stop = threading.Event()
     starting = [True]
@@ -142,9 +142,11 @@ def _run(state_dir: Path, config: PlatformConfig) -> int:
         stop.set()
     starting[0] = False
     state = read_state(state_dir)
-    if state is not None:
+    if daemon:  # the `up --detach` that started us prints the table
+        _say(f"ready: {platform.gateway_url}; `make down` stops everything")
+    elif state is not None:
         _say(summary(state, state_dir))
-    _say("running; Ctrl-C or `make down` stops everything, `make status` shows it")
+        _say("running; Ctrl-C or `make down` stops everything, `make status` shows it")
     try:
         platform.run(stop, log=_say)
     finally:
@@ -241,7 +243,7 @@ def _up(args: argparse.Namespace) -> int:
         prepare_state_dir(state_dir, say=_say)
     if args.detach:
         return _detach(args, state_dir, config)
-    return _run(state_dir, config)
+    return _run(state_dir, config, daemon=args.daemon)
 
 
 # --- down, status ---------------------------------------------------------------------------------

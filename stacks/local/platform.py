@@ -573,11 +573,9 @@ class LocalPlatform:
                     next_partitions += self.config.partition_interval_s
                     log(f"partition maintenance: {self.partitions['last_result']}")
                 except LocalPlatformError as error:
-                    next_partitions = time.monotonic() + PARTITION_RETRY_S
-                    log(
-                        f"partition maintenance failed, retrying in "
-                        f"{PARTITION_RETRY_S:.0f} s: {error}"
-                    )
+                    retry = min(PARTITION_RETRY_S, self.config.partition_interval_s)
+                    next_partitions = time.monotonic() + retry
+                    log(f"partition maintenance failed, retrying in {retry:.0f} s: {error}")
                 self._write_state(self._state)
 
     def check_once(self, log: Callable[[str], None] = print) -> None:

@@ -37,6 +37,7 @@ from tests.conftest import fresh_state_dir
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 240
+PARTITION_INTERVAL_S = 5  # the runner's schedule, shortened to be seen running
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -88,6 +89,7 @@ def platform() -> Iterator[Platform]:
             result = cli(
                 *("up", "--detach", "--state-dir", str(state_dir)),
                 *("--port", "0", "--metrics-port", "0"),
+                *("--partition-interval", str(PARTITION_INTERVAL_S)),
                 timeout=START_TIMEOUT_S,
             )
             assert result.returncode == 0, result.stdout + result.stderr
@@ -405,6 +407,9 @@ def test_down_leaves_no_process_and_no_port(platform: Platform) -> None:
     pids = _group_pids(list(platform.pids().values()))
     ports = {what: port for what, port in state["ports"].items() if "pcp" not in what}
     assert len(pids) > 40 and pid_alive(runner["pid"], runner["start_ticks"])
+    # The partition maintenance ran at start and again on its schedule since.
+    assert state["partitions"]["runs"] >= 3
+    assert state["partitions"]["last_result"].startswith("partitions present: orders_")
 
     result = cli("down", "--state-dir", str(platform.state_dir))
     assert result.returncode == 0, result.stdout + result.stderr
