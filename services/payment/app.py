@@ -11,10 +11,12 @@ from services.kit import backends
 from services.kit.app import create_app
 from services.kit.metrics import Metrics
 from services.kit.settings import Expect, SecretFile, Settings
+from services.kit.tasks import every
 from services.payment.fraud import FraudRules
 from services.payment.ledger import Ledger
 from services.payment.providers import PayPalProvider, StripeProvider
 from services.payment.resilience import BreakerConfig, PaymentMetrics, PaymentRouter
+from services.payment.strays import sweep_strays
 from services.payment.views import FRAUD, LEDGER, ROUTER, api
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$"), Expect("an http(s) URL")]
@@ -32,6 +34,10 @@ class PaymentSettings(Settings):
     provider_timeout_seconds: Annotated[float, Field(gt=0, le=30), Expect("seconds")] = 5.0
     # How long an open breaker keeps a provider out before one trial call may go.
     breaker_cooldown_seconds: Annotated[float, Field(gt=0, le=3600), Expect("seconds")] = 30.0
+    # How often authorizations left behind at a failing provider are looked for and voided,
+    # and how long a charge may stay pending (being retried) before its strays count as left.
+    stray_sweep_seconds: Annotated[float, Field(gt=0), Expect("seconds")] = 60.0
+    stray_pending_grace_seconds: Annotated[float, Field(ge=0), Expect("seconds")] = 900.0
 
 
 def init_app(settings: PaymentSettings) -> web.Application:
@@ -65,5 +71,9 @@ def init_app(settings: PaymentSettings) -> web.Application:
     async def close_router(app: web.Application) -> None:
         await router.close()
 
+    async def sweep() -> None:
+        await sweep_strays(app[LEDGER], router, settings.stray_pending_grace_seconds)
+
+    app.cleanup_ctx.append(every(settings.stray_sweep_seconds, sweep, "stray-authorizations"))
     app.on_cleanup.append(close_router)
     return app

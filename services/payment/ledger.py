@@ -66,3 +66,48 @@ class Ledger:
             f"SELECT {COLUMNS} FROM payments WHERE id = $1", uuid.UUID(payment_id), fresh=True
         )
         return None if row is None else _payment(row)
+
+    # --- strays: authorizations a provider may hold although we moved on ----------------------
+
+    async def note_stray(
+        self, payment_id: str, provider: str, key: str, amount_cents: int, currency: str, token: str
+    ) -> None:
+        await self.db.execute(
+            """INSERT INTO payment_strays
+                   (payment_id, provider, idempotency_key, amount_cents, currency, token)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (payment_id, provider) DO NOTHING""",
+            uuid.UUID(payment_id),
+            provider,
+            key,
+            amount_cents,
+            currency,
+            token,
+        )
+
+    async def settled_strays(
+        self, pending_grace_s: float, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Open strays whose payment has settled (or stayed pending past the grace period,
+        when its charge was given up): only then is a hold at the stray provider surplus."""
+        rows = await self.db.fetch(
+            """SELECT s.payment_id, s.provider, s.idempotency_key, s.amount_cents, s.currency,
+                      s.token, p.provider AS paid_with, p.status
+                 FROM payment_strays s JOIN payments p ON p.id = s.payment_id
+                WHERE s.resolved_at IS NULL
+                  AND (p.status <> 'pending'
+                       OR p.updated_at < now() - make_interval(secs => $1))
+                ORDER BY s.created_at LIMIT $2""",
+            pending_grace_s,
+            limit,
+            fresh=True,
+        )
+        return [{**dict(r), "payment_id": str(r["payment_id"])} for r in rows]
+
+    async def resolve_stray(self, payment_id: str, provider: str, outcome: str) -> None:
+        await self.db.execute(
+            """UPDATE payment_strays SET resolved_at = now(), outcome = $3
+                WHERE payment_id = $1 AND provider = $2 AND resolved_at IS NULL""",
+            uuid.UUID(payment_id),
+            provider,
+            outcome,
+        )

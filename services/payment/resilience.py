@@ -246,21 +246,43 @@ class PaymentRouter:
         await asyncio.gather(*(provider.close() for provider in self.providers.values()))
 
     async def authorize(
-        self, amount_cents: int, currency: str, token: str, idempotency_key: str
+        self,
+        amount_cents: int,
+        currency: str,
+        token: str,
+        idempotency_key: str,
+        *,
+        left_behind: Callable[[str], Awaitable[None]] | None = None,
     ) -> Authorization:
         """Authorize on the first provider that can; `Declined`/`PermanentError` at once,
-        `ProvidersUnavailable` when none could answer."""
+        `ProvidersUnavailable` when none could answer.
+
+        `left_behind(provider)` is awaited before moving on from a provider that was sent the
+        request and failed transiently: it may have authorized all the same (a lost answer),
+        so the caller records it for `authorize_at` + `void` later (services.payment.strays).
+        """
         if amount_cents <= 0:
             raise ValueError("amount_cents must be positive")
         errors: list[PaymentError] = []
-        for name, provider in self.providers.items():
-            call = partial(provider.authorize, amount_cents, currency, token, idempotency_key)
+        for name in self.providers:
             try:
-                return await self._call(name, call)
+                return await self.authorize_at(name, amount_cents, currency, token, idempotency_key)
             except TransientError as error:
                 errors.append(error)
                 log.warning("payment provider failed, next one", provider=name, code=error.code)
+                sent = not isinstance(error, BreakerOpen) or error.__cause__ is not None
+                if sent and left_behind is not None:
+                    await left_behind(name)
         raise ProvidersUnavailable(errors)
+
+    async def authorize_at(
+        self, provider: str, amount_cents: int, currency: str, token: str, idempotency_key: str
+    ) -> Authorization:
+        """Authorize on one provider, through its breaker and retries."""
+        call = partial(
+            self.providers[provider].authorize, amount_cents, currency, token, idempotency_key
+        )
+        return await self._call(provider, call)
 
     async def capture(self, provider: str, authorization: str, idempotency_key: str) -> Capture:
         return await self._call(

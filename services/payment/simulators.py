@@ -68,6 +68,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.kit.tasks import finish_even_if_cancelled
 from services.payment.money import contains_pan, format_amount, parse_amount
 
 Kind = Literal["stripe", "paypal"]
@@ -217,7 +218,9 @@ class Simulator:
                 "idempotency_key": request.headers.get(self.key_header),
             }
             self.requests.append(entry)
-            status, body, headers = await self._serve(request, operation)
+            # A real provider finishes what it started when the caller hangs up (a client
+            # timeout): that is how authorizations get stranded, and what callers must handle.
+            status, body, headers = await finish_even_if_cancelled(self._serve(request, operation))
             entry["status"] = status
             return web.json_response(body, status=status, headers=headers)
 

@@ -90,8 +90,24 @@ async def _settle(app: web.Application, key: str, body: Charge) -> dict[str, Any
             )
         else:
             try:
+                provider_key = f"{key}:authorize"
+
+                async def left_behind(provider: str) -> None:
+                    await ledger.note_stray(
+                        payment["id"],
+                        provider,
+                        provider_key,
+                        body.amount_cents,
+                        body.currency,
+                        body.token,
+                    )
+
                 auth = await router.authorize(
-                    body.amount_cents, body.currency, body.token, f"{key}:authorize"
+                    body.amount_cents,
+                    body.currency,
+                    body.token,
+                    provider_key,
+                    left_behind=left_behind,
                 )
             except PermanentError as error:
                 payment = await ledger.update(

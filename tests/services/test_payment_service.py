@@ -8,12 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.kit.auth import Tokens
 from services.payment.app import PaymentSettings, init_app
 from services.payment.simulators import DEFAULT_API_KEY, Simulator, build
+from stacks.local.data_tier import DataTier
 
 
 @pytest.fixture
@@ -38,6 +40,9 @@ async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> Tes
         PAYPAL_API_KEY_FILE=str(key_file),
         MAX_AMOUNT_CENTS="500000",
         PROVIDER_TIMEOUT_SECONDS="0.5",
+        BREAKER_COOLDOWN_SECONDS="0.5",
+        STRAY_SWEEP_SECONDS="0.2",
+        STRAY_PENDING_GRACE_SECONDS="60",
     )
     return await aiohttp_client(init_app(settings))
 
@@ -161,3 +166,85 @@ async def test_only_the_saga_may_charge(client: TestClient, tokens: Tokens) -> N
     assert (
         await client.post("/api/payments", json=charge(), headers={"Idempotency-Key": key()})
     ).status == 401
+
+
+async def held_at(server: TestServer, provider_key: str) -> list[dict[str, Any]]:
+    charges = (await sim(server, "GET", "/_sim/charges"))["charges"]
+    return [c for c in charges if c["idempotency_key"] == provider_key]
+
+
+async def until_status(server: TestServer, provider_key: str, status: str) -> list[dict[str, Any]]:
+    for _ in range(100):
+        found = await held_at(server, provider_key)
+        if found and all(c["status"] == status for c in found):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{provider_key}: {await held_at(server, provider_key)}")
+
+
+async def stray_outcomes(platform: DataTier, provider_key: str) -> dict[str, str | None]:
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT provider, outcome FROM payment_strays WHERE idempotency_key = $1",
+            provider_key,
+        )
+    finally:
+        await connection.close()
+    return {r["provider"]: r["outcome"] for r in rows}
+
+
+async def test_an_authorization_left_at_a_failed_provider_is_voided(
+    client: TestClient, saga: dict[str, str], providers, platform: DataTier
+) -> None:
+    """Stripe answers too late for every attempt but acts on the first: the charge goes to
+    PayPal and Stripe holds the customer's money. Once Stripe is quick again, the sweeper
+    voids that hold."""
+    stripe, paypal = providers["stripe"][1], providers["paypal"][1]
+    await sim(stripe, "POST", "/_sim/behaviour", mode="slow", delay_ms=700)  # timeout: 0.5 s
+    k = key()
+    response = await client.post(
+        "/api/payments", json=charge(), headers={**saga, "Idempotency-Key": k}
+    )
+    assert response.status == 201 and (await response.json())["provider"] == "paypal"
+    provider_key = f"{k}:authorize"
+    [held] = await held_at(stripe, provider_key)
+    assert held["status"] == "authorized"  # the stray hold
+    await asyncio.sleep(0.5)  # sweeps while Stripe is still too slow: nothing resolved
+    assert await stray_outcomes(platform, provider_key) == {"stripe": None}
+
+    await sim(stripe, "POST", "/_sim/behaviour", mode="ok")
+    [voided] = await until_status(stripe, provider_key, "voided")
+    assert voided["captures"] == 0
+    assert await stray_outcomes(platform, provider_key) == {"stripe": "voided"}
+    [paid] = await held_at(paypal, provider_key)
+    assert (paid["status"], paid["captures"]) == ("captured", 1)
+
+
+async def test_a_stray_that_became_the_payment_is_never_voided(
+    client: TestClient, saga: dict[str, str], providers, platform: DataTier
+) -> None:
+    """Both providers fail (503, the saga retries later with the same key); by the retry
+    Stripe is back and the payment is made there. The sweeper must leave that one alone and
+    only clear PayPal."""
+    stripe, paypal = providers["stripe"][1], providers["paypal"][1]
+    for server in (stripe, paypal):
+        await sim(server, "POST", "/_sim/behaviour", mode="fail")
+    k, body = key(), charge()
+    headers = {**saga, "Idempotency-Key": k}
+    assert (await client.post("/api/payments", json=body, headers=headers)).status == 503
+    for server in (stripe, paypal):
+        await sim(server, "POST", "/_sim/behaviour", mode="ok")
+    await asyncio.sleep(0.6)  # the breakers' cooldown
+    response = await client.post("/api/payments", json=body, headers=headers)
+    assert response.status == 201 and (await response.json())["provider"] == "stripe"
+    provider_key = f"{k}:authorize"
+    for _ in range(100):
+        outcomes = await stray_outcomes(platform, provider_key)
+        if None not in outcomes.values():
+            break
+        await asyncio.sleep(0.1)
+    assert outcomes == {"stripe": "is_the_payment", "paypal": "voided"}
+    [paid] = await held_at(stripe, provider_key)
+    assert (paid["status"], paid["captures"]) == ("captured", 1)
+    assert [c["status"] for c in await held_at(paypal, provider_key)] == ["voided"]
