@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from components.conf.haproxy import DnsServers, Route, StaticServers, haproxy_cfg
+from components.conf.haproxy import DnsServers, RateLimit, Route, StaticServers, haproxy_cfg
 from stacks.services import GATEWAY_CONFIG, SERVICE_TABLE, SERVICES, Service
 
 # Routes whose every request must carry a valid access token (verified at the gateway).
 AUTHENTICATED_ROUTES = frozenset({"orders"})
 # The variable HAProxy reads the HS256 signing key from (components/conf/haproxy.py).
 JWT_KEY_ENV = "GATEWAY_JWT_KEY"
+# The per-client budget the local gateway applies unless told otherwise (as on GKE).
+DEFAULT_RATE_LIMIT = RateLimit()
 
 
 def routes(backend: Callable[[Service], DnsServers | StaticServers]) -> list[Route]:
@@ -67,9 +69,12 @@ def local_config(
     port: int,
     metrics_port: int,
     stats_socket: str | None = None,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
 ) -> str:
     """The local platform's haproxy.cfg: ``servers`` maps each routed service to its
-    processes' ``(host, port)``; both frontends listen on loopback only."""
+    processes' ``(host, port)``; both frontends listen on loopback only. ``rate_limit``:
+    the per-client budget (None: none, e.g. for a benchmark whose load comes from one
+    address)."""
     missing = sorted(svc.name for svc in SERVICE_TABLE if svc.route and svc.name not in servers)
     if missing:
         raise ValueError(f"no local servers for routed services: {', '.join(missing)}")
@@ -78,6 +83,7 @@ def local_config(
         port=port,
         metrics_port=metrics_port,
         stats_socket=stats_socket,
+        rate_limit=rate_limit,
         jwt_key_env=JWT_KEY_ENV,
     )
 

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
+from components.conf.haproxy import RateLimit
 from stacks.local.platform import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_METRICS_PORT,
@@ -64,6 +65,15 @@ def _processes(text: str) -> dict[str, int]:
         ) from None
 
 
+def _service_env(text: str) -> tuple[str, str, str]:
+    """``payment:VELOCITY_LIMIT=1000`` -> (service, variable, value)."""
+    service, _, assignment = text.partition(":")
+    name, eq, value = assignment.partition("=")
+    if not (service and name and eq) or not name.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError("expected SERVICE:VARIABLE=VALUE")
+    return service.strip(), name.strip().upper(), value
+
+
 def _port(text: str) -> int | None:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -92,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="processes per service: N for all, or e.g. product=2,order=2 (default product=2)",
     )
+    up.add_argument(
+        "--rate-limit",
+        type=int,
+        default=RateLimit().requests,
+        metavar="N",
+        help=f"gateway: requests per {RateLimit().window_s} s per client address (0: no limit)",
+    )
+    up.add_argument(
+        "--service-env",
+        type=_service_env,
+        action="append",
+        default=[],
+        metavar="SERVICE:VAR=VALUE",
+        help="extra environment for a service's processes (repeatable)",
+    )
     up.add_argument("--partition-interval", type=float, default=3600.0, metavar="SECONDS")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to get ready")
     up.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
@@ -108,7 +133,16 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         metrics_port=args.metrics_port,
         partition_interval_s=args.partition_interval,
         start_timeout_s=args.timeout,
+        rate_limit=RateLimit(requests=args.rate_limit) if args.rate_limit > 0 else None,
+        service_env=_env_by_service(args.service_env),
     )
+
+
+def _env_by_service(items: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for service, name, value in items:
+        found.setdefault(service, {})[name] = value
+    return found
 
 
 def _say(text: str) -> None:
@@ -181,7 +215,15 @@ def _detach(args: argparse.Namespace, state_dir: Path, config: PlatformConfig) -
         str(config.partition_interval_s),
         "--timeout",
         str(config.start_timeout_s),
+        "--rate-limit",
+        str(config.rate_limit.requests if config.rate_limit else 0),
     ]
+    for service, env in config.service_env.items():
+        argv += [
+            arg
+            for name, value in env.items()
+            for arg in ("--service-env", f"{service}:{name}={value}")
+        ]
     with log_path.open("ab") as log:
         runner = subprocess.Popen(
             argv,

@@ -55,14 +55,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from components.conf.haproxy import RateLimit
 from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
-from services.kit.db import DatabaseConfig
-from stacks.gateway import gateway_environment, local_config
+from services.kit.settings import Settings
+from stacks.gateway import DEFAULT_RATE_LIMIT, gateway_environment, local_config
 from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
 from stacks.local.ports import HOST, is_taken
 from stacks.local.postgres import pool_nodes
@@ -106,10 +107,9 @@ DEMO_USERS = (
 RESTART_WINDOW_S = 60.0
 PARTITION_RETRY_S = 60.0  # after a failed partition run (e.g. during a failover)
 
-# Each service process's asyncpg pool may grow to this many connections (services.kit.db).
-SERVICE_POOL_MAX: int = next(
-    f.default for f in fields(DatabaseConfig) if f.name == "max_connections"
-)  # type: ignore[assignment]
+# Each service process's database pool may grow to this many connections; the runner sets it
+# (DATABASE_POOL_MAX) and sizes PgPool-II's children by it.
+SERVICE_POOL_MAX: int = Settings.model_fields["database_pool_max"].default
 # pgpool clients beyond the services' pools: a job, the partition run, status and drills.
 SPARE_CLIENTS = 8
 # Per PostgreSQL member beyond pgpool's children: its health and replication checks.
@@ -131,6 +131,10 @@ class PlatformConfig:
     partition_interval_s: float = 3600.0
     start_timeout_s: float = 300.0
     restart_limit: int = 5  # restarts of one process within RESTART_WINDOW_S, then give up
+    # The gateway's per-client budget; None lifts it (a benchmark's load comes from one address).
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
+    # Extra environment per service, over the wiring's (e.g. payment: VELOCITY_LIMIT).
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(
@@ -141,6 +145,11 @@ class PlatformConfig:
                 f"--processes names unknown services: {', '.join(unknown)} (known: "
                 f"{', '.join(s.name for s in SERVICE_TABLE if s.image == 'service')})"
             )
+        unknown = sorted(
+            set(self.service_env) - {s.name for s in SERVICE_TABLE if s.image == "service"}
+        )
+        if unknown:
+            raise LocalPlatformError(f"--service-env names unknown services: {', '.join(unknown)}")
         bad = [f"{name}={n}" for name, n in self.processes.items() if not 1 <= n <= 8]
         if bad:
             raise LocalPlatformError(f"--processes: 1..8 per service, got {', '.join(bad)}")
@@ -396,6 +405,9 @@ class LocalPlatform:
         env = service_environment(svc, ENVIRONMENT, addresses, secrets, CacheTtls())
         env["PORT"] = str(port)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach logs/<process>.log as they happen
+        if Dependency.POSTGRES in svc.needs:  # what connection_budget sized pgpool for
+            env["DATABASE_POOL_MAX"] = str(SERVICE_POOL_MAX)
+        env.update(self.config.service_env.get(svc.name, {}))
         return env
 
     def _job_env(self, name: str) -> dict[str, str]:
@@ -494,6 +506,7 @@ class LocalPlatform:
             port=self.gateway_port,
             metrics_port=self.metrics_port,
             stats_socket=str(self.stats_socket),
+            rate_limit=self.config.rate_limit,
         )
         write_file(self.gateway_config, config, mode=0o600)
         self.gateway.env = gateway_environment(self.tier.jwt_secret_file)

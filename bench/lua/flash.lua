@@ -1,0 +1,47 @@
+-- Flash sale: $BENCH_ATTEMPTS orders of one unit of one SKU, each with its own Idempotency-Key,
+-- shared over the threads; a thread stops once its share is answered. Requests sent after a
+-- thread's share is out (the pipeline still wants work) go to the gateway's /healthz and are
+-- not counted as attempts.
+package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
+local c = require("common")
+local K = c.kind("purchase")
+local F = c.kind("filler")
+local D, tokens, quota, sent, answered
+local body
+
+function setup(thread) c.setup(thread) end
+
+function init(args)
+  c.thread_id = thread_id
+  c.export()
+  D = c.data()
+  tokens = D.flash_tokens
+  local attempts, n = D.flash_attempts, D.threads
+  quota = math.floor(attempts / n) + ((thread_id <= attempts % n) and 1 or 0)
+  sent, answered = 0, 0
+  body = string.format('{"items":[{"sku":"%s","quantity":1}],"payment_token":"tok_visa"}',
+    D.flash_sku)
+end
+
+function request()
+  if sent >= quota then
+    return wrk.format("GET", "/healthz", {["X-Request-ID"] = c.rid(F)})
+  end
+  sent = sent + 1
+  return wrk.format("POST", "/api/orders", {
+    Authorization = "Bearer " .. tokens[(sent + thread_id) % #tokens + 1],
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = string.format("flash-%s-%d-%d", D.nonce, thread_id, sent),
+    ["X-Request-ID"] = c.rid(K),
+  }, body)
+end
+
+function response(status, headers, body)
+  local k = c.record(headers, status)
+  if k == K then
+    answered = answered + 1
+    if answered >= quota then c.flush_tail(); wrk.thread:stop() end
+  end
+end
+
+done = c.done

@@ -1,0 +1,375 @@
+"""What wrk's Lua scripts wrote, turned into figures, ``report.md`` and ``latency.png``.
+
+Each ``<scenario>.jsonl`` holds wrk's summary line and, per thread, per second and request
+kind, the answers, the errors (status >= 400) and a histogram of latencies in log buckets 5 %
+wide (bucket b holds latencies in [1.05^b, 1.05^(b+1)) microseconds; bench/lua/common.lua).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+STEP = 1.05
+TARGETS = {
+    "mix_rps": 2000,
+    "mix_p95_ms": 250,
+    "mix_error_rate": 0.001,
+    "hot_ratio": 0.5,
+    "db_read_p95_ms": 5,
+    "db_write_p95_ms": 20,
+    "flash_rps": 2000,
+}
+
+
+def bucket_us(bucket: int) -> float:
+    """A bucket's middle (geometric), in microseconds."""
+    return STEP ** (bucket + 0.5)
+
+
+def quantile(buckets: Mapping[int, int], q: float) -> float | None:
+    total = sum(buckets.values())
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for b in sorted(buckets):
+        seen += buckets[b]
+        if seen >= rank:
+            return bucket_us(b)
+    return bucket_us(max(buckets))
+
+
+def load_wrk(path: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    seconds: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int)}
+    )
+    kinds: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int)}
+    )
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["type"] == "summary":
+            summary = row
+            continue
+        for agg in (seconds[row["t"]], kinds[row["kind"]]):
+            agg["n"] += row["n"]
+            agg["err"] += row["err"]
+            for b, c in row["buckets"].items():
+                agg["buckets"][int(b)] += c
+    return _figures(summary, seconds, kinds)
+
+
+def _figures(
+    summary: Mapping[str, Any],
+    seconds: Mapping[int, Mapping[str, Any]],
+    kinds: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    duration = summary["duration_us"] / 1e6
+    e = summary
+    socket_errors = e["connect"] + e["read"] + e["write"] + e["timeout"]
+    # Answers counted by the scripts (fillers excluded); wrk's count includes them.
+    counted = sum(k["n"] for name, k in kinds.items() if name != "filler")
+    errors = sum(k["err"] for name, k in kinds.items() if name != "filler") + socket_errors
+    requests = counted if counted else summary["requests"]
+    series = []
+    for t in sorted(seconds):
+        s = seconds[t]
+        series.append(
+            {
+                "t": t,
+                "rps": s["n"],
+                "errors": s["err"],
+                **{f"p{q}_ms": quantile(s["buckets"], q / 100) / 1000 for q in (50, 95, 99)},
+            }
+        )
+    # The first and last seconds are partial (connections opening, threads stopping).
+    per_kind = {
+        name: {
+            "n": k["n"],
+            "share": k["n"] / counted if counted else 0.0,
+            "errors": k["err"],
+            **{f"p{q}_ms": (quantile(k["buckets"], q / 100) or 0) / 1000 for q in (50, 95, 99)},
+        }
+        for name, k in sorted(kinds.items())
+        if name != "filler"
+    }
+    return {
+        "summary": dict(summary),
+        "duration_s": duration,
+        "requests": requests,
+        "rps": requests / duration if duration else 0.0,
+        "errors": errors,
+        "socket_errors": socket_errors,
+        "error_rate": errors / max(1, requests + socket_errors),
+        "series": series,
+        "kinds": per_kind,
+    }
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.1f}"
+
+
+def _fmt(v: float | None, unit: str = "ms") -> str:
+    return "n/a" if v is None else f"{v * 1000:.2f} {unit}"
+
+
+def _ok(good: bool) -> str:
+    return "met" if good else "**missed**"
+
+
+def write(results: Mapping[str, Any], out: Path) -> None:
+    sc = results["scenarios"]
+    lines = ["# Benchmark report", ""]
+    m = results["machine"]
+    lines += [
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory']}",
+        f"- {m['os']}, kernel {m['kernel']}",
+        f"- Python {m['python']}, aiohttp {m['aiohttp']}, PostgreSQL {m['postgresql']}, "
+        f"PgPool-II {m['pgpool']}, HAProxy {m['haproxy']}, Redis {m['redis']}, "
+        f"Memcached {m['memcached']}, wrk {m['wrk']}",
+        "- The load generator (wrk, 2 threads) runs on the same 2 cores as everything it measures.",
+        "",
+    ]
+    if results.get("platform"):
+        procs = results["platform"]["processes"]
+        lines += [f"Service processes: {', '.join(sorted(procs))}.", ""]
+    lines += [
+        "## Results",
+        "",
+        "| scenario | connections | duration | requests | req/s | vs. baseline | p50 | p95 | p99 "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = sc.get("baseline", {}).get("rps")
+    conns = results["args"].get("connections", "?")
+    for name in ("baseline", "hot", "mix", "flash"):
+        r = sc.get(name)
+        if not r:
+            continue
+        s = r["summary"]
+        ratio = f"{r['rps'] / base:.2f}" if base else "n/a"
+        lines.append(
+            f"| {name} | {conns} | {r['duration_s']:.1f} s | {r['requests']:,} | "
+            f"{r['rps']:,.0f} | {ratio} | {_ms(s['p50_us'])} ms | {_ms(s['p95_us'])} ms | "
+            f"{_ms(s['p99_us'])} ms | {r['errors']:,} ({r['error_rate'] * 100:.3f} %) |"
+        )
+    lines += [
+        "",
+        "Latency percentiles are wrk's (every request); errors are answers with status >= 400 "
+        "plus wrk's socket errors and timeouts (10 s).",
+        "",
+    ]
+    lines += _targets(sc, base)
+    for name in ("mix", "hot", "flash"):
+        r = sc.get(name)
+        if r and r.get("metrics"):
+            lines += _metrics_section(name, r)
+    if sc.get("mix"):
+        lines += _kinds(sc["mix"])
+    if sc.get("flash"):
+        lines += _flash(sc["flash"])
+    lines += _cpu(sc)
+    lines += ["![latency percentiles over time](latency.png)", ""]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    chart(sc, out / "latency.png")
+
+
+def _targets(sc: Mapping[str, Any], base: float | None) -> list[str]:
+    rows = []
+    mix, hot, flash = sc.get("mix"), sc.get("hot"), sc.get("flash")
+    if mix:
+        p95 = mix["summary"]["p95_us"] / 1000
+        rows.append(
+            f"| mix throughput | >= 2,000 req/s | {mix['rps']:,.0f} | {_ok(mix['rps'] >= 2000)} |"
+        )
+        rows.append(f"| mix p95 | <= 250 ms | {p95:.1f} ms | {_ok(p95 <= 250)} |")
+        rows.append(
+            f"| mix errors | <= 0.1 % | {mix['error_rate'] * 100:.3f} % | "
+            f"{_ok(mix['error_rate'] <= 0.001)} |"
+        )
+        db = mix.get("metrics", {}).get("db", {})
+        for kind, limit in (("read", 5), ("write", 20)):
+            p = db.get(kind, {}).get("p95")
+            rows.append(
+                f"| DB {kind} p95 under the mix | <= {limit} ms | {_fmt(p)} | "
+                f"{_ok(p is not None and p * 1000 <= limit)} |"
+            )
+    if hot and base:
+        ratio = hot["rps"] / base
+        rows.append(f"| hot path vs. baseline | >= 0.5 | {ratio:.2f} | {_ok(ratio >= 0.5)} |")
+    if flash:
+        o = flash["outcome"]
+        rows.append(f"| flash sale sold | exactly 100 | {o['sold']} | {_ok(o['sold'] == 100)} |")
+        rows.append(f"| flash sale oversold | 0 | {o['oversold']} | {_ok(o['oversold'] == 0)} |")
+        rows.append(
+            f"| flash sale attempts/s | >= 2,000 | {flash['rps']:,.0f} | "
+            f"{_ok(flash['rps'] >= 2000)} |"
+        )
+    if not rows:
+        return []
+    return ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|", *rows, ""]
+
+
+def _metrics_section(name: str, r: Mapping[str, Any]) -> list[str]:
+    lines = [f"### {name}: caches and database (from the services' /metrics)", ""]
+    cache = r["metrics"]["cache"]
+    layers = [k for k in cache if "/" not in k]
+    if layers:
+        lines += ["| cache layer | lookups | hits | hit ratio |", "|---|---|---|---|"]
+        for layer in layers:
+            c = cache[layer]
+            lines.append(
+                f"| {layer} | {c['lookups']:,.0f} | {c.get('hit', 0):,.0f} | "
+                f"{c['ratio'] * 100:.1f} % |"
+            )
+        lines.append("")
+        lines.append(
+            "L1 is in-process, L2 Redis, L3 Memcached; a lookup reaches L2 only after an L1 miss, "
+            "L3 only after an L2 miss."
+        )
+        lines.append("")
+    db = r["metrics"]["db"]
+    if db:
+        lines += ["| database | statements | p50 | p95 | p99 |", "|---|---|---|---|---|"]
+        for key, d in db.items():
+            lines.append(
+                f"| {key} | {d['count']:,.0f} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | "
+                f"{_fmt(d['p99'])} |"
+            )
+        lines += [
+            "",
+            "Percentiles interpolated within the histogram's buckets (0.5, 1, 2.5, 5, "
+            "10, 25 ms, ...); a write is a whole transaction (commit waits for a "
+            "synchronous standby).",
+            "",
+        ]
+    return lines
+
+
+def _kinds(r: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "### mix: by request kind",
+        "",
+        "| kind | share | requests | errors | p50 | p95 | p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, k in r["kinds"].items():
+        lines.append(
+            f"| {name} | {k['share'] * 100:.1f} % | {k['n']:,} | {k['errors']:,} | "
+            f"{k['p50_ms']:.1f} ms | {k['p95_ms']:.1f} ms | {k['p99_ms']:.1f} ms |"
+        )
+    lines += ["", "Per-kind percentiles from the scripts' 5 % log buckets.", ""]
+    return lines
+
+
+def _flash(r: Mapping[str, Any]) -> list[str]:
+    o = r["outcome"]
+    return [
+        "### flash sale",
+        "",
+        f"- {r['attempts']:,} purchase attempts (POST /api/orders, one unit of {o['sku']}, "
+        f"each with its own Idempotency-Key) on {100} units, answered in "
+        f"{r['duration_s']:.1f} s: {r['rps']:,.0f} attempts/s.",
+        f"- Orders once the saga settled ({o['settled_after_s']} s after the last attempt was "
+        f"sent; still in progress: {o['still_active']}): {o['statuses']}.",
+        f"- Sold (shipped or confirmed): **{o['sold']}**; committed reservations: "
+        f"{o['committed_units']} units; stock left {o['available']} (reserved "
+        f"{o['reserved']}); lowest stock level in the audit trail: "
+        f"{o['lowest_available_after']}; **oversold: {o['oversold']}**.",
+        f"- Audit (stock rebuilt from its events): {o['audit']}.",
+        "- The payment service's fraud velocity limit (5 payments per user per hour) is raised "
+        "for the benchmark: a few dozen bench users place every order.",
+        "",
+    ]
+
+
+def _cpu(sc: Mapping[str, Any]) -> list[str]:
+    lines = ["### Where the CPU went (cores busy, averaged over each run)", ""]
+    names = [n for n in ("hot", "mix", "flash") if sc.get(n, {}).get("cpu")]
+    if not names:
+        return []
+    groups = sorted({_group(p) for n in names for p in sc[n]["cpu"]})
+    lines += ["| process | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for g in groups:
+        vals = []
+        for n in names:
+            vals.append(sum(v for p, v in sc[n]["cpu"].items() if _group(p) == g))
+        if max(vals) < 0.005:
+            continue
+        lines.append(f"| {g} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    lines += ["", "wrk itself takes the rest of the 2 cores.", ""]
+    return lines
+
+
+def _group(process: str) -> str:
+    if process.startswith(("pg-",)):
+        return "postgresql (all members)"
+    if process.startswith("redis"):
+        return "redis (all nodes)"
+    if process.startswith("memcached"):
+        return "memcached (all nodes)"
+    return process
+
+
+def chart(sc: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("baseline", "hot", "mix", "flash") if sc.get(n)]
+    if not names:
+        return
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        series = sc[name]["series"]
+        t0 = series[0]["t"] if series else 0
+        xs = [s["t"] - t0 for s in series]
+        for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+            ax.plot(xs, [s[f"{q}_ms"] for s in series], style, label=q)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{name}: {sc[name]['rps']:,.0f} req/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax2 = ax.twinx()
+        ax2.bar(xs, [s["rps"] for s in series], alpha=0.15, color="gray", label="req/s")
+        ax2.set_ylabel("answers per second")
+        ax.legend(loc="upper left")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def compare(runs: Iterable[Mapping[str, Any]]) -> str:
+    """One line per results.json: label, baseline, hot, mix, flash, DB p95s."""
+    out = []
+    for r in runs:
+        sc = r["scenarios"]
+
+        def rps(n: str) -> str:
+            return f"{sc[n]['rps']:,.0f}" if n in sc else "-"
+
+        db = sc.get("mix", {}).get("metrics", {}).get("db", {})
+        out.append(
+            f"{r['args'].get('label', '')}: baseline {rps('baseline')}, hot {rps('hot')}, "
+            f"mix {rps('mix')}, flash {rps('flash')}, db read p95 "
+            f"{_fmt(db.get('read', {}).get('p95'))}, write p95 {_fmt(db.get('write', {}).get('p95'))}"
+        )
+    return "\n".join(out)
+
+
+__all__ = ["compare", "load_wrk", "math", "quantile", "write"]
