@@ -8,9 +8,8 @@ wide (bucket b holds latencies in [1.05^b, 1.05^(b+1)) microseconds; bench/lua/c
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,10 @@ def quantile(buckets: Mapping[int, int], q: float) -> float | None:
 def load_wrk(path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     seconds: dict[int, dict[str, Any]] = defaultdict(
-        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int)}
+        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int), "codes": defaultdict(int)}
     )
     kinds: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int)}
+        lambda: {"n": 0, "err": 0, "buckets": defaultdict(int), "codes": defaultdict(int)}
     )
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -63,6 +62,8 @@ def load_wrk(path: Path) -> dict[str, Any]:
             agg["err"] += row["err"]
             for b, c in row["buckets"].items():
                 agg["buckets"][int(b)] += c
+            for code, c in row.get("codes", {}).items():
+                agg["codes"][code] += c
     return _figures(summary, seconds, kinds)
 
 
@@ -95,6 +96,7 @@ def _figures(
             "n": k["n"],
             "share": k["n"] / counted if counted else 0.0,
             "errors": k["err"],
+            "codes": dict(sorted(k["codes"].items())),
             **{f"p{q}_ms": (quantile(k["buckets"], q / 100) or 0) / 1000 for q in (50, 95, 99)},
         }
         for name, k in sorted(kinds.items())
@@ -141,6 +143,10 @@ def write(results: Mapping[str, Any], out: Path) -> None:
         f"PgPool-II {m['pgpool']}, HAProxy {m['haproxy']}, Redis {m['redis']}, "
         f"Memcached {m['memcached']}, wrk {m['wrk']}",
         "- The load generator (wrk, 2 threads) runs on the same 2 cores as everything it measures.",
+        f"- Load average (1 min) when the run began: {m.get('load average at start', '?')}; "
+        "after each scenario: "
+        + ", ".join(f"{n} {r.get('loadavg_after', '?')}" for n, r in sc.items())
+        + " (other work on the machine, e.g. other test runs, shows here).",
         "",
     ]
     if results.get("platform"):
@@ -263,12 +269,13 @@ def _kinds(r: Mapping[str, Any]) -> list[str]:
     lines = [
         "### mix: by request kind",
         "",
-        "| kind | share | requests | errors | p50 | p95 | p99 |",
-        "|---|---|---|---|---|---|---|",
+        "| kind | share | requests | errors | statuses | p50 | p95 | p99 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, k in r["kinds"].items():
+        codes = ", ".join(f"{c}: {n:,}" for c, n in k.get("codes", {}).items())
         lines.append(
-            f"| {name} | {k['share'] * 100:.1f} % | {k['n']:,} | {k['errors']:,} | "
+            f"| {name} | {k['share'] * 100:.1f} % | {k['n']:,} | {k['errors']:,} | {codes} | "
             f"{k['p50_ms']:.1f} ms | {k['p95_ms']:.1f} ms | {k['p99_ms']:.1f} ms |"
         )
     lines += ["", "Per-kind percentiles from the scripts' 5 % log buckets.", ""]
@@ -289,6 +296,7 @@ def _flash(r: Mapping[str, Any]) -> list[str]:
         f"{o['committed_units']} units; stock left {o['available']} (reserved "
         f"{o['reserved']}); lowest stock level in the audit trail: "
         f"{o['lowest_available_after']}; **oversold: {o['oversold']}**.",
+        f"- Answers to the attempts by status: {r['kinds'].get('purchase', {}).get('codes', {})}.",
         f"- Audit (stock rebuilt from its events): {o['audit']}.",
         "- The payment service's fraud velocity limit (5 payments per user per hour) is raised "
         "for the benchmark: a few dozen bench users place every order.",
@@ -354,22 +362,4 @@ def chart(sc: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(runs: Iterable[Mapping[str, Any]]) -> str:
-    """One line per results.json: label, baseline, hot, mix, flash, DB p95s."""
-    out = []
-    for r in runs:
-        sc = r["scenarios"]
-
-        def rps(n: str) -> str:
-            return f"{sc[n]['rps']:,.0f}" if n in sc else "-"
-
-        db = sc.get("mix", {}).get("metrics", {}).get("db", {})
-        out.append(
-            f"{r['args'].get('label', '')}: baseline {rps('baseline')}, hot {rps('hot')}, "
-            f"mix {rps('mix')}, flash {rps('flash')}, db read p95 "
-            f"{_fmt(db.get('read', {}).get('p95'))}, write p95 {_fmt(db.get('write', {}).get('p95'))}"
-        )
-    return "\n".join(out)
-
-
-__all__ = ["compare", "load_wrk", "math", "quantile", "write"]
+__all__ = ["load_wrk", "quantile", "write"]

@@ -109,6 +109,7 @@ def machine() -> dict[str, str]:
         "redis": _version(["redis-server", "--version"], r"v=(\S+)"),
         "memcached": _version(["memcached", "-V"]),
         "wrk": _version(["wrk", "-v"]),
+        "load average at start": Path("/proc/loadavg").read_text().split(" ")[0],
     }
 
 
@@ -434,6 +435,7 @@ def wrk(
     hz = os.sysconf("SC_CLK_TCK")
     cpu = {n: (after[n] - before.get(n, 0)) / hz / (ended - began) for n in after}
     result = report.load_wrk(out)
+    result["loadavg_after"] = Path("/proc/loadavg").read_text().split(" ")[0]
     result.update(name=name, started=began, ended=ended, cpu=cpu, wrk_cpu_total=wrk_ticks)
     s = result["summary"]
     say(

@@ -49,9 +49,12 @@ local function encode(sec, per_sec, out)
   for k, s in pairs(per_sec) do
     local parts = {}
     for b, n in pairs(s.b) do table.insert(parts, string.format('"%d":%d', b, n)) end
+    local codes = {}
+    for code, n in pairs(s.c) do table.insert(codes, string.format('"%d":%d', code, n)) end
     table.insert(out, string.format(
-      '{"type":"second","t":%d,"kind":"%s","n":%d,"err":%d,"buckets":{%s}}',
-      sec, M.kinds[k] or tostring(k), s.n, s.err, table.concat(parts, ",")))
+      '{"type":"second","t":%d,"kind":"%s","n":%d,"err":%d,"buckets":{%s},"codes":{%s}}',
+      sec, M.kinds[k] or tostring(k), s.n, s.err, table.concat(parts, ","),
+      table.concat(codes, ",")))
   end
 end
 
@@ -85,8 +88,9 @@ function M.record(headers, status)
   local per_sec = M.stats[sec]
   if per_sec == nil then per_sec = {}; M.stats[sec] = per_sec end
   local s = per_sec[k]
-  if s == nil then s = {n = 0, err = 0, b = {}}; per_sec[k] = s end
+  if s == nil then s = {n = 0, err = 0, b = {}, c = {}}; per_sec[k] = s end
   s.n = s.n + 1
+  s.c[status] = (s.c[status] or 0) + 1
   if status >= 400 then s.err = s.err + 1 end
   local bucket = math.floor(math.log(lat) / LOG_STEP)
   s.b[bucket] = (s.b[bucket] or 0) + 1
