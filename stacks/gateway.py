@@ -70,11 +70,12 @@ def local_config(
     metrics_port: int,
     stats_socket: str | None = None,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    server_maxconn: int | None = None,
 ) -> str:
     """The local platform's haproxy.cfg: ``servers`` maps each routed service to its
     processes' ``(host, port)``; both frontends listen on loopback only. ``rate_limit``:
     the per-client budget (None: none, e.g. for a benchmark whose load comes from one
-    address)."""
+    address). ``server_maxconn``: requests in flight per service process (None: no cap)."""
     missing = sorted(svc.name for svc in SERVICE_TABLE if svc.route and svc.name not in servers)
     if missing:
         raise ValueError(f"no local servers for routed services: {', '.join(missing)}")
@@ -84,6 +85,7 @@ def local_config(
         metrics_port=metrics_port,
         stats_socket=stats_socket,
         rate_limit=rate_limit,
+        server_maxconn=server_maxconn,
         jwt_key_env=JWT_KEY_ENV,
     )
 

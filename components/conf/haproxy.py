@@ -192,6 +192,7 @@ def haproxy_cfg(
     stats_socket: str | None = None,
     allow_chunked_bodies: bool = False,
     jwt_key_env: str | None = None,
+    server_maxconn: int | None = None,
 ) -> str:
     """Render ``haproxy.cfg`` for the API gateway.
 
@@ -212,6 +213,8 @@ def haproxy_cfg(
     own limit, e.g. aiohttp's ``client_max_size``, whichever way the body arrives).
     ``jwt_key_env``: the environment variable holding the token signing key; required as soon
     as one route has ``auth=True`` (the gateway never lets such a route go unchecked).
+    ``server_maxconn``: requests in flight per server (service process); more wait in the
+    gateway's queue (``timeout queue``) instead of piling up inside one event loop.
     """
     if not routes:
         raise ValueError("the gateway needs at least one route")
@@ -225,6 +228,8 @@ def haproxy_cfg(
         raise ValueError("max_body_bytes must be >= 1")
     if maxconn < 1:
         raise ValueError("maxconn must be >= 1")
+    if server_maxconn is not None and server_maxconn < 1:
+        raise ValueError("server_maxconn must be >= 1")
     if nbthread is not None and nbthread < 1:
         raise ValueError("nbthread must be >= 1")
     if client_ip_header is not None and not _HEADER_RE.match(client_ip_header):
@@ -248,7 +253,7 @@ def haproxy_cfg(
     out += _global(maxconn, nbthread, stats_socket)
     if any(isinstance(r.backend, DnsServers) for r in routes):
         out += _resolvers()
-    out += _defaults(timeouts)
+    out += _defaults(timeouts, server_maxconn)
     out += _frontend(
         ordered,
         bind,
@@ -314,7 +319,7 @@ def _resolvers() -> list[str]:
     ]
 
 
-def _defaults(t: GatewayTimeouts) -> list[str]:
+def _defaults(t: GatewayTimeouts, server_maxconn: int | None = None) -> list[str]:
     lines = [
         "",
         "defaults",
@@ -334,7 +339,8 @@ def _defaults(t: GatewayTimeouts) -> list[str]:
         f"    timeout http-keep-alive {t.http_keep_alive_ms}ms",
         f"    timeout queue {t.queue_ms}ms",
         f"    timeout check {t.check_ms}ms",
-        "    default-server inter 2s fall 3 rise 2",
+        "    default-server inter 2s fall 3 rise 2"
+        + (f" maxconn {server_maxconn}" if server_maxconn is not None else ""),
     ]
     lines += [f"    http-error status {code} {_json_error(name)}" for code, name in _HTTP_ERRORS]
     return lines

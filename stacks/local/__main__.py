@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"gateway: requests per {RateLimit().window_s} s per client address (0: no limit)",
     )
     up.add_argument(
+        "--server-maxconn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="gateway: requests in flight per service process, the rest queue (0: no cap)",
+    )
+    up.add_argument(
         "--service-env",
         type=_service_env,
         action="append",
@@ -135,6 +142,7 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         start_timeout_s=args.timeout,
         rate_limit=RateLimit(requests=args.rate_limit) if args.rate_limit > 0 else None,
         service_env=_env_by_service(args.service_env),
+        server_maxconn=args.server_maxconn or None,
     )
 
 
@@ -217,6 +225,8 @@ def _detach(args: argparse.Namespace, state_dir: Path, config: PlatformConfig) -
         str(config.start_timeout_s),
         "--rate-limit",
         str(config.rate_limit.requests if config.rate_limit else 0),
+        "--server-maxconn",
+        str(config.server_maxconn or 0),
     ]
     for service, env in config.service_env.items():
         argv += [

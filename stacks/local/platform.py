@@ -106,6 +106,9 @@ DEMO_USERS = (
 )
 RESTART_WINDOW_S = 60.0
 PARTITION_RETRY_S = 60.0  # after a failed partition run (e.g. during a failover)
+MEMBER_CHECK_S = 5.0  # how often pgpool's view of the members is read when all seems well
+REATTACH_GRACE_S = 20.0  # a running member detached longer than this is looked at
+MAX_REJOINS = 5  # restarts of one PostgreSQL member within 10 minutes
 
 # Each service process's database pool may grow to this many connections; the runner sets it
 # (DATABASE_POOL_MAX) and sizes PgPool-II's children by it.
@@ -133,6 +136,8 @@ class PlatformConfig:
     restart_limit: int = 5  # restarts of one process within RESTART_WINDOW_S, then give up
     # The gateway's per-client budget; None lifts it (a benchmark's load comes from one address).
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
+    # Requests in flight per service process at the gateway; the rest queue there (None: no cap).
+    server_maxconn: int | None = None
     # Extra environment per service, over the wiring's (e.g. payment: VELOCITY_LIMIT).
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -353,7 +358,10 @@ class LocalPlatform:
         self.partitions: dict[str, Any] = {"every_s": c.partition_interval_s}
         self.demo_users: list[str] = []
         self._stop = threading.Event()
-        self._rejoining: dict[str, threading.Thread] = {}
+        self._healing: dict[str, threading.Thread] = {}  # PostgreSQL member -> rejoin/attach
+        self._rejoins: dict[str, list[float]] = {}  # member -> when it was restarted
+        self._detached: dict[str, float] = {}  # running member -> since when pgpool left it out
+        self._next_look = 0.0
         self._state = "new"
         self._error: str | None = None
 
@@ -507,6 +515,7 @@ class LocalPlatform:
             metrics_port=self.metrics_port,
             stats_socket=str(self.stats_socket),
             rate_limit=self.config.rate_limit,
+            server_maxconn=self.config.server_maxconn,
         )
         write_file(self.gateway_config, config, mode=0o600)
         self.gateway.env = gateway_environment(self.tier.jwt_secret_file)
@@ -610,46 +619,63 @@ class LocalPlatform:
             app.process = None
             app.restarts.append(now)
             self._start_apps([app])
-        self._rejoin_stopped_members(log)
+        self._heal_members(log)
 
-    def _rejoin_stopped_members(self, log: Callable[[str], None]) -> None:
+    def _heal_members(self, log: Callable[[str], None]) -> None:
+        """PostgreSQL members pgpool has detached: rejoin the stopped ones, attach the running
+        standbys it left out.
+
+        pgpool alone decides failover: a stopped member is restarted only once pgpool has
+        detached it and another node is the live primary (earlier, an old primary would boot
+        as the primary it was). A running member that stays detached for REATTACH_GRACE_S
+        (an attach that failed, a follow_primary.sh that gave up) is attached if it streams
+        from the primary; a fenced old primary never does, so it stays out."""
         pg = self.tier.postgres
-        stopped = [
-            m
-            for m in pg.topology.members
-            if (p := pg.member_process(m.name)) is not None
-            and not p.running()
-            and not (m.name in self._rejoining and self._rejoining[m.name].is_alive())
-        ]
-        if not stopped or self._stop.is_set():
+        now = time.monotonic()
+        busy = {name for name, t in self._healing.items() if t.is_alive()}
+        members = [m for m in pg.topology.members if m.name not in busy]
+        stopped = {m.name for m in members if (p := pg.member_process(m.name)) and not p.running()}
+        if self._stop.is_set() or (not stopped and not self._detached and now < self._next_look):
             return
+        self._next_look = now + MEMBER_CHECK_S
         try:
             nodes = pg.pool_nodes()
         except LocalPlatformError:
             return  # pgpool busy (restarting its children after a failover): next round
-        for member in stopped:
-            node_id = pg.topology.members.index(member)
-            # pgpool decides: until it has detached the node and another node is the live
-            # primary, a restart could bring an old primary back as a primary.
-            if nodes[node_id].status != "down" or not any(
-                n.role == "primary" and n.status != "down" and n.node_id != node_id for n in nodes
-            ):
+        if not any(n.role == "primary" and n.status != "down" for n in nodes):
+            return  # a failover is under way, or no primary: pgpool decides
+        for member in members:
+            node = nodes[pg.topology.members.index(member)]
+            if node.status != "down":
+                self._detached.pop(member.name, None)
                 continue
-            log(
-                f"PostgreSQL {member.name} stopped and pgpool detached it: "
-                "rejoining it as a standby"
-            )
+            if member.name in stopped:
+                tries = [t for t in self._rejoins.get(member.name, []) if now - t < 600]
+                if len(tries) >= MAX_REJOINS or (tries and now - tries[-1] < 10 * len(tries)):
+                    continue  # back off; give up after MAX_REJOINS in 10 minutes
+                self._rejoins[member.name] = [*tries, now]
+                log(f"PostgreSQL {member.name} stopped and pgpool detached it: rejoining it")
+                self._heal(member.name, lambda n=member.name: pg.rejoin_member(n), log)
+            elif now - self._detached.setdefault(member.name, now) >= REATTACH_GRACE_S:
+                self._detached[member.name] = now
 
-            def rejoin(name: str = member.name) -> None:
-                try:
-                    pg.rejoin_member(name)
-                    log(f"PostgreSQL {name} rejoined as a standby and is attached again")
-                except LocalPlatformError as error:
-                    log(f"PostgreSQL {name} could not rejoin: {error}")
+                def attach(name: str = member.name) -> None:
+                    if not pg.attach_if_following(name):
+                        raise LocalPlatformError("it does not stream from the primary")
 
-            thread = threading.Thread(target=rejoin, name=f"rejoin-{member.name}", daemon=True)
-            self._rejoining[member.name] = thread
-            thread.start()
+                self._heal(member.name, attach, log)
+
+    def _heal(self, name: str, action: Callable[[], None], log: Callable[[str], None]) -> None:
+        def run() -> None:
+            try:
+                action()
+                log(f"PostgreSQL {name} is a standby of the primary and attached again")
+            except Exception as error:  # a thread must say why it stopped, whatever it was
+                log(f"PostgreSQL {name} stays detached: {error}")
+
+        thread = threading.Thread(target=run, name=f"heal-{name}", daemon=True)
+        self._healing[name] = thread
+        thread.start()
 
     # --- stop -------------------------------------------------------------------------------
 
@@ -666,7 +692,7 @@ class LocalPlatform:
                 self.supervisor.stop(live, timeout=15)
             except LocalPlatformError as error:
                 errors.append(error)
-        for thread in self._rejoining.values():
+        for thread in self._healing.values():
             thread.join(timeout=1)
         try:
             self.tier.stop()
