@@ -10,7 +10,7 @@ OUT ?= build/render/$(STACK)
 # checkov pins packages that conflict with pulumi's, so it lives in its own environment.
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: test plan lint checkov-env venv clean system-packages up down status
+.PHONY: test plan lint checkov-env venv clean system-packages up down status bench
 
 venv: $(VENV)/.installed
 
@@ -52,6 +52,12 @@ down: venv
 
 status: venv
 	@$(PY) -m stacks.local status $(ARGS)
+
+# Benchmarks (bench/run.py): the platform under wrk on this machine, bounded in time, 127.0.0.1
+# only; report in build/bench/. ARGS for bench.run, e.g. ARGS='--duration 15' or --use-running.
+bench: venv system-packages
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench.run $(ARGS)
 
 # Offline render of a stack under Pulumi's mock runtime (what `pulumi preview` would create)
 # and the policy pack's verdict on it.

@@ -598,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 take_down(target)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    (OUT / "results.json").write_text(text)
+    if args.label:  # kept side by side for before/after comparisons
+        (OUT / f"results-{re.sub(r'[^A-Za-z0-9_.-]+', '-', args.label)}.json").write_text(text)
     report.write(results, OUT)
     say(f"report: {OUT / 'report.md'}, chart: {OUT / 'latency.png'}")
     return 0
