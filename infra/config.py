@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from stacks.services import SERVICES, NodePoolName
+from components.conf.pgpool import SPARE_CLIENTS, client_pool_size
+from stacks.services import SERVICES, Dependency, NodePoolName, users_of
 
 PROJECT = "ecommerce"
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -359,7 +360,27 @@ class StackConfig(_Model):
                     f"services.{name}.minReplicas", f"expected <= maxReplicas ({high}), got {low}"
                 )
         self._check_node_envelope()
+        if self.database_pool_per_pod() < 1:
+            pgpool = self.postgres.pgpool
+            raise KeyProblem(
+                "postgres.pgpool.numInitChildren",
+                f"expected room for every service pod at its maxReplicas "
+                f"({self._database_pods()} pods, one connection each, plus {SPARE_CLIENTS} for "
+                f"jobs) in {pgpool.replicas} pgpool(s) x numInitChildren, got "
+                f"{pgpool.num_init_children}",
+            )
         return self
+
+    def _database_pods(self) -> int:
+        return sum(self.replicas_for(s.name)[1] for s in users_of(Dependency.POSTGRES))
+
+    def database_pool_per_pod(self) -> int:
+        """DATABASE_POOL_MAX of every service pod: what fits PgPool-II's children when every
+        service runs at its maxReplicas (services.kit.db's default, 10, at most)."""
+        pgpool = self.postgres.pgpool
+        return client_pool_size(
+            pgpool.replicas, pgpool.num_init_children, self._database_pods(), cap=10
+        )
 
     def _check_node_envelope(self) -> None:
         floor = sum(pool.min_nodes for _, pool in self.node_pools.items())

@@ -181,7 +181,12 @@ class Platform:
                     max_replicas=high,
                     labels=labels,
                     env=service_environment(
-                        svc, config.environment, addresses, secret_files, config.cache_ttl
+                        svc,
+                        config.environment,
+                        addresses,
+                        secret_files,
+                        config.cache_ttl,
+                        database_pool=config.database_pool_per_pod(),
                     ),
                     secrets=secrets_needed,
                     **gateway_files(svc, signing),

@@ -44,7 +44,10 @@ def service_environment(
     addresses: Addresses,
     secrets: SecretFiles,
     ttl: CacheTtls,
+    database_pool: int | None = None,
 ) -> dict[str, str]:
+    """``database_pool``: each process's connection pool (DATABASE_POOL_MAX), sized by the
+    caller so that every process fits PgPool-II's children."""
     env = {
         "SERVICE_NAME": service.name,
         "ENVIRONMENT": environment,
@@ -62,6 +65,8 @@ def service_environment(
             env[f"{name.upper()}_API_KEY_FILE"] = secrets.external_keys[name]
     if Dependency.POSTGRES in service.needs:
         env |= database_environment(addresses.database, secrets.database_password)
+        if database_pool is not None:
+            env["DATABASE_POOL_MAX"] = str(database_pool)
     if Dependency.REDIS in service.needs:
         env |= {
             "REDIS_NODES": ",".join(addresses.redis_nodes),

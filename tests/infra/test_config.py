@@ -152,6 +152,25 @@ def test_even_pgpool_count_has_no_quorum(prod: dict[str, Any]) -> None:
     assert "ecommerce:postgres.pgpool.replicas: expected 1 or an odd number >= 3" in error_of(prod)
 
 
+def test_service_pools_are_sized_to_fit_pgpool_at_the_hpa_maxima(prod: dict[str, Any]) -> None:
+    # 3 pgpools x 50 children - 8 for jobs = 142 client slots over 65 pods at their maxima.
+    assert load(prod).database_pool_per_pod() == 2
+    prod["ecommerce:services"] = {"product": {"maxReplicas": 6}}  # 51 pods: 142 // 51
+    assert load(prod).database_pool_per_pod() == 2
+    prod["ecommerce:postgres"]["pgpool"]["numInitChildren"] = 200  # capped at the kit's 10
+    prod["ecommerce:postgres"]["pgpool"]["maxPool"] = 1
+    assert load(prod).database_pool_per_pod() == 10
+
+
+def test_pgpool_without_room_for_every_pod_names_the_key(prod: dict[str, Any]) -> None:
+    prod["ecommerce:postgres"]["pgpool"]["numInitChildren"] = 20  # 60 - 8 slots, 65 pods
+    assert (
+        "ecommerce:postgres.pgpool.numInitChildren: expected room for every service pod at its "
+        "maxReplicas (65 pods, one connection each, plus 8 for jobs) in 3 pgpool(s) x "
+        "numInitChildren, got 20"
+    ) in error_of(prod)
+
+
 def test_more_synchronous_standbys_than_replicas(prod: dict[str, Any]) -> None:
     prod["ecommerce:postgres"]["synchronousStandbys"] = 4
     assert "ecommerce:postgres.synchronousStandbys: expected <= replicas (3), got 4" in error_of(

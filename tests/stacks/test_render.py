@@ -15,8 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.conf.pgpool import SPARE_CLIENTS
 from stacks.gateway import JWT_KEY_ENV
-from stacks.services import SERVICE_TABLE, SERVICES
+from stacks.services import SERVICE_TABLE, SERVICES, Dependency, users_of
 from tests.conftest import STACKS, StackRender
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
@@ -220,6 +221,26 @@ def test_prod_alerts_carry_the_seeds_thresholds(prod: StackRender) -> None:
 
 
 # --- dev and staging: smaller, still valid -------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_service_pod_fits_pgpool_at_the_hpa_maxima(
+    renders: dict[str, StackRender], stack: str
+) -> None:
+    """Each open connection pins a pgpool child: the pods' pools at their HPA maxima must fit
+    the children of every pgpool, or pods wait for a child forever (seen locally)."""
+    render = renders[stack]
+    pgpool = render.object("StatefulSet", "pgpool", "data")["spec"]["replicas"]
+    conf = render.object("ConfigMap", "pgpool-config", "data")["data"]["pgpool.conf"]
+    slots = pgpool * int(conf_value(conf, "num_init_children"))
+    held = 0
+    for svc in users_of(Dependency.POSTGRES):
+        hpa = render.object("HorizontalPodAutoscaler", svc.name, svc.namespace)
+        container = pod_spec(render.object("Deployment", svc.name, svc.namespace))["containers"][0]
+        pool = int({e["name"]: e.get("value") for e in container["env"]}["DATABASE_POOL_MAX"])
+        assert pool >= 1
+        held += hpa["spec"]["maxReplicas"] * pool
+    assert 0 < held <= slots - SPARE_CLIENTS
 
 
 def test_dev_and_staging_are_smaller_than_prod(renders: dict[str, StackRender]) -> None:
