@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import bcrypt
 
 from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, scrape
@@ -194,6 +195,8 @@ def bring_up(args: argparse.Namespace) -> Target:
     ]
     if args.processes:
         argv += ["--processes", args.processes]
+    if args.server_maxconn:
+        argv += ["--server-maxconn", str(args.server_maxconn)]
     for item in args.service_env:
         argv += ["--service-env", item]
     say(f"starting the platform in {state_dir}")
@@ -223,6 +226,7 @@ class Prepared:
     categories: list[str]
     terms: list[str]
     flash_sku: str
+    shopper_tokens: list[str] = field(default_factory=list)
     flash_tokens: list[str] = field(default_factory=list)
 
 
@@ -270,7 +274,7 @@ async def _users(session: aiohttp.ClientSession, gw: str, emails: list[str]) -> 
     return list(await asyncio.gather(*(one(e) for e in emails)))
 
 
-async def prepare(target: Target, users: int) -> Prepared:
+async def prepare(target: Target, users: int, shopper_count: int) -> Prepared:
     gw = target.gateway
     nonce = uuid.uuid4().hex[:8]
     host, port = target.pgpool()
@@ -292,6 +296,7 @@ async def prepare(target: Target, users: int) -> Prepared:
             "/*NO LOAD BALANCE*/ UPDATE users SET role = 'admin' WHERE email = $1", emails[0]
         )
         admin_token = await _login(session, gw, emails[0])
+        shoppers = await _shoppers(db, target, nonce, shopper_count)
         cats, _ = await _json(session, "GET", f"{gw}/api/products/categories", (200,))
         categories = [c["slug"] for c in cats if c["products"] > 0 and c["parent"]]
         ids = [r["id"] for r in await db.fetch("SELECT id FROM products WHERE active ORDER BY id")]
@@ -318,6 +323,7 @@ async def prepare(target: Target, users: int) -> Prepared:
     return Prepared(
         nonce=nonce,
         tokens=tokens[1:],
+        shopper_tokens=shoppers,
         admin_token=admin_token,
         ids=ids,
         skus=skus,
@@ -325,8 +331,30 @@ async def prepare(target: Target, users: int) -> Prepared:
         categories=categories,
         terms=terms,
         flash_sku=flash_sku,
-        flash_tokens=tokens[1:],
+        flash_tokens=shoppers or tokens[1:],
     )
+
+
+async def _shoppers(db: asyncpg.Connection, target: Target, nonce: str, count: int) -> list[str]:
+    """Many shoppers without ``count`` bcrypt hashes and logins (0.25 s of CPU each): rows
+    in ``users`` sharing one hash, and access tokens signed with the platform's key, as login
+    issues them. Carts and orders need one user per connection or so: a few dozen users for
+    1,000 connections would serialize every cart change on a few rows."""
+    if count <= 0:
+        return []
+    from services.kit.auth import Tokens
+
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(12)).decode()
+    rows = await db.fetch(
+        """/*NO LOAD BALANCE*/ INSERT INTO users (email, password_hash, full_name)
+           SELECT 'shopper-' || $1 || '-' || g || '@bench.example.com', $2, 'Bench Shopper'
+           FROM generate_series(1, $3) AS g RETURNING id""",
+        nonce,
+        password_hash,
+        count,
+    )
+    tokens = Tokens.from_file(Path(target.state["jwt_secret_file"]))
+    return [tokens.issue(str(r["id"]), "customer", f"bench-{nonce}-{r['id']}") for r in rows]
 
 
 def _lua(value: Any) -> str:
@@ -348,6 +376,7 @@ def write_data(path: Path, p: Prepared, threads: int, attempts: int) -> None:
         "nonce": p.nonce,
         "threads": threads,
         "tokens": p.tokens,
+        "shopper_tokens": p.shopper_tokens or p.tokens,
         "admin_token": p.admin_token,
         "products": len(p.ids),
         "ids": p.ids,
@@ -563,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--users", type=int, default=64, help="bench shoppers")
+    parser.add_argument(
+        "--shoppers", type=int, default=2000, help="users with signed tokens (carts, orders)"
+    )
     parser.add_argument("--flash-attempts", type=int, default=10_000)
     parser.add_argument("--flash-timeout", type=float, default=120)
     parser.add_argument(
@@ -571,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-running", action="store_true", help="the platform in --state-dir")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--processes", default=None, help="as `make up --processes`")
+    parser.add_argument(
+        "--server-maxconn",
+        type=int,
+        default=0,
+        help="gateway: requests in flight per service process (0: no cap)",
+    )
     parser.add_argument("--service-env", action="append", default=[], help="SERVICE:VAR=VALUE")
     parser.add_argument("--keep", action="store_true", help="leave the platform running")
     parser.add_argument("--label", default="", help="a note for results.json (what changed)")
@@ -615,7 +653,7 @@ def run_platform(
     results: dict[str, Any],
 ) -> None:
     gw = target.gateway
-    prepared = asyncio.run(prepare(target, args.users))
+    prepared = asyncio.run(prepare(target, args.users, args.shoppers))
     write_data(data, prepared, args.threads, args.flash_attempts)
     common = {"connections": args.connections, "threads": args.threads, "data": data}
     if "hot" in scenarios:

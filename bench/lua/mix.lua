@@ -8,7 +8,7 @@ local c = require("common")
 local plan = {}
 local function add(name, weight, build) table.insert(plan, {c.kind(name), weight, build}) end
 
-local D, tokens, skus, inv, nonce
+local D, tokens, shoppers, skus, inv, nonce
 local inv_at, versions = 0, {}
 local JSON = "application/json"
 
@@ -44,17 +44,17 @@ add("profile", 50, function()
   return req("GET", "/api/users/me", {Authorization = auth(pick(tokens))})
 end)
 add("history", 50, function()
-  return req("GET", "/api/orders?limit=10", {Authorization = auth(pick(tokens))})
+  return req("GET", "/api/orders?limit=10", {Authorization = auth(pick(shoppers))})
 end)
 add("cart", 180, function()
   return req("PUT", "/api/orders/cart/items",
-    {Authorization = auth(pick(tokens)), ["Content-Type"] = JSON},
+    {Authorization = auth(pick(shoppers)), ["Content-Type"] = JSON},
     string.format('{"sku":"%s","quantity":%d}', pick(skus), math.random(0, 3)))
 end)
 add("order", 60, function()
   c.counter = c.counter + 1
   return req("POST", "/api/orders",
-    {Authorization = auth(pick(tokens)), ["Content-Type"] = JSON,
+    {Authorization = auth(pick(shoppers)), ["Content-Type"] = JSON,
      ["Idempotency-Key"] = string.format("mix-%s-%d-%d", nonce, c.thread_id, c.counter)},
     string.format('{"items":[{"sku":"%s","quantity":1}],"payment_token":"tok_visa"}', pick(skus)))
 end)
@@ -90,6 +90,10 @@ function init(args)
   tokens, inv = {}, {}
   for i, t in ipairs(D.tokens) do if i % n == thread_id % n then table.insert(tokens, t) end end
   if #tokens == 0 then tokens = D.tokens end
+  shoppers = {}
+  for i, t in ipairs(D.shopper_tokens) do
+    if i % n == thread_id % n then table.insert(shoppers, t) end
+  end
   for i, s in ipairs(D.inventory) do
     if i % n == thread_id % n then table.insert(inv, s[1]); versions[s[1]] = s[2] end
   end
