@@ -306,9 +306,7 @@ class LocalPostgres:
 
         ``postgres-start.sh`` decides, exactly as in a restarted pod: an old primary is
         rewound into a standby of the current primary, a standby follows it. The node is
-        attached only once it streams from the primary pgpool knows (the condition
-        ``follow_primary.sh`` applies to the standbys it re-points), so a diverged old
-        primary can never take reads or writes again (``auto_failback`` stays off).
+        attached only once it streams from the primary pgpool knows (``attach_if_following``).
         """
         deadline = time.monotonic() + timeout
         old = self._members.get(name)
@@ -317,26 +315,37 @@ class LocalPostgres:
                 raise LocalPlatformError(f"PostgreSQL {name} is still running")
             self.supervisor.forget(old)
             del self._members[name]
+        self.start_member(name, timeout=deadline - time.monotonic())
+        self.supervisor.wait_until(
+            lambda: self.attach_if_following(name, timeout=max(1.0, deadline - time.monotonic())),
+            process=self._members[name],
+            what=f"{name} streaming from the primary and attached",
+            timeout=max(1.0, deadline - time.monotonic()),
+            interval=0.5,
+        )
+
+    def attach_if_following(self, name: str, timeout: float = 30.0) -> bool:
+        """Attach a detached member if it streams from the primary pgpool knows (the
+        condition ``follow_primary.sh`` applies to the standbys it re-points), so a diverged
+        old primary never takes reads or writes again (``auto_failback`` stays off). True
+        when the member is attached (by this call or already)."""
         member = self.topology.member(name)
         node_id = self.topology.members.index(member)
-        self.start_member(name, timeout=deadline - time.monotonic())
-        primary = next(
-            (n for n in self.pool_nodes() if n.role == "primary" and n.status != "down"), None
-        )
+        nodes = self.pool_nodes()
+        if nodes[node_id].status != "down":
+            return True  # follow_primary.sh may have been first
+        primary = next((n for n in nodes if n.role == "primary" and n.status != "down"), None)
         if primary is None:
-            raise LocalPlatformError(f"PgPool-II knows no primary for {name} to follow")
-        sql = (
+            return False
+        streaming = self.query(
+            member.address,
             "SELECT status FROM pg_stat_wal_receiver "
-            f"WHERE sender_host = '{primary.host}' AND sender_port = {primary.port}"
+            f"WHERE sender_host = '{primary.host}' AND sender_port = {primary.port}",
         )
-        self.supervisor.wait_until(
-            lambda: self.query(member.address, sql) == [{"status": "streaming"}],
-            process=self._members[name],
-            what=f"{name} streaming from the primary {primary.address}",
-            timeout=max(1.0, deadline - time.monotonic()),
-        )
-        if self.pool_nodes()[node_id].status == "down":  # follow_primary.sh may have been first
-            self.attach_node(node_id, timeout=max(1.0, deadline - time.monotonic()))
+        if streaming != [{"status": "streaming"}]:
+            return False
+        self.attach_node(node_id, timeout=timeout)
+        return True
 
     def stop_pgpool(self, timeout: float = 20.0) -> None:
         if self._pgpool is not None:

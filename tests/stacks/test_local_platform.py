@@ -77,6 +77,15 @@ class Platform:
             p.name: p.pid for p in recorded_processes(self.state_dir / TIER_DIR / "processes.json")
         }
 
+    def logs(self, *processes: str, lines: int = 40) -> str:
+        """The runner's log and the last lines of some processes' logs, for a failure."""
+        logs = Path(self.state["logs"])
+        parts = []
+        for path in [self.state_dir / "runner.log", *(logs / f"{p}.log" for p in processes)]:
+            text = path.read_text(errors="replace") if path.exists() else "(none)"
+            parts.append(f"--- {path}\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
     def pool_nodes(self) -> list[PoolNode]:
         return pool_nodes(self.component("pgpool")["address"], Path(self.state["pgpass"]))
 
@@ -364,27 +373,54 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
         assert before and all(s == 201 for s in before)
         assert len(ok_after) >= 20, f"orders after the failover: {after[-20:]}"
 
-        # Every acknowledged order is there, on the new primary's timeline.
+        # The runner restarts the old primary once pgpool has detached it: it rewinds into a
+        # standby of the new primary and is attached again.
+        assert (
+            next(n for n in platform.pool_nodes() if n.role == "primary").address != primary.address
+        )
+        mine = await rejoined(platform, primary.address, timeout_s=90)
+        print(
+            f"old primary back as a standby {time.monotonic() - killed_at[0]:.1f} s after the kill"
+        )
+        assert (mine.role, mine.status) == ("standby", "up"), platform.logs(old["name"], "pgpool")
+        assert sorted(n.role for n in platform.pool_nodes()) == ["primary"] + ["standby"] * 3
+
+        # Every acknowledged order is there, on the new primary's timeline. (An attach makes
+        # pgpool restart its children, which drops the services' pooled connections: a read
+        # may fail once with a 5xx, and is retried as a client would; a 404 never is.)
         for key, order_id in acknowledged.items():
-            status, body = await call(http, "GET", f"{g}/api/orders/{order_id}", token=token)
+            status, body = await read_until_answered(http, f"{g}/api/orders/{order_id}", token)
             assert status == 200, (key, order_id, body)
-        status, history = await call(http, "GET", f"{g}/api/orders?limit=100", token=token)
+        status, history = await read_until_answered(http, f"{g}/api/orders?limit=100", token)
         assert status == 200
         assert set(acknowledged.values()) <= {o["id"] for o in history}
         assert len(set(acknowledged.values())) == len(acknowledged)  # one order per key
 
-    nodes = platform.pool_nodes()
-    assert next(n for n in nodes if n.role == "primary").address != primary.address
-    # The runner restarts the old primary once pgpool has detached it: it rewinds into a
-    # standby of the new primary and is attached again.
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        mine = next(n for n in platform.pool_nodes() if n.address == primary.address)
-        if (mine.role, mine.status) == ("standby", "up"):
-            break
+
+async def rejoined(platform: Platform, address: str, timeout_s: float) -> PoolNode:
+    """pgpool's view of the member at ``address`` once it is an attached standby (or at the
+    deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:  # pgpool restarts its children when a node is attached: a query may fail
+            mine = next(n for n in platform.pool_nodes() if n.address == address)
+        except LocalPlatformError:
+            await asyncio.sleep(0.5)
+            continue
+        if (mine.role, mine.status) == ("standby", "up") or time.monotonic() > deadline:
+            return mine
         await asyncio.sleep(1)
-    assert (mine.role, mine.status) == ("standby", "up")
-    assert sorted(n.role for n in platform.pool_nodes()) == ["primary"] + ["standby"] * 3
+
+
+async def read_until_answered(
+    http: aiohttp.ClientSession, url: str, token: str, timeout_s: float = 30
+) -> tuple[int, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = await call(http, "GET", url, token=token)
+        if status < 500 or time.monotonic() > deadline:
+            return status, body
+        await asyncio.sleep(0.5)
 
 
 def _group_pids(leaders: list[int]) -> set[int]:
@@ -407,9 +443,9 @@ def test_down_leaves_no_process_and_no_port(platform: Platform) -> None:
     pids = _group_pids(list(platform.pids().values()))
     ports = {what: port for what, port in state["ports"].items() if "pcp" not in what}
     assert len(pids) > 40 and pid_alive(runner["pid"], runner["start_ticks"])
-    # The partition maintenance ran at start and again on its schedule since.
+    # The partition maintenance ran at start and again on its schedule since (a run during
+    # the failover may have failed and been retried: `runs` counts the ones that worked).
     assert state["partitions"]["runs"] >= 3
-    assert state["partitions"]["last_result"].startswith("partitions present: orders_")
 
     result = cli("down", "--state-dir", str(platform.state_dir))
     assert result.returncode == 0, result.stdout + result.stderr
