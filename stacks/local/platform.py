@@ -160,9 +160,20 @@ class PlatformConfig:
             raise LocalPlatformError(f"--processes: 1..8 per service, got {', '.join(bad)}")
         if self.demo_products < 0:
             raise LocalPlatformError("--products must be >= 0")
+        for name, env in self.service_env.items():
+            if not env.get("DATABASE_POOL_MAX", "1").isdigit():
+                raise LocalPlatformError(
+                    f"--service-env {name}:DATABASE_POOL_MAX: expected a number"
+                )
 
     def processes_of(self, service: Service) -> int:
         return self.processes.get(service.name, 1)
+
+    def pool_max_of(self, service: Service) -> int:
+        """DATABASE_POOL_MAX of each of the service's processes (``service_env`` may set it)."""
+        return int(
+            self.service_env.get(service.name, {}).get("DATABASE_POOL_MAX", SERVICE_POOL_MAX)
+        )
 
 
 def connection_budget(config: PlatformConfig) -> tuple[int, int]:
@@ -172,8 +183,10 @@ def connection_budget(config: PlatformConfig) -> tuple[int, int]:
     persistent: with fewer children than pooled connections, a pool growing under load
     would wait forever for a child. One cached backend per child (all clients use one
     role and database), so each member needs a backend per child, plus its own checks."""
-    pools = sum(config.processes_of(s) for s in users_of(Dependency.POSTGRES))
-    children = pools * SERVICE_POOL_MAX + SPARE_CLIENTS
+    pools = sum(
+        config.processes_of(s) * config.pool_max_of(s) for s in users_of(Dependency.POSTGRES)
+    )
+    children = pools + SPARE_CLIENTS
     reserved = 3  # PgTuning.tiny().superuser_reserved_connections: scripts, psql as superuser
     return children, children + reserved + SPARE_BACKENDS
 
@@ -414,7 +427,7 @@ class LocalPlatform:
         env["PORT"] = str(port)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach logs/<process>.log as they happen
         if Dependency.POSTGRES in svc.needs:  # what connection_budget sized pgpool for
-            env["DATABASE_POOL_MAX"] = str(SERVICE_POOL_MAX)
+            env["DATABASE_POOL_MAX"] = str(self.config.pool_max_of(svc))
         env.update(self.config.service_env.get(svc.name, {}))
         return env
 
