@@ -357,6 +357,23 @@ async def _shoppers(db: asyncpg.Connection, target: Target, nonce: str, count: i
     return [tokens.issue(str(r["id"]), "customer", f"bench-{nonce}-{r['id']}") for r in rows]
 
 
+async def _versions(target: Target, skus: list[str]) -> list[tuple[str, int]]:
+    host, port = target.pgpool()
+    pg = PgUsers()
+    db = await asyncpg.connect(
+        host=host, port=port, user=pg.app, password=target.db_password(), database=pg.app_database
+    )
+    try:
+        rows = await db.fetch(
+            "/*NO LOAD BALANCE*/ SELECT sku, version FROM inventory WHERE sku = ANY($1) "
+            "ORDER BY sku",
+            skus,
+        )
+    finally:
+        await db.close()
+    return [(r["sku"], int(r["version"])) for r in rows]
+
+
 def _lua(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -664,6 +681,9 @@ def run_platform(
         results["scenarios"]["hot"] = r
     if "mix" in scenarios:
         wrk("mix-warmup", "mix.lua", gw, duration=args.warmup, target=target, **common)
+        # The warm-up changed stock versions: the measured run starts from the current ones.
+        prepared.inventory = asyncio.run(_versions(target, [s for s, _ in prepared.inventory]))
+        write_data(data, prepared, args.threads, args.flash_attempts)
         before = scrape(target.metrics_urls())
         r = wrk("mix", "mix.lua", gw, duration=args.duration, target=target, **common)
         r["metrics"] = _metrics(scrape(target.metrics_urls()).minus(before))
