@@ -128,7 +128,8 @@ async def set_stock(
     match = request.headers.get("If-Match", "").strip().strip('"')
     if not match:
         raise PreconditionRequired()
-    if not match.isdigit():
+    # ASCII digits only ("²".isdigit() holds, int("²") fails), and within the bigint version.
+    if not (match.isascii() and match.isdigit()) or int(match) >= 2**63:
         raise ValidationFailed.field(
             "header.If-Match", "expected the ETag of a read, a version number"
         )

@@ -26,9 +26,10 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import json
 import re
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from http import HTTPStatus
@@ -44,6 +45,7 @@ from services.kit.errors import (
     ApiError,
     BadRequest,
     ErrorBody,
+    FieldProblem,
     Forbidden,
     InternalError,
     PayloadTooLarge,
@@ -141,6 +143,13 @@ class Operation:
         raw = await request.read()  # over the app's client_max_size: 413
         if not raw.strip():
             raise BadRequest("the request body is empty; expected JSON")
+        if b"\\u0000" in raw:  # JSON carries a NUL character only as this escape
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, RecursionError):
+                pass  # not JSON: the validation below says so
+            else:
+                _refuse_nul(parsed, "body")
         try:
             return self.body_adapter.validate_json(raw)
         except ValidationError as error:
@@ -150,10 +159,34 @@ class Operation:
 
 
 def _validate(model: type[M], values: Mapping[str, Any], location: str) -> M:
+    _refuse_nul(values, location)
     try:
         return model.model_validate(dict(values))
     except ValidationError as error:
         raise ValidationFailed.from_pydantic(error, location) from None
+
+
+def _nul_problems(value: Any, path: str) -> Iterator[FieldProblem]:
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield FieldProblem(field=path, problem="must not contain the NUL character (U+0000)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if "\x00" in key:
+                yield FieldProblem(field=path, problem="a key contains the NUL character (U+0000)")
+            else:
+                yield from _nul_problems(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_problems(item, f"{path}.{index}")
+
+
+def _refuse_nul(value: Any, location: str) -> None:
+    """422 naming each string (or key) holding a NUL character: PostgreSQL stores it in neither
+    text nor jsonb, so it would fail a write halfway (a 500), and no real input carries one."""
+    problems = list(_nul_problems(value, location))
+    if problems:
+        raise ValidationFailed(problems)
 
 
 def _is_sequence(annotation: Any) -> bool:
