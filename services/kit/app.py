@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import uvloop
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -70,6 +72,7 @@ CLIENT_MAX_SIZE = 1024 * 1024  # request bodies above 1 MiB: 413
 READINESS_TIMEOUT_S = 0.8  # the kubelet gives /readyz 1 s (the probe's default timeoutSeconds)
 DRAIN_S = 5.0  # after SIGTERM on Kubernetes: serve, unready, while endpoints catch up
 SHUTDOWN_TIMEOUT_S = 20.0  # then in-flight requests get this long (grace period: 30 s)
+SLOW_REQUEST_MS = 500.0  # always in the access log, whatever its sample rate
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
 
@@ -243,7 +246,12 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             log.debug("request", **fields)
         else:
             request.config_dict[METRICS].observe_request(route, request.method, status, seconds)
-            log.info("request", **fields)
+            if (
+                status >= 400
+                or seconds * 1000 >= SLOW_REQUEST_MS
+                or random.random() < request.config_dict[SETTINGS].access_log_sample
+            ):
+                log.info("request", **fields)
         unbind_request_id(token)
 
 
@@ -320,15 +328,17 @@ def run(
     if drain_s is None:
         drain_s = DRAIN_S if "KUBERNETES_SERVICE_HOST" in os.environ else 0.0
     try:
-        asyncio.run(
-            serve(
-                app,
-                host=host,
-                port=settings.port,
-                drain_s=drain_s,
-                shutdown_timeout_s=shutdown_timeout_s,
+        # uvloop: the same asyncio API on libuv, about twice the requests per core here.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(
+                serve(
+                    app,
+                    host=host,
+                    port=settings.port,
+                    drain_s=drain_s,
+                    shutdown_timeout_s=shutdown_timeout_s,
+                )
             )
-        )
     except Exception:
         log.exception("service failed")
         raise SystemExit(1) from None

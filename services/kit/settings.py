@@ -143,6 +143,10 @@ class Settings(BaseModel):
     environment: Name  # dev, staging, prod; the local platform's own name
     port: Port
     log_level: LogLevel = "info"
+    # Share of successful, fast requests written to the access log; errors (>= 400) and slow
+    # ones (>= SLOW_REQUEST_MS) always are, and the metrics count every request. A JSON line
+    # per request costs ~15 % of a hot path's CPU.
+    access_log_sample: Annotated[float, Field(ge=0, le=1), Expect("a share, 0..1")] = 0.1
 
     # PostgreSQL, through PgPool-II (writes to the primary, reads over the replicas).
     database_host: Host | None = None

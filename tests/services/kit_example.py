@@ -164,6 +164,7 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
         "ENVIRONMENT": "test",
         "PORT": "8080",
         "JWT_SECRET_FILE": str(secret),
+        "ACCESS_LOG_SAMPLE": "1",  # every request in the log, for the tests that read it
         **extra,
     }
 

@@ -165,6 +165,22 @@ async def test_one_log_line_per_request_with_its_id_route_status_and_duration(
     assert probe["log_level"] == "debug"  # probes stay out of the info stream
 
 
+async def test_sampled_access_log_keeps_every_error_and_counts_every_request(
+    aiohttp_client: Client, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    settings = Settings.from_env(environment(tmp_path, ACCESS_LOG_SAMPLE="0"))
+    client = await aiohttp_client(create_app(settings, api, ()))
+    for _ in range(5):
+        assert (await client.get("/api/orders/7")).status == 200
+    assert (await client.get("/api/orders/x")).status == 422
+    lines = [line for line in logs if line["event"] == "request"]
+    assert [line["status"] for line in lines] == [422]  # successes sampled out, errors kept
+    metrics = await (await client.get("/metrics")).text()
+    assert 'method="GET",route="/api/orders/{order_id}",service="example",status="200"} 5.0' in (
+        metrics
+    )
+
+
 async def test_an_unhandled_error_is_logged_with_traceback_and_request_id(
     aiohttp_client: Client, tmp_path: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
