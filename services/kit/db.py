@@ -10,6 +10,7 @@ fresh reads use the primary's.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,16 @@ from prometheus_client import Gauge, Histogram
 
 # PgPool-II sends a statement starting with this comment to the primary.
 PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
+# A connection the server side closed under us (pgpool restarting its children, a failover).
+DROPPED_CONNECTION = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    # The server's "terminating connection" notice arrived while the connection sat idle.
+    asyncpg.exceptions.InternalClientError,
+    ConnectionResetError,
+)
+_PLAIN_READ = re.compile(r"\s*SELECT\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -141,8 +152,19 @@ class Database:
             if fresh:
                 sql = PRIMARY_HINT + sql
         started = time.perf_counter()
-        async with self._acquire(pool) as connection:
-            result = await getattr(connection, method)(sql, *args)
+        try:
+            async with self._acquire(pool) as connection:
+                result = await getattr(connection, method)(sql, *args)
+        except DROPPED_CONNECTION:
+            # PgPool-II restarts its children on failover and when a node is attached again,
+            # closing every pooled connection: a plain SELECT is safe to run once more on a
+            # new one. Writes are not retried here (the caller's idempotency decides).
+            # The others went with it: replace every pooled connection, then retry.
+            await pool.expire_connections()
+            if not _PLAIN_READ.match(sql.removeprefix(PRIMARY_HINT)):
+                raise
+            async with self._acquire(pool) as connection:
+                result = await getattr(connection, method)(sql, *args)
         self._observe("read", started)
         return result
 

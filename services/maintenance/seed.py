@@ -1,4 +1,6 @@
-"""Demo data: categories, products with searchable names, stock, and a few users.
+"""Demo data: categories, products with searchable names, and their stock. (Demo users are
+registered through the gateway by the local runner, so their passwords go through the user
+service's own hashing and policy.)
 
 Deterministic for a given seed, and idempotent (it does nothing when products already exist),
 so the local platform, the tests and the benchmarks can all call it. Rows go in with COPY:
