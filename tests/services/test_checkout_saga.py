@@ -30,8 +30,11 @@ def url(server: Any) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-@pytest.fixture
-async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> dict[str, Any]:
+async def payment_with_simulators(
+    aiohttp_server: Any, settings_for: Any, tmp_path: Path, **env: str
+) -> tuple[Any, Any, Any]:
+    """The shipped Stripe and PayPal simulators and the payment service calling them:
+    (stripe, paypal, payment server). `env`: more of the payment service's settings."""
     stripe, paypal = build("stripe"), build("paypal")
     stripe_server, paypal_server = (
         await aiohttp_server(stripe.app()),
@@ -48,9 +51,17 @@ async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> 
                 STRIPE_API_KEY_FILE=str(key_file),
                 PAYPAL_URL=url(paypal_server),
                 PAYPAL_API_KEY_FILE=str(key_file),
-                BREAKER_COOLDOWN_SECONDS=str(BREAKER_COOLDOWN_S),
+                **env,
             )
         )
+    )
+    return stripe, paypal, payment
+
+
+@pytest.fixture
+async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> dict[str, Any]:
+    stripe, paypal, payment = await payment_with_simulators(
+        aiohttp_server, settings_for, tmp_path, BREAKER_COOLDOWN_SECONDS=str(BREAKER_COOLDOWN_S)
     )
     inventory = await aiohttp_server(inventory_app(settings_for(InventorySettings, "inventory")))
     order = await aiohttp_client(

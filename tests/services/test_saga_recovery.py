@@ -26,13 +26,17 @@ from services.inventory.app import init_app as inventory_app
 from services.kit.auth import Tokens
 from services.order.app import OrderSettings
 from services.order.app import init_app as order_app
-from services.payment.app import PaymentSettings
-from services.payment.app import init_app as payment_app
-from services.payment.simulators import DEFAULT_API_KEY, Behaviour, build
+from services.payment.simulators import Behaviour
 from stacks.local.data_tier import DataTier
 from stacks.local.ports import PortAllocator
 from stacks.services import SERVICES
-from tests.services.test_checkout_saga import new_shopper, place, stock, url
+from tests.services.test_checkout_saga import (
+    new_shopper,
+    payment_with_simulators,
+    place,
+    stock,
+    url,
+)
 from tests.services.test_inventory_service import new_sku
 
 # Four processes share the test data tier's 24 PgPool children: each keeps to 5 connections.
@@ -82,28 +86,11 @@ class Worker:
 async def crashable_shop(
     aiohttp_server, aiohttp_client, settings_for, platform: DataTier, tmp_path: Path
 ) -> AsyncIterator[dict[str, Any]]:
-    stripe, paypal = build("stripe"), build("paypal")
+    stripe, paypal, payment = await payment_with_simulators(
+        aiohttp_server, settings_for, tmp_path, **POOL
+    )
     # Slow enough that a kill lands while payments are in flight.
     stripe.behaviour = Behaviour(mode="slow", delay_ms=300)
-    stripe_server, paypal_server = (
-        await aiohttp_server(stripe.app()),
-        await aiohttp_server(paypal.app()),
-    )
-    key_file = tmp_path / "provider-key"
-    key_file.write_text(DEFAULT_API_KEY)
-    payment = await aiohttp_server(
-        payment_app(
-            settings_for(
-                PaymentSettings,
-                "payment",
-                STRIPE_URL=url(stripe_server),
-                STRIPE_API_KEY_FILE=str(key_file),
-                PAYPAL_URL=url(paypal_server),
-                PAYPAL_API_KEY_FILE=str(key_file),
-                **POOL,
-            )
-        )
-    )
     inventory = await aiohttp_server(
         inventory_app(settings_for(InventorySettings, "inventory", **POOL))
     )
