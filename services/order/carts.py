@@ -18,6 +18,20 @@ from services.kit.logs import get_logger
 
 log = get_logger(__name__)
 MAX_LINES = 100
+# $1 user, $2 sku, $3 quantity (0: remove), $4 MAX_LINES. The service only ever stores
+# objects ({sku: quantity}) in carts.items.
+SET_LINE = """
+INSERT INTO carts AS c (user_id, items, updated_at)
+VALUES ($1, CASE WHEN $3::int = 0 THEN '{}'::jsonb ELSE jsonb_build_object($2::text, $3::int) END,
+        now())
+ON CONFLICT (user_id) DO UPDATE
+   SET items = CASE WHEN $3::int = 0 THEN c.items - $2::text
+                    ELSE c.items || jsonb_build_object($2::text, $3::int) END,
+       updated_at = now()
+ WHERE $3::int = 0 OR c.items ? $2::text
+    OR (SELECT count(*) FROM jsonb_object_keys(c.items)) < $4::int
+RETURNING items
+"""
 
 
 def _key(user_id: int) -> str:
@@ -47,26 +61,15 @@ class Carts:
         return items
 
     async def set_line(self, user_id: int, sku: str, quantity: int) -> dict[str, int]:
-        """Set one line's quantity (0 removes it); returns the whole cart."""
-        async with self.db.transaction() as connection:
-            current = _items(
-                await connection.fetchval(
-                    "SELECT items FROM carts WHERE user_id = $1 FOR UPDATE", user_id
-                )
-            )
-            if quantity:
-                current[sku] = quantity
-            else:
-                current.pop(sku, None)
-            if len(current) > MAX_LINES:
-                raise ValueError(f"a cart holds at most {MAX_LINES} lines")
-            await connection.execute(
-                """INSERT INTO carts (user_id, items, updated_at) VALUES ($1, $2::jsonb, now())
-                   ON CONFLICT (user_id)
-                   DO UPDATE SET items = excluded.items, updated_at = now()""",
-                user_id,
-                json.dumps(current),
-            )
+        """Set one line's quantity (0 removes it); returns the whole cart.
+
+        One statement, atomic on the cart's row (a read-modify-write in a transaction took
+        four round trips and held the row lock across them); it adds no new line to a full
+        cart and then returns nothing."""
+        stored = await self.db.write_fetchval(SET_LINE, user_id, sku, quantity, MAX_LINES)
+        if stored is None:
+            raise ValueError(f"a cart holds at most {MAX_LINES} lines")
+        current = _items(stored)
         await self._cache(user_id, current)
         return current
 

@@ -20,6 +20,23 @@ from services.kit.db import Database
 ACTIVE = ("pending", "stock_reserved", "paid")  # the saga is still working on these
 
 
+# $1 order id, $2 its created_at, $3..$6 the lines (sku, product id, quantity, unit price)
+# as arrays, $7 user, $8 Idempotency-Key, $9 the order.placed payload.
+FINISH_ORDER = """
+WITH lines AS (
+    INSERT INTO order_items
+        (order_id, order_created_at, sku, product_id, quantity, unit_price_cents)
+    SELECT $1::bigint, $2::timestamptz, sku, product_id, quantity, unit_price_cents
+      FROM unnest($3::text[], $4::bigint[], $5::int[], $6::bigint[])
+           AS l(sku, product_id, quantity, unit_price_cents)
+), answer AS (
+    UPDATE idempotency_keys SET order_id = $1, order_created_at = $2
+     WHERE user_id = $7 AND key = $8
+)
+INSERT INTO outbox (topic, key, payload) VALUES ('order.placed', $1::text, $9::jsonb)
+"""
+
+
 class KeyReused(Exception):
     """The Idempotency-Key was used for a different request."""
 
@@ -102,34 +119,28 @@ class Orders:
                 user_id,
                 total,
             )
-            await connection.executemany(
-                """INSERT INTO order_items
-                     (order_id, order_created_at, sku, product_id, quantity, unit_price_cents)
-                   VALUES ($1, $2, $3, $4, $5, $6)""",
+            lines = [
+                (sku, prices[sku]["id"], quantity, prices[sku]["price_cents"])
+                for sku, quantity in sorted(items.items())
+            ]
+            placed = _order(
+                order,
                 [
-                    (
-                        order["id"],
-                        order["created_at"],
-                        sku,
-                        prices[sku]["id"],
-                        quantity,
-                        prices[sku]["price_cents"],
-                    )
-                    for sku, quantity in sorted(items.items())
+                    {"sku": sku, "quantity": q, "unit_price_cents": price}
+                    for sku, _, q, price in lines
                 ],
             )
+            # The lines, the key's answer and the saga's first event: one round trip.
             await connection.execute(
-                """UPDATE idempotency_keys SET order_id = $3, order_created_at = $4
-                   WHERE user_id = $1 AND key = $2""",
-                user_id,
-                key,
+                FINISH_ORDER,
                 order["id"],
                 order["created_at"],
-            )
-            placed = await self._load(connection, order["id"], order["created_at"])
-            await connection.execute(
-                "INSERT INTO outbox (topic, key, payload) VALUES ('order.placed', $1, $2::jsonb)",
-                str(order["id"]),
+                [line[0] for line in lines],
+                [line[1] for line in lines],
+                [line[2] for line in lines],
+                [line[3] for line in lines],
+                user_id,
+                key,
                 # The saga's input: the order, and the provider token the shopper paid with.
                 json.dumps({"user_id": user_id, "payment_token": payment_token, **placed}),
             )

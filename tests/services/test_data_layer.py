@@ -152,3 +152,25 @@ async def test_a_read_survives_its_pooled_connection_being_closed(platform: Data
     finally:
         await admin.close()
         await database.close()
+
+
+async def test_readiness_of_a_busy_pool_is_its_latest_answer(platform: DataTier) -> None:
+    """Every connection busy with work: readiness does not queue behind it when a query has
+    just succeeded; with no recent answer it asks the database itself (and waits)."""
+    database = Database(config(platform))  # through PgPool-II, 2 connections
+    await database.start()
+    try:
+        assert await database.fetchval("SELECT 1", fresh=True) == 1
+        busy = [
+            asyncio.create_task(database.fetchval("SELECT pg_sleep(1)", fresh=True))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(database.check(), 0.2)  # answered lately: no probe
+        database._answered.clear()  # as if nothing had answered for a while
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(database.check(), 0.2)  # a probe, queued behind the work
+        await asyncio.gather(*busy)
+        await asyncio.wait_for(database.check(), 0.5)
+    finally:
+        await database.close()

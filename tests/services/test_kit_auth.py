@@ -55,6 +55,18 @@ def test_an_expired_token_is_refused_without_leeway() -> None:
     assert refusal(token(now=past)) == "token expired"
 
 
+def test_a_remembered_token_still_expires_and_keeps_its_type() -> None:
+    tokens = Tokens(SECRET)
+    short = tokens.issue("user-1", "customer", "s-1", ttl=timedelta(seconds=2))
+    assert tokens.verify(short).user_id == "user-1"
+    assert tokens.verify(short).user_id == "user-1"  # from memory
+    with pytest.raises(Unauthorized, match="wrong token type"):
+        tokens.verify(short, token_type="refresh")  # remembered per type, never across
+    time.sleep(2.05)  # exp is whole seconds: expired by now, valid for >= 1 s before
+    with pytest.raises(Unauthorized, match="token expired"):
+        tokens.verify(short)
+
+
 def test_a_tampered_token_is_refused_for_its_signature() -> None:
     header, payload, signature = token(role="customer").split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))

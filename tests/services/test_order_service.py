@@ -14,6 +14,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from services.kit.auth import Tokens
 from services.order.app import OrderSettings, init_app
+from services.order.carts import MAX_LINES
 from stacks.local.data_tier import DataTier
 
 
@@ -70,6 +71,28 @@ async def test_the_cart_is_written_through_and_survives_losing_redis(
         await redis.aclose()
     again = await client.get("/api/orders/cart", headers=shopper)
     assert (await again.json())["items"] == {"SKU-000002": 1}
+
+
+async def test_a_full_cart_takes_no_new_line_but_changes_its_own(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    async def put(sku: str, quantity: int) -> tuple[int, dict[str, Any]]:
+        response = await client.put(
+            "/api/orders/cart/items", json={"sku": sku, "quantity": quantity}, headers=shopper
+        )
+        return response.status, await response.json()
+
+    lines = await asyncio.gather(*(put(f"SKU-{n:06d}", 1) for n in range(MAX_LINES)))
+    assert {status for status, _ in lines} == {200}  # concurrent: none lost to a race
+    status, body = await put("SKU-999999", 1)
+    assert status == 422 and [f["field"] for f in body["fields"]] == ["body.sku"]
+    assert (await put("SKU-000007", 5))[1]["items"]["SKU-000007"] == 5
+    status, body = await put("SKU-000007", 0)
+    assert status == 200 and len(body["items"]) == MAX_LINES - 1
+    status, body = await put("SKU-999999", 1)  # room again
+    assert status == 200 and len(body["items"]) == MAX_LINES
+    cart = await (await client.get("/api/orders/cart", headers=shopper)).json()
+    assert cart["items"] == body["items"]
 
 
 async def test_an_order_is_priced_from_the_catalog_and_starts_its_saga(
