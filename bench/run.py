@@ -34,7 +34,6 @@ import json
 import os
 import platform as pyplatform
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +51,8 @@ from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, scrape
 from components.conf.postgres import PgUsers
 from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, read_state
-from stacks.local.process import recorded_processes
+from stacks.local.process import LocalPlatformError, recorded_processes
+from stacks.local.system import TOOLS, ensure_programs
 
 OUT = ROOT / "build" / "bench"
 LUA = ROOT / "bench" / "lua"
@@ -115,14 +115,11 @@ def machine() -> dict[str, str]:
 
 
 def ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("wrk is missing: `sudo apt-get install wrk`, then `make bench` again")
-    say("wrk is missing: installing it with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+    """`make bench` installs it with the other Debian packages; a direct run may not have."""
+    try:
+        ensure_programs(install_missing=True, programs=TOOLS)
+    except LocalPlatformError as error:
+        raise SystemExit(str(error)) from None
 
 
 # --- the platform --------------------------------------------------------------------------

@@ -46,12 +46,15 @@ PROGRAMS: tuple[Program, ...] = (
     Program(MEMCACHED, "memcached"),
     Program(HAPROXY, "haproxy"),
 )
+# The load generator of the benchmarks and of their test: installed with the rest by
+# `make system-packages` (make test, make bench), never needed to start the platform.
+TOOLS: tuple[Program, ...] = (Program("/usr/bin/wrk", "wrk"),)
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
-def missing_packages() -> list[str]:
+def missing_packages(programs: tuple[Program, ...] = PROGRAMS) -> list[str]:
     """Packages whose programs are missing, in a stable order, without duplicates."""
-    missing = [p.package for p in PROGRAMS if not os.access(p.path, os.X_OK)]
+    missing = [p.package for p in programs if not os.access(p.path, os.X_OK)]
     return list(dict.fromkeys(missing))
 
 
@@ -93,14 +96,14 @@ def install(packages: list[str]) -> None:
             )
 
 
-def ensure_programs(*, install_missing: bool) -> None:
+def ensure_programs(*, install_missing: bool, programs: tuple[Program, ...] = PROGRAMS) -> None:
     """Raise one clear message if a program is missing (after installing it, when allowed)."""
-    missing = missing_packages()
+    missing = missing_packages(programs)
     if not missing:
         return
     if install_missing and os.geteuid() == 0:
         install(packages_to_install(missing))
-        missing = missing_packages()
+        missing = missing_packages(programs)
         if not missing:
             return
     raise LocalPlatformError(
@@ -112,11 +115,14 @@ def ensure_programs(*, install_missing: bool) -> None:
 
 def main() -> int:
     try:
-        ensure_programs(install_missing=True)
+        ensure_programs(install_missing=True, programs=PROGRAMS + TOOLS)
     except LocalPlatformError as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"system packages: all {len(PROGRAMS)} programs of the local platform are present")
+    print(
+        f"system packages: all {len(PROGRAMS)} programs of the local platform and "
+        f"{len(TOOLS)} tool(s) are present"
+    )
     return 0
 
 
