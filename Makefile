@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[infra,test]'
+	$(PY) -m pip install -q -e '.[infra,test,bench]'
 	@touch $@
 
 checkov-env: $(CHECKOV_VENV)/.installed
@@ -56,7 +56,6 @@ status: venv
 # Benchmarks (bench/run.py): the platform under wrk on this machine, bounded in time, 127.0.0.1
 # only; report in build/bench/. ARGS for bench.run, e.g. ARGS='--duration 15' or --use-running.
 bench: venv system-packages
-	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(ARGS)
 
 # Offline render of a stack under Pulumi's mock runtime (what `pulumi preview` would create)

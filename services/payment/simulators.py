@@ -49,6 +49,8 @@ answers 504 without processing; `flaky` answers 503 to a `failure_rate` share of
 `lost` processes the call and then answers 502, as when a response is lost on the way back
 (a retry with the same key then gets the original result). `fail_next: n` makes the next n
 calls answer 503, whatever the mode. `delay_ms` also delays every mode but `timeout`.
+A call whose idempotency key is still being processed by an earlier call answers 409
+(`idempotency_key_in_use`), as Stripe does; a call finishes even when its caller hangs up.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class Simulator:
         self.rng = random.Random(seed)
         self.payments: dict[str, Payment] = {}
         self.idempotency: dict[tuple[str, str], Stored] = {}
+        self.in_flight: set[tuple[str, str]] = set()  # (key, scope) being processed now
         self.requests: deque[Json] = deque(maxlen=REQUEST_LOG)
         self._release: asyncio.Event | None = None
 
@@ -243,12 +246,36 @@ class Simulator:
                 *self.error(400, "card_number_rejected", "raw card numbers are not accepted"),
                 {},
             )
+        key = request.headers.get(self.key_header)
+        slot = (key, self.idempotency_scope(request.path)) if key else None
+        if slot is not None and slot in self.in_flight:
+            # As Stripe does: a retry that overtakes the first request with its key (the
+            # caller timed out while this one is still being processed) must not act twice.
+            return (
+                *self.error(
+                    409, "idempotency_key_in_use", "a request with this key is in progress"
+                ),
+                {},
+            )
+        if slot is not None:
+            self.in_flight.add(slot)
+        try:
+            return await self._act(request, operation, body, key, slot)
+        finally:
+            if slot is not None:
+                self.in_flight.discard(slot)
+
+    async def _act(
+        self,
+        request: web.Request,
+        operation: Callable[[Json, Mapping[str, str], str | None], Answer],
+        body: Json,
+        key: str | None,
+        slot: tuple[str, str] | None,
+    ) -> tuple[int, Json, dict[str, str]]:
         failure = await self._misbehave()
         if failure is not None:
             return (*failure, {})
-
-        key = request.headers.get(self.key_header)
-        slot = (key, self.idempotency_scope(request.path)) if key else None
         fingerprint = hashlib.sha256(
             json.dumps([request.path, body], sort_keys=True).encode()
         ).hexdigest()

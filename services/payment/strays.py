@@ -21,8 +21,8 @@ HELD = ("authorized", "captured", "refunded", "voided")
 
 
 async def sweep_strays(ledger: Ledger, router: PaymentRouter, pending_grace_s: float) -> int:
-    """One round; returns how many strays were resolved. A provider still unwell (breaker not
-    closed, transient errors) is left for a later round."""
+    """One round; returns how many strays were resolved. A provider still unwell (breaker
+    open, transient errors) is left for a later round."""
     resolved = 0
     for stray in await ledger.settled_strays(pending_grace_s):
         provider, payment_id = stray["provider"], stray["payment_id"]
@@ -33,8 +33,8 @@ async def sweep_strays(ledger: Ledger, router: PaymentRouter, pending_grace_s: f
             continue
         if provider not in router.providers:
             continue  # a provider no longer configured: nobody here can void it
-        if router.breakers[provider].state is not BreakerState.CLOSED:
-            continue
+        if router.breakers[provider].state is BreakerState.OPEN:
+            continue  # half-open lets this call be the trial that may close it
         key = stray["idempotency_key"]
         try:
             held = await router.authorize_at(

@@ -98,7 +98,7 @@ async def place(
 
 
 async def settled(
-    client: TestClient, shopper: dict[str, str], order_id: int, timeout_s: float = 30
+    client: TestClient, shopper: dict[str, str], order_id: int, timeout_s: float = 90
 ) -> str:
     """The order's status once the saga has finished with it."""
     deadline = asyncio.get_running_loop().time() + timeout_s

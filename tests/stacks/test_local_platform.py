@@ -444,8 +444,12 @@ def test_down_leaves_no_process_and_no_port(platform: Platform) -> None:
     ports = {what: port for what, port in state["ports"].items() if "pcp" not in what}
     assert len(pids) > 40 and pid_alive(runner["pid"], runner["start_ticks"])
     # The partition maintenance ran at start and again on its schedule since (a run during
-    # the failover may have failed and been retried: `runs` counts the ones that worked).
-    assert state["partitions"]["runs"] >= 3
+    # the failover may have failed and been retried: `runs` counts the ones that worked, and
+    # a loaded machine may have been slow about it: a few intervals are allowed).
+    deadline = time.monotonic() + 6 * PARTITION_INTERVAL_S
+    while platform.state["partitions"]["runs"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert platform.state["partitions"]["runs"] >= 3
 
     result = cli("down", "--state-dir", str(platform.state_dir))
     assert result.returncode == 0, result.stdout + result.stderr
