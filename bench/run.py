@@ -50,13 +50,13 @@ import bcrypt
 from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, scrape
 from components.conf.postgres import PgUsers
-from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, read_state
+from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
 from stacks.local.process import LocalPlatformError, recorded_processes
 from stacks.local.system import TOOLS, ensure_programs
 
 OUT = ROOT / "build" / "bench"
 LUA = ROOT / "bench" / "lua"
-BENCH_STATE_DIR = OUT / "platform"
+BENCH_STATE_DIR = reachable_state_dir(OUT / "platform")
 PASSWORD = "bench-password-1"
 FLASH_STOCK = 100
 HOT_PRODUCTS = 100

@@ -43,6 +43,7 @@ three tools; the supervisor here is ~400 lines the tests already exercise.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -74,6 +75,7 @@ from stacks.local.process import (
     new_password,
     pid_alive,
     recorded_processes,
+    server_user,
     stop_recorded,
     write_file,
 )
@@ -89,7 +91,24 @@ from stacks.services import (
 from stacks.wiring import SecretFiles, database_environment, job_environment, service_environment
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_STATE_DIR = ROOT / ".local"
+
+
+def reachable_state_dir(preferred: Path) -> Path:
+    """``preferred`` (in the checkout), unless PostgreSQL's OS user could not reach it: as
+    root, a checkout under root's home (mode 0700 on Debian) is closed to ``postgres``. Then a
+    directory of this checkout's own under /var/tmp, rather than loosening anyone's home."""
+    try:
+        user = server_user("postgres")
+    except LocalPlatformError:  # not installed yet: `make up` installs it, then decides
+        return preferred
+    parents = [p for p in preferred.parents if p.exists()]
+    if user.is_current or all(user.can_search(p) for p in parents):
+        return preferred
+    tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"shop-platform-{preferred.name.lstrip('.')}-{tag}"
+
+
+DEFAULT_STATE_DIR = reachable_state_dir(ROOT / ".local")
 STATE_FILE = "platform.json"
 RUNNER_LOG = "runner.log"
 TIER_DIR = "tier"

@@ -543,3 +543,19 @@ def test_a_package_that_cannot_be_installed_says_what_to_do(
     message = str(caught.value)
     assert "\n" not in message and "exit code 100" in message
     assert "apt-get install postgresql-15 pgpool2" in message and "apt-get -f install" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as another user PostgreSQL runs as that user")
+def test_a_checkout_closed_to_postgres_keeps_its_state_under_var_tmp() -> None:
+    from stacks.local.platform import reachable_state_dir
+
+    closed = Path(tempfile.mkdtemp())  # mode 0700, like root's home on Debian
+    try:
+        moved = reachable_state_dir(closed / "checkout" / ".local")
+        assert moved.parent == Path("/var/tmp") and moved.name.startswith("shop-platform-local-")
+        assert moved == reachable_state_dir(closed / "checkout" / ".local")  # stable: down finds it
+        assert moved != reachable_state_dir(closed / "other" / ".local")  # one per checkout
+        closed.chmod(0o711)
+        assert reachable_state_dir(closed / "checkout" / ".local") == closed / "checkout" / ".local"
+    finally:
+        closed.rmdir()
