@@ -19,6 +19,7 @@ CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), re
 ORDER_QUEUE_DEPTH = "order_queue_depth"
 PAYMENT_ATTEMPTS = "payment_attempts_total"  # labels: provider, result
 PAYMENT_BREAKER_STATE = "payment_breaker_state"  # labels: provider; 0 closed, 1 half-open, 2 open
+EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even after re-drives
 
 # Seed thresholds.
 ERROR_RATE_CRITICAL = 0.05
@@ -111,6 +112,13 @@ ALERTS: tuple[Alert, ...] = (
         f"max by (provider) ({PAYMENT_BREAKER_STATE}) == 2",
         "5m",
         "A payment provider's circuit breaker has stayed open: checkouts run on the fallback",
+    ),
+    Alert(
+        "EventsDeadLettered",
+        "warning",
+        f"max by (group) ({EVENTS_DEAD_LETTERS}) > 0",
+        "15m",
+        "A consumer group gave up on events after every re-drive: their orders need a person",
     ),
     Alert(
         "OrderQueueGrowing",

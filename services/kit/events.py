@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +114,13 @@ class Consumer:
     A handler that raises leaves the message pending; after `retry_after_s` any member of the
     group claims and retries it, and after `max_deliveries` it goes to the topic's dead-letter
     stream (`events:<topic>:dead`) and is acknowledged, so one poisoned message never blocks
-    the rest."""
+    the rest.
+
+    Dead letters are not the end: a dependency down for longer than the retries (a payment
+    outage) would otherwise leave its orders stuck half-way for good. Every
+    `redrive_after_s` the group's own dead letters are handed to the handler again (the
+    others' stay theirs), at most `max_redrives` times each, then they stay for people (the
+    `events_dead_letters` gauge counts them)."""
 
     def __init__(
         self,
@@ -125,6 +132,8 @@ class Consumer:
         max_deliveries: int = 5,
         retry_after_s: float = 5.0,
         block_ms: int = 500,
+        redrive_after_s: float = 60.0,
+        max_redrives: int = 30,
     ):
         self.redis = redis
         self.group = group
@@ -134,6 +143,9 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.retry_after_ms = int(retry_after_s * 1000)
         self.block_ms = block_ms
+        self.redrive_after_s = redrive_after_s
+        self.max_redrives = max_redrives
+        self.dead_letters = 0  # this group's, left after the last re-drive round
 
     async def ensure_groups(self) -> None:
         for topic in self.topics:
@@ -170,12 +182,51 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.ensure_groups()
+        next_redrive = time.monotonic() + self.redrive_after_s
         while not stop.is_set():
             try:
                 await self.poll()
+                if time.monotonic() >= next_redrive:
+                    next_redrive = time.monotonic() + self.redrive_after_s
+                    await self.redrive()
             except Exception as error:
                 log.warning("event consumer failed", group=self.group, error=str(error))
                 await asyncio.sleep(1.0)
+
+    async def redrive(self, now_ms: int | None = None) -> int:
+        """Hand this group's dead letters that have rested `redrive_after_s` since their last
+        try to the handler once more. Returns how many were handled (and removed)."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        handled, left = 0, 0
+        for topic in self.topics:
+            dead = stream(topic) + DEAD_LETTER_SUFFIX
+            for entry_id, fields in await self.redis.xrange(dead, count=1000):
+                decoded = {_text(k): _text(v) for k, v in fields.items()}
+                if decoded.get("group") != self.group:
+                    continue
+                redrives = int(decoded.get("redrives", "0"))
+                tried_ms = int(_text(entry_id).split("-")[0])  # the entry's id is its last try
+                if redrives >= self.max_redrives or now_ms - tried_ms < self.redrive_after_s * 1000:
+                    left += 1
+                    continue
+                event = Event(
+                    topic, decoded["key"], json.loads(decoded["payload"]), _text(entry_id)
+                )
+                try:
+                    await self.handler(event)
+                except Exception as error:
+                    # Tried again and failed: back to the end of the line, counted.
+                    await self.redis.xadd(dead, {**decoded, "redrives": str(redrives + 1)})
+                    log.warning(
+                        "dead letter failed again", topic=topic, key=event.key, error=str(error)
+                    )
+                    left += 1
+                else:
+                    log.info("dead letter handled", topic=topic, key=event.key, group=self.group)
+                    handled += 1
+                await self.redis.xdel(dead, entry_id)
+        self.dead_letters = left
+        return handled
 
     async def _reclaim(self, topic: str) -> int:
         """Claim messages another member (or this one) failed or abandoned long enough ago."""

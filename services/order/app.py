@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from services.kit import backends
-from services.kit.app import TOKENS, create_app
+from services.kit.app import METRICS, TOKENS, create_app
 from services.kit.db import Database
 from services.kit.events import Consumer, OutboxRelay
 from services.kit.metrics import Metrics
@@ -22,10 +22,12 @@ from services.order.carts import Carts
 from services.order.orders import Orders
 from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
 from services.order.views import CARTS, ORDERS, api
+from stacks import alerts
 from stacks.services import SERVICES
 
 # The HPA's custom metric (stacks/services.py): orders the saga has not finished.
 QUEUE_DEPTH = SERVICES["order"].scaling.custom_metric.name  # type: ignore[union-attr]
+DEAD_LETTERS = alerts.EVENTS_DEAD_LETTERS  # the alerts' contract
 
 
 class OrderSettings(Settings):
@@ -75,16 +77,21 @@ def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: igno
                 database, http, peers, lambda: tokens.issue("order", "service", "saga")
             )
             stop = asyncio.Event()
+            consumers = [
+                Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle),
+                Consumer(redis.client, "fulfilment", FULFILMENT_TOPICS, checkout.handle),
+            ]
+            dead = Gauge(
+                DEAD_LETTERS,
+                "Events a consumer group gave up on, even after re-drives",
+                ["group"],
+                registry=app[METRICS].registry,
+            )
+            for consumer in consumers:
+                dead.labels(consumer.group).set_function(lambda c=consumer: c.dead_letters)
             tasks = [
                 asyncio.create_task(OutboxRelay(database, redis.client).run(stop)),
-                asyncio.create_task(
-                    Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle).run(stop)
-                ),
-                asyncio.create_task(
-                    Consumer(redis.client, "fulfilment", FULFILMENT_TOPICS, checkout.handle).run(
-                        stop
-                    )
-                ),
+                *(asyncio.create_task(consumer.run(stop)) for consumer in consumers),
             ]
             yield
             stop.set()

@@ -124,6 +124,9 @@ async def test_a_paid_order_is_confirmed_and_shipped(shop, shopper, platform: Da
     order_id = await place(shop["order"], shopper, sku, 3)
     assert await settled(shop["order"], shopper, order_id) == "shipped"
     assert await stock(shop, sku) == (7, 0)  # sold: no longer reserved
+    metrics = await (await shop["order"].get("/metrics")).text()
+    for group in ("order-saga", "fulfilment"):  # exported for the alert; none given up on
+        assert f'events_dead_letters{{group="{group}"}} 0.0' in metrics
     captured = [
         p
         for p in shop["stripe"].payments.values()

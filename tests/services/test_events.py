@@ -4,6 +4,7 @@ groups, at-least-once redelivery after a failure, and the dead-letter stream."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -136,3 +137,52 @@ async def test_each_group_gets_every_event_and_members_share_them(redis: RedisCl
             await member.poll()
     assert sorted(got["a1"] + got["a2"], key=int) == [str(n) for n in range(10)]
     assert sorted(got["b"], key=int) == [str(n) for n in range(10)]
+
+
+async def test_dead_letters_are_redriven_to_their_own_group_until_they_pass(
+    redis: RedisCluster,
+) -> None:
+    """A dependency down for longer than the retries: the message is dead-lettered, then
+    handed to the handler again once it has rested; it leaves the dead-letter stream when it
+    passes, another group's dead letters are left alone, and one that never passes stops
+    after `max_redrives` and is counted."""
+    name, outage, seen = topic(), {"down": True}, []
+
+    async def needs_dependency(event: Event) -> None:
+        seen.append(event.key)
+        if outage["down"] or event.key == "poison":
+            raise RuntimeError("dependency down")
+
+    consumer = Consumer(
+        redis,
+        "redrive-group",
+        [name],
+        needs_dependency,
+        max_deliveries=2,
+        retry_after_s=0.05,
+        block_ms=50,
+        redrive_after_s=60,
+        max_redrives=2,
+    )
+    await consumer.ensure_groups()
+    dead = stream(name) + DEAD_LETTER_SUFFIX
+    await redis.xadd(dead, {"key": "theirs", "payload": "{}", "group": "other-group"})
+    await publish(redis, name, "order-1", {"n": 1})
+    await publish(redis, name, "poison", {"n": 2})
+    for _ in range(60):
+        await consumer.poll()
+        if await redis.xlen(dead) == 3:
+            break
+    assert await redis.xlen(dead) == 3
+
+    later = int(time.time() * 1000) + 61_000
+    assert await consumer.redrive() == 0  # too soon: they rest first
+    outage["down"] = False  # the dependency is back
+    seen.clear()
+    assert await consumer.redrive(now_ms=later) == 1
+    assert sorted(seen) == ["order-1", "poison"]  # never "theirs"
+    assert await consumer.redrive(now_ms=later + 61_000) == 0  # poison: 2nd re-drive fails
+    assert await consumer.redrive(now_ms=later + 122_000) == 0  # stays: max_redrives reached
+    assert seen.count("poison") == 2 and consumer.dead_letters == 1
+    left = {e[1][b"key"] for e in await redis.xrange(dead)}
+    assert left == {b"poison", b"theirs"}
