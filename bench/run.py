@@ -50,6 +50,7 @@ import bcrypt
 from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, scrape
 from components.conf.postgres import PgUsers
+from services.kit.db import PRIMARY_HINT
 from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
 from stacks.local.process import LocalPlatformError, recorded_processes
 from stacks.local.system import TOOLS, ensure_programs
@@ -147,6 +148,19 @@ class Target:
 
     def db_password(self) -> str:
         return (self.state_dir / "tier" / "secrets" / "database-password").read_text().strip()
+
+    async def connect(self) -> asyncpg.Connection:
+        """The application's database through PgPool-II, as the services reach it (reads that
+        must see the bench's own writes carry PRIMARY_HINT)."""
+        host, port = self.pgpool()
+        pg = PgUsers()
+        return await asyncpg.connect(
+            host=host,
+            port=port,
+            user=pg.app,
+            password=self.db_password(),
+            database=pg.app_database,
+        )
 
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in recorded_processes(Path(self.state["manifest"]))}
@@ -274,15 +288,7 @@ async def _users(session: aiohttp.ClientSession, gw: str, emails: list[str]) -> 
 async def prepare(target: Target, users: int, shopper_count: int) -> Prepared:
     gw = target.gateway
     nonce = uuid.uuid4().hex[:8]
-    host, port = target.pgpool()
-    pg = PgUsers()
-    db = await asyncpg.connect(
-        host=host,
-        port=port,
-        user=pg.app,
-        password=target.db_password(),
-        database=pg.app_database,
-    )
+    db = await target.connect()
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         emails = [f"bench-{nonce}-{i}@bench.example.com" for i in range(users)]
@@ -290,16 +296,14 @@ async def prepare(target: Target, users: int, shopper_count: int) -> Prepared:
         tokens = await _users(session, gw, emails)
         say(f"{users} users registered and logged in ({time.monotonic() - began:.1f} s)")
         await db.execute(
-            "/*NO LOAD BALANCE*/ UPDATE users SET role = 'admin' WHERE email = $1", emails[0]
+            PRIMARY_HINT + "UPDATE users SET role = 'admin' WHERE email = $1", emails[0]
         )
         admin_token = await _login(session, gw, emails[0])
         shoppers = await _shoppers(db, target, nonce, shopper_count)
         cats, _ = await _json(session, "GET", f"{gw}/api/products/categories", (200,))
         categories = [c["slug"] for c in cats if c["products"] > 0 and c["parent"]]
         ids = [r["id"] for r in await db.fetch("SELECT id FROM products WHERE active ORDER BY id")]
-        stock = await db.fetch(
-            "/*NO LOAD BALANCE*/ SELECT sku, version FROM inventory ORDER BY sku"
-        )
+        stock = await db.fetch(PRIMARY_HINT + "SELECT sku, version FROM inventory ORDER BY sku")
         names = await db.fetch("SELECT name FROM products ORDER BY id LIMIT 400")
         words = sorted({w.lower() for r in names for w in r["name"].split()[1:3] if len(w) > 3})
         terms = words[:40] + [w[:-1] + w[-1] * 2 for w in words[:10]]  # a few typos
@@ -343,7 +347,8 @@ async def _shoppers(db: asyncpg.Connection, target: Target, nonce: str, count: i
 
     password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(12)).decode()
     rows = await db.fetch(
-        """/*NO LOAD BALANCE*/ INSERT INTO users (email, password_hash, full_name)
+        PRIMARY_HINT
+        + """INSERT INTO users (email, password_hash, full_name)
            SELECT 'shopper-' || $1 || '-' || g || '@bench.example.com', $2, 'Bench Shopper'
            FROM generate_series(1, $3) AS g RETURNING id""",
         nonce,
@@ -355,15 +360,10 @@ async def _shoppers(db: asyncpg.Connection, target: Target, nonce: str, count: i
 
 
 async def _versions(target: Target, skus: list[str]) -> list[tuple[str, int]]:
-    host, port = target.pgpool()
-    pg = PgUsers()
-    db = await asyncpg.connect(
-        host=host, port=port, user=pg.app, password=target.db_password(), database=pg.app_database
-    )
+    db = await target.connect()
     try:
         rows = await db.fetch(
-            "/*NO LOAD BALANCE*/ SELECT sku, version FROM inventory WHERE sku = ANY($1) "
-            "ORDER BY sku",
+            PRIMARY_HINT + "SELECT sku, version FROM inventory WHERE sku = ANY($1) ORDER BY sku",
             skus,
         )
     finally:
@@ -505,18 +505,14 @@ GROUP BY o.status
 
 
 async def flash_outcome(target: Target, sku: str, since: float, wait_s: float) -> dict[str, Any]:
-    host, port = target.pgpool()
-    pg = PgUsers()
-    db = await asyncpg.connect(
-        host=host, port=port, user=pg.app, password=target.db_password(), database=pg.app_database
-    )
+    db = await target.connect()
     from datetime import UTC, datetime
 
     since_dt = datetime.fromtimestamp(since - 5, UTC)
     began = time.monotonic()
     try:
         while True:
-            rows = await db.fetch("/*NO LOAD BALANCE*/" + FLASH_SQL, sku, since_dt)
+            rows = await db.fetch(PRIMARY_HINT + FLASH_SQL, sku, since_dt)
             statuses = {r["status"]: r["n"] for r in rows}
             active = sum(statuses.get(s, 0) for s in ("pending", "stock_reserved", "paid"))
             if active == 0 or time.monotonic() - began > wait_s:
@@ -524,15 +520,17 @@ async def flash_outcome(target: Target, sku: str, since: float, wait_s: float) -
             await asyncio.sleep(1.0)
         settled_s = time.monotonic() - began
         stock = await db.fetchrow(
-            "/*NO LOAD BALANCE*/ SELECT available, reserved FROM inventory WHERE sku = $1", sku
+            PRIMARY_HINT + "SELECT available, reserved FROM inventory WHERE sku = $1", sku
         )
         events = await db.fetchrow(
-            """/*NO LOAD BALANCE*/ SELECT min(available_after) AS lowest, count(*) AS n
+            PRIMARY_HINT
+            + """SELECT min(available_after) AS lowest, count(*) AS n
                FROM inventory_events WHERE sku = $1""",
             sku,
         )
         committed = await db.fetchval(
-            """/*NO LOAD BALANCE*/ SELECT coalesce(sum(quantity), 0) FROM reservations
+            PRIMARY_HINT
+            + """SELECT coalesce(sum(quantity), 0) FROM reservations
                WHERE sku = $1 AND status = 'committed'""",
             sku,
         )

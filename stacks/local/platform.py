@@ -62,6 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from components.conf.haproxy import RateLimit
+from components.conf.pgpool import SPARE_CLIENTS
+from components.conf.postgres import PgTuning
 from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
 from services.kit.settings import Settings
 from stacks.gateway import DEFAULT_RATE_LIMIT, gateway_environment, local_config
@@ -132,8 +134,6 @@ MAX_REJOINS = 5  # restarts of one PostgreSQL member within 10 minutes
 # Each service process's database pool may grow to this many connections; the runner sets it
 # (DATABASE_POOL_MAX) and sizes PgPool-II's children by it.
 SERVICE_POOL_MAX: int = Settings.model_fields["database_pool_max"].default
-# pgpool clients beyond the services' pools: a job, the partition run, status and drills.
-SPARE_CLIENTS = 8
 # Per PostgreSQL member beyond pgpool's children: its health and replication checks.
 SPARE_BACKENDS = 6
 
@@ -206,7 +206,7 @@ def connection_budget(config: PlatformConfig) -> tuple[int, int]:
         config.processes_of(s) * config.pool_max_of(s) for s in users_of(Dependency.POSTGRES)
     )
     children = pools + SPARE_CLIENTS
-    reserved = 3  # PgTuning.tiny().superuser_reserved_connections: scripts, psql as superuser
+    reserved = PgTuning.tiny().superuser_reserved_connections  # scripts, psql as superuser
     return children, children + reserved + SPARE_BACKENDS
 
 
@@ -442,11 +442,17 @@ class LocalPlatform:
             self.tier.secret_files(),
             external_keys={kind: str(path) for kind, path in self.provider_key_files.items()},
         )
-        env = service_environment(svc, ENVIRONMENT, addresses, secrets, CacheTtls())
+        # The pool size connection_budget sized pgpool for.
+        env = service_environment(
+            svc,
+            ENVIRONMENT,
+            addresses,
+            secrets,
+            CacheTtls(),
+            database_pool=self.config.pool_max_of(svc),
+        )
         env["PORT"] = str(port)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach logs/<process>.log as they happen
-        if Dependency.POSTGRES in svc.needs:  # what connection_budget sized pgpool for
-            env["DATABASE_POOL_MAX"] = str(self.config.pool_max_of(svc))
         env.update(self.config.service_env.get(svc.name, {}))
         return env
 

@@ -224,7 +224,7 @@ def test_memcached_nodes_answer(data_tier: DataTier) -> None:
 # --- a tier of their own: stop leaves nothing behind, clear messages ---------------------------
 
 
-def _group_pids(leaders: list[int]) -> set[int]:
+def group_pids(leaders: list[int]) -> set[int]:
     """The leaders and every process in their process groups (postgres backends, pgpool
     children, ...)."""
     found = set(leaders)
@@ -247,7 +247,7 @@ def test_a_stopped_tier_leaves_no_process_and_no_port_behind() -> None:
         tier = DataTier(state, small)
         with tier:
             assert tier.postgres.pool_nodes()[0].role == "primary"
-            pids = _group_pids([p.pid for p in tier.processes])
+            pids = group_pids([p.pid for p in tier.processes])
             ports = dict(tier.ports.assigned)
             assert len(pids) > len(tier.processes)  # the servers' own children count too
             assert all(is_taken(port) for what, port in ports.items() if "pcp" not in what)

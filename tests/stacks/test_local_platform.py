@@ -33,6 +33,7 @@ from stacks.local.ports import is_taken
 from stacks.local.postgres import PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
 from tests.conftest import fresh_state_dir
+from tests.stacks.test_local_data_tier import group_pids
 
 pytestmark = pytest.mark.slow
 
@@ -423,24 +424,10 @@ async def read_until_answered(
         await asyncio.sleep(0.5)
 
 
-def _group_pids(leaders: list[int]) -> set[int]:
-    """The leaders and every process in their process groups (backends, pgpool children)."""
-    found = set(leaders)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                text = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(text[text.rindex(")") + 2 :].split()[2]) in leaders:
-                found.add(int(entry.name))
-    return found
-
-
 def test_down_leaves_no_process_and_no_port(platform: Platform) -> None:
     state = platform.state
     runner = state["runner"]
-    pids = _group_pids(list(platform.pids().values()))
+    pids = group_pids(list(platform.pids().values()))
     ports = {what: port for what, port in state["ports"].items() if "pcp" not in what}
     assert len(pids) > 40 and pid_alive(runner["pid"], runner["start_ticks"])
     # The partition maintenance ran at start and again on its schedule since (a run during
