@@ -134,18 +134,19 @@ class Database:
         self._observe("write", started)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        started = time.perf_counter()
-        async with self._acquire(self._primary_pool) as connection:
-            result = await connection.execute(sql, *args)
-        self._observe("write", started)
-        return result
+        return await self._write("execute", sql, args)
 
     async def write_fetchval(self, sql: str, *args: Any) -> Any:
         """One write statement on its own (autocommit: one round trip) and the value it
         returns (`... RETURNING x`)."""
+        return await self._write("fetchval", sql, args)
+
+    async def _write(
+        self, method: Literal["execute", "fetchval"], sql: str, args: tuple[Any, ...]
+    ) -> Any:
         started = time.perf_counter()
         async with self._acquire(self._primary_pool) as connection:
-            result = await connection.fetchval(sql, *args)
+            result = await getattr(connection, method)(sql, *args)
         self._observe("write", started)
         return result
 
@@ -173,20 +174,22 @@ class Database:
             pool = self._primary_pool
             if fresh:
                 sql = PRIMARY_HINT + sql
+
+        async def run() -> Any:
+            async with self._acquire(pool) as connection:
+                return await getattr(connection, method)(sql, *args)
+
         started = time.perf_counter()
         try:
-            async with self._acquire(pool) as connection:
-                result = await getattr(connection, method)(sql, *args)
+            result = await run()
         except DROPPED_CONNECTION:
             # PgPool-II restarts its children on failover and when a node is attached again,
-            # closing every pooled connection: a plain SELECT is safe to run once more on a
-            # new one. Writes are not retried here (the caller's idempotency decides).
-            # The others went with it: replace every pooled connection, then retry.
+            # closing every pooled connection: replace them all, and run a plain SELECT once
+            # more on a new one. Writes are not retried here (the caller's idempotency decides).
             await pool.expire_connections()
             if not _PLAIN_READ.match(sql.removeprefix(PRIMARY_HINT)):
                 raise
-            async with self._acquire(pool) as connection:
-                result = await getattr(connection, method)(sql, *args)
+            result = await run()
         self._observe("read", started)
         return result
 
