@@ -215,16 +215,22 @@ class Consumer:
                 try:
                     await self.handler(event)
                 except Exception as error:
-                    # Tried again and failed: back to the end of the line, counted.
-                    await self.redis.xadd(dead, {**decoded, "redrives": str(redrives + 1)})
-                    log.warning(
-                        "dead letter failed again", topic=topic, key=event.key, error=str(error)
-                    )
-                    left += 1
+                    failure: Exception | None = error
                 else:
+                    failure = None
+                # Other members of the group may re-drive the same letter at the same time
+                # (handlers are idempotent): only the one whose delete took it puts it back.
+                removed = await self.redis.xdel(dead, entry_id)
+                if failure is None:
                     log.info("dead letter handled", topic=topic, key=event.key, group=self.group)
                     handled += 1
-                await self.redis.xdel(dead, entry_id)
+                    continue
+                log.warning(
+                    "dead letter failed again", topic=topic, key=event.key, error=str(failure)
+                )
+                left += 1
+                if removed:  # back to the end of the line, counted
+                    await self.redis.xadd(dead, {**decoded, "redrives": str(redrives + 1)})
         self.dead_letters = left
         return handled
 
