@@ -99,9 +99,10 @@ class Level:
 
 
 class InsufficientStock(Exception):
-    def __init__(self, sku: str) -> None:
-        super().__init__(sku)
-        self.sku = sku
+    def __init__(self, level: Level) -> None:
+        super().__init__(level.sku)
+        self.sku = level.sku
+        self.level = level  # what there is (republished: the order service's sold-out hint)
 
 
 class UnknownSku(Exception):
@@ -153,8 +154,11 @@ class Stock:
             for sku, quantity in sorted(items):
                 row = await connection.fetchrow(RESERVE, sku, quantity, reference)
                 if row is None:
-                    known = await connection.fetchval("SELECT 1 FROM inventory WHERE sku = $1", sku)
-                    raise (InsufficientStock if known else UnknownSku)(sku)
+                    known = await connection.fetchrow(
+                        "SELECT sku, available, reserved, version FROM inventory WHERE sku = $1",
+                        sku,
+                    )
+                    raise UnknownSku(sku) if known is None else InsufficientStock(_level(known))
                 levels.append(_level(row))
                 held.append(
                     await connection.fetchrow(

@@ -164,6 +164,7 @@ async def reserve(
             timedelta(seconds=body.ttl_seconds),
         )
     except InsufficientStock as error:
+        await _publish(request, [error.level])  # keeps the order service's sold-out hint fresh
         raise Conflict(f"not enough stock for {error.sku}") from None
     except UnknownSku as error:
         raise ValidationFailed.field("body.items", f"unknown SKU {error.sku}") from None

@@ -70,18 +70,26 @@ def client(
 
 
 async def subscribe(
-    nodes: Sequence[HostPort], password: str | None, channel: str, on_message: Callable[[Any], None]
+    nodes: Sequence[HostPort],
+    password: str | None,
+    channel: str,
+    on_message: Callable[[Any], None],
+    on_subscribed: Callable[[], None] | None = None,
 ) -> None:
     """Hand every JSON message on a pub/sub channel to `on_message`, for ever.
 
     Cluster pub/sub is broadcast, so one connection to any node hears every message; when it
-    is lost, the next seed node is tried (a second's pause after a full round)."""
+    is lost, the next seed node is tried (a second's pause after a full round). Messages
+    published while no subscription stood are lost: `on_subscribed` runs each time one is
+    made, for state that must not outlive such a gap."""
     while True:
         for node in nodes:
             connection = Redis(host=node.host, port=node.port, password=password)
             try:
                 async with connection.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
+                    if on_subscribed is not None:
+                        on_subscribed()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             on_message(json.loads(message["data"]))

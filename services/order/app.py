@@ -21,7 +21,8 @@ from services.kit.tasks import every
 from services.order.carts import Carts
 from services.order.orders import Orders
 from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
-from services.order.views import CARTS, ORDERS, api
+from services.order.soldout import SoldOut
+from services.order.views import CARTS, ORDERS, SOLD_OUT, api
 from stacks import alerts
 from stacks.services import SERVICES
 
@@ -43,9 +44,11 @@ def init_app(settings: OrderSettings) -> web.Application:
     metrics = Metrics(settings.service_name)
     database = backends.database(settings, metrics)
     redis = backends.redis(settings)
-    app = create_app(settings, api, [database, redis], metrics=metrics)
+    sold_out = SoldOut(redis)
+    app = create_app(settings, api, [database, redis, sold_out], metrics=metrics)
     orders = Orders(database)
     app[ORDERS] = orders
+    app[SOLD_OUT] = sold_out
     app[CARTS] = Carts(database, redis.client, settings.cache_ttl_carts)
     depth = Gauge(
         QUEUE_DEPTH, "Orders whose checkout saga has not finished", registry=metrics.registry

@@ -146,6 +146,16 @@ class Orders:
             )
         return Placed(placed, created=True)
 
+    async def key_used(self, user_id: int, key: str) -> bool:
+        """Whether the shopper's Idempotency-Key has been used (read on the primary)."""
+        found = await self.db.fetchval(
+            "SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+            user_id,
+            key,
+            fresh=True,
+        )
+        return found is not None
+
     async def get(self, user_id: int, order_id: int, fresh: bool = True) -> dict[str, Any] | None:
         row = await self.db.fetchrow(
             """SELECT id, created_at FROM orders WHERE id = $1 AND user_id = $2""",

@@ -13,11 +13,13 @@ from services.kit.auth import Principal
 from services.kit.errors import Conflict, NotFound, ValidationFailed
 from services.order.carts import MAX_LINES, Carts
 from services.order.orders import KeyReused, Orders, UnknownProducts
+from services.order.soldout import SoldOut
 
 api = Api("order", version="1.0.0", description="Carts, orders and order history")
 
 CARTS = web.AppKey("carts", Carts)
 ORDERS = web.AppKey("orders", Orders)
+SOLD_OUT = web.AppKey("sold_out", SoldOut)
 
 Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9-]{1,63}$")]
 KEY_HEADER = "Idempotency-Key"
@@ -67,6 +69,10 @@ class HistoryQuery(BaseModel):
     limit: int = Field(default=20, ge=1, le=100)
 
 
+class SoldOutError(Conflict):
+    code, default_message = "sold_out", "sold out"
+
+
 def _user(user: Principal) -> int:
     return int(user.user_id)
 
@@ -93,12 +99,20 @@ async def clear_cart(request: web.Request, user: Principal) -> None:
     await request.app[CARTS].clear(_user(user))
 
 
-@api.post("/api/orders", body=NewOrder, response=Order, status=201, auth=True, errors=[Conflict])
+@api.post(
+    "/api/orders",
+    body=NewOrder,
+    response=Order,
+    status=201,
+    auth=True,
+    errors=[Conflict, SoldOutError],
+)
 async def place_order(request: web.Request, body: NewOrder, user: Principal) -> web.Response:
     """Place an order (send an `Idempotency-Key` header: the same key returns the same order).
 
     Answers 201 with the new order, or 200 with the order the key already placed; the order
-    starts `pending` and the checkout saga moves it on."""
+    starts `pending` and the checkout saga moves it on. A SKU with nothing left answers 409
+    `sold_out` at once (unless the key already placed an order: that order is the answer)."""
     key = request.headers.get(KEY_HEADER, "")
     if not 8 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
         raise ValidationFailed.field(
@@ -110,6 +124,9 @@ async def place_order(request: web.Request, body: NewOrder, user: Principal) -> 
         items = await request.app[CARTS].get(_user(user))
     if not items:
         raise ValidationFailed.field("body.items", "nothing to order: the cart is empty")
+    sold_out = request.app[SOLD_OUT].among(items)
+    if sold_out and not await request.app[ORDERS].key_used(_user(user), key):
+        raise SoldOutError(f"sold out: {', '.join(sold_out)}")
     try:
         placed = await request.app[ORDERS].place(_user(user), key, items, body.payment_token)
     except KeyReused:

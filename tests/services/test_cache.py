@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
 
-from services.kit.cache import Cache, MemcachedLayer, RedisLayer
+from services.kit.cache import Cache, MemcachedLayer, RedisLayer, client, subscribe
 from services.kit.settings import HostPort
 from stacks.local.data_tier import DataTier
 from stacks.local.ports import PortAllocator
@@ -193,3 +196,50 @@ async def test_a_server_stopped_mid_way_degrades_to_the_next_layer(tmp_path) -> 
     finally:
         await cache.close()
         await asyncio.to_thread(supervisor.stop)
+
+
+async def test_a_subscription_lost_is_made_again_and_says_so(data_tier: DataTier) -> None:
+    """`subscribe` hears every message; when its connection is killed it subscribes again,
+    and `on_subscribed` runs each time (state built from the feed must not outlive a gap)."""
+    nodes, password = hostports(data_tier.redis.nodes), data_tier.redis.password
+    channel = f"test:{uuid.uuid4().hex}"
+    heard: list[dict[str, int]] = []
+    subscriptions: list[float] = []
+    listener = asyncio.create_task(
+        subscribe(
+            nodes,
+            password,
+            channel,
+            heard.append,
+            lambda: subscriptions.append(asyncio.get_running_loop().time()),
+        )
+    )
+    publisher = client(nodes, password)
+
+    async def until(what, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not what():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+
+    async def publish_until_heard(n: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while {"n": n} not in heard:  # a message published before the subscription is lost
+            assert asyncio.get_running_loop().time() < deadline
+            await publisher.execute_command("PUBLISH", channel, json.dumps({"n": n}))
+            await asyncio.sleep(0.05)
+
+    try:
+        await until(lambda: len(subscriptions) == 1)
+        await publish_until_heard(1)
+        for node in nodes:  # drop the subscriber's connection, wherever it is
+            admin = Redis(host=node.host, port=node.port, password=password)
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await admin.aclose()
+        await until(lambda: len(subscriptions) == 2)
+        await publish_until_heard(2)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await publisher.aclose()

@@ -85,16 +85,29 @@ def shopper(tokens: Tokens) -> dict[str, str]:
     return new_shopper(tokens)
 
 
-async def place(
-    client: TestClient, shopper: dict[str, str], sku: str, quantity: int, token: str = "tok_visa"
-) -> int:
+async def attempt(
+    client: TestClient,
+    shopper: dict[str, str],
+    sku: str,
+    quantity: int,
+    token: str = "tok_visa",
+    key: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """POST /api/orders for one line: (status, answer)."""
     response = await client.post(
         "/api/orders",
         json={"items": [{"sku": sku, "quantity": quantity}], "payment_token": token},
-        headers={**shopper, "Idempotency-Key": uuid.uuid4().hex},
+        headers={**shopper, "Idempotency-Key": key or uuid.uuid4().hex},
     )
-    assert response.status == 201, await response.text()
-    return (await response.json())["id"]
+    return response.status, await response.json()
+
+
+async def place(
+    client: TestClient, shopper: dict[str, str], sku: str, quantity: int, token: str = "tok_visa"
+) -> int:
+    status, answer = await attempt(client, shopper, sku, quantity, token)
+    assert status == 201, answer
+    return answer["id"]
 
 
 async def settled(
@@ -143,6 +156,70 @@ async def test_not_enough_stock_cancels_the_order(shop, shopper, platform: DataT
     assert not [
         p for p in shop["stripe"].payments.values() if str(order_id) in (p.idempotency_key or "")
     ]
+
+
+async def test_a_sold_out_sku_is_refused_at_the_door(
+    shop, shopper, tokens: Tokens, platform: DataTier
+) -> None:
+    """Once the stock feed says nothing is left, a purchase answers 409 `sold_out` without
+    writing anything; the key of an order placed before still answers with that order, and
+    a restock lets purchases through again."""
+    sku = await new_sku(platform, 2)
+    client = shop["order"]
+    first_key = uuid.uuid4().hex
+    status, first = await attempt(client, shopper, sku, 2, key=first_key)
+    assert status == 201
+    assert await settled(client, shopper, first["id"]) == "shipped"
+
+    user_id = uuid.uuid4().int % 10**9 + 2 * 10**9
+    latecomer = {"Authorization": f"Bearer {tokens.issue(str(user_id), 'customer', 'saga')}"}
+    refusal = await eventually_refused(client, latecomer, sku)
+    assert refusal["error"] == "sold_out" and sku in refusal["message"]
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:  # the refusal wrote nothing: the latecomer has no order and no spent key
+        written = await connection.fetchval(
+            """SELECT (SELECT count(*) FROM orders WHERE user_id = $1 AND status <> 'cancelled')
+                    + (SELECT count(*) FROM idempotency_keys k WHERE user_id = $1
+                        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = k.order_id))""",
+            user_id,
+        )
+        assert written == 0
+    finally:
+        await connection.close()
+
+    # A retry of the key that bought the stock gets its order, not "sold out".
+    status, again = await attempt(client, shopper, sku, 2, key=first_key)
+    assert (status, again["id"]) == (200, first["id"])
+
+    # A restock is published on the feed: purchases go through again.
+    admin = {"Authorization": f"Bearer {tokens.issue('7', 'admin', 'test-session')}"}
+    async with client.session.get(shop["inventory"].make_url(f"/api/inventory/{sku}")) as got:
+        etag = got.headers["ETag"]
+    async with client.session.put(
+        shop["inventory"].make_url(f"/api/inventory/{sku}"),
+        json={"available": 5},
+        headers={**admin, "If-Match": etag},
+    ) as restocked:
+        assert restocked.status == 200
+    deadline = asyncio.get_running_loop().time() + 10
+    while (status := (await attempt(client, latecomer, sku, 1))[0]) == 409:
+        assert asyncio.get_running_loop().time() < deadline, "the restock was never heard"
+        await asyncio.sleep(0.1)
+    assert status == 201
+
+
+async def eventually_refused(
+    client: TestClient, shopper: dict[str, str], sku: str, timeout_s: float = 10
+) -> dict[str, Any]:
+    """The sold-out refusal, once the feed's level has reached the order service (an attempt
+    before that is placed, and cancelled by the saga for want of stock)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status, answer = await attempt(client, shopper, sku, 1)
+        if status == 409:
+            return answer
+        assert status == 201 and asyncio.get_running_loop().time() < deadline, answer
+        assert await settled(client, shopper, answer["id"]) == "cancelled"
 
 
 async def test_a_declined_payment_gives_the_stock_back(shop, shopper, platform: DataTier) -> None:
@@ -220,15 +297,19 @@ async def test_a_flash_sale_sells_exactly_the_stock(
     client = shop["order"]
     semaphore = asyncio.Semaphore(200)  # in flight at once, as a load balancer would admit
 
-    async def attempt(n: int) -> tuple[dict[str, str], int]:
+    async def one(n: int) -> tuple[int, dict[str, Any]]:
         shopper = {
             "Authorization": f"Bearer {tokens.issue(str(3 * 10**9 + n), 'customer', 'sale')}"
         }
         async with semaphore:
-            return shopper, await place(client, shopper, sku, 1)
+            return await attempt(client, shopper, sku, 1)
 
-    placed = await asyncio.gather(*(attempt(n) for n in range(attempts)))
-    ids = [o for _, o in placed]
+    answers = await asyncio.gather(*(one(n) for n in range(attempts)))
+    # Placed, or refused at the door once the stock feed said the SKU was gone.
+    assert {status for status, _ in answers} <= {201, 409}
+    assert {a["error"] for status, a in answers if status == 409} <= {"sold_out"}
+    ids = [answer["id"] for status, answer in answers if status == 201]
+    assert len(ids) >= units
     connection = await asyncpg.connect(platform.postgres.primary_dsn)
     try:
         deadline = asyncio.get_running_loop().time() + 240
@@ -243,13 +324,13 @@ async def test_a_flash_sale_sells_exactly_the_stock(
         await connection.close()
     statuses = [status_of[o] for o in ids]
     assert statuses.count("shipped") == units
-    assert statuses.count("cancelled") == attempts - units
+    assert statuses.count("cancelled") == len(ids) - units
     assert await stock(shop, sku) == (0, 0)
     async with client.session.get(
         shop["inventory"].make_url(f"/api/inventory/{sku}/audit")
     ) as response:
         assert (await response.json())["consistent"] is True
-    shipped = {o for (_, o), status in zip(placed, statuses, strict=True) if status == "shipped"}
+    shipped = {o for o, status in zip(ids, statuses, strict=True) if status == "shipped"}
     captures = [
         p.captures
         for p in shop["stripe"].payments.values()
