@@ -1,8 +1,9 @@
 """The services' Prometheus metrics, scraped before and after a scenario: what changed.
 
 Cache hit ratio per layer (``cache_requests_total`` by layer and result) and database query
-percentiles (``db_query_duration_seconds`` by kind, read or write) over the scenario only: the
-difference of two scrapes of every service process, summed over processes.
+percentiles (``db_query_duration_seconds`` by kind, read or write; ``db_pool_wait_seconds``
+by pool) over the scenario only: the difference of two scrapes of every service process,
+summed over processes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.kit.metrics import DB_QUERY_SECONDS
+from services.kit.metrics import DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS
 from stacks.alerts import CACHE_REQUESTS
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
@@ -92,11 +93,26 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
 
 
 def db_quantiles(delta: Scrape, qs: Iterable[float] = (0.5, 0.95, 0.99)) -> dict[str, dict]:
-    """kind (read, write; and "<service>/<kind>") -> {count, p50, p95, p99} in seconds."""
+    """kind (read, write; and "<service>/<kind>") -> {count, p50, p95, p99} in seconds: the
+    time statements held their connection."""
+    return _quantiles(delta, DB_QUERY_SECONDS, "kind", qs)
+
+
+def pool_wait_quantiles(delta: Scrape, qs: Iterable[float] = (0.5, 0.95, 0.99)) -> dict[str, dict]:
+    """pool ("<service>/<pool>") -> {count, p50, p95, p99} in seconds: waits for a pooled
+    connection (a pool too small for its load, or a process too busy to use it)."""
+    return {
+        key: value
+        for key, value in _quantiles(delta, DB_POOL_WAIT_SECONDS, "pool", qs).items()
+        if "/" in key
+    }
+
+
+def _quantiles(delta: Scrape, metric: str, label: str, qs: Iterable[float]) -> dict[str, dict]:
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for labels, value in delta.select(DB_QUERY_SECONDS + "_bucket"):
+    for labels, value in delta.select(metric + "_bucket"):
         le = float(labels["le"])
-        for key in (labels["kind"], f"{labels['service']}/{labels['kind']}"):
+        for key in (labels[label], f"{labels['service']}/{labels[label]}"):
             buckets[key][le] += value
     out: dict[str, dict] = {}
     for key, b in sorted(buckets.items()):

@@ -257,11 +257,21 @@ def _metrics_section(name: str, r: Mapping[str, Any]) -> list[str]:
             )
         lines += [
             "",
-            "Percentiles interpolated within the histogram's buckets (0.5, 1, 2.5, 5, "
-            "10, 25 ms, ...); a write is a whole transaction (commit waits for a "
-            "synchronous standby).",
+            "The time a statement (read) or a whole transaction (write: its commit waits for "
+            "a synchronous standby) held its pooled connection; the wait for the connection "
+            "is below. Percentiles interpolated within the histogram's buckets (0.5, 1, 2.5, "
+            "5, 10, 25 ms, ...).",
             "",
         ]
+    waits = r["metrics"].get("pool_wait", {})
+    if waits:
+        lines += ["| pool | waits | p50 | p95 | p99 |", "|---|---|---|---|---|"]
+        for key, d in waits.items():
+            lines.append(
+                f"| {key} | {d['count']:,.0f} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | "
+                f"{_fmt(d['p99'])} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -296,7 +306,9 @@ def _flash(r: Mapping[str, Any]) -> list[str]:
         f"{o['committed_units']} units; stock left {o['available']} (reserved "
         f"{o['reserved']}); lowest stock level in the audit trail: "
         f"{o['lowest_available_after']}; **oversold: {o['oversold']}**.",
-        f"- Answers to the attempts by status: {r['kinds'].get('purchase', {}).get('codes', {})}.",
+        f"- Answers to the attempts by status: {r['kinds'].get('purchase', {}).get('codes', {})}"
+        " (409 is `sold_out`, the order service's answer once the stock feed says nothing is "
+        "left, counted as a success; any other 409 would count as an error).",
         f"- Audit (stock rebuilt from its events): {o['audit']}.",
         "- The payment service's fraud velocity limit (5 payments per user per hour) is raised "
         "for the benchmark: a few dozen bench users place every order.",

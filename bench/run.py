@@ -48,7 +48,7 @@ import asyncpg
 import bcrypt
 
 from bench import report
-from bench.metrics import Scrape, cache_ratios, db_quantiles, scrape
+from bench.metrics import Scrape, cache_ratios, db_quantiles, pool_wait_quantiles, scrape
 from components.conf.postgres import PgUsers
 from services.kit.db import PRIMARY_HINT
 from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
@@ -702,7 +702,11 @@ def run_platform(
 
 
 def _metrics(delta: Scrape) -> dict[str, Any]:
-    return {"cache": cache_ratios(delta), "db": db_quantiles(delta)}
+    return {
+        "cache": cache_ratios(delta),
+        "db": db_quantiles(delta),
+        "pool_wait": pool_wait_quantiles(delta),
+    }
 
 
 if __name__ == "__main__":

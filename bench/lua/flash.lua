@@ -42,8 +42,13 @@ function delay()
   return 0
 end
 
+-- 409 sold_out is the answer every attempt after the last unit should get: not an error.
+local function sold_out(status, body)
+  return status == 409 and body ~= nil and string.find(body, '"error":"sold_out"', 1, true) ~= nil
+end
+
 function response(status, headers, body)
-  local k = c.record(headers, status)
+  local k = c.record(headers, status, sold_out(status, body))
   if k == K then
     answered = answered + 1
     if answered >= quota then c.flush_tail(); wrk.thread:stop() end

@@ -4,8 +4,7 @@
 
     def init_app(settings: ProductSettings) -> web.Application:
         metrics = Metrics(settings.service_name)
-        database = Database(config, settings.service_name,
-                            metrics.db_query_seconds, metrics.db_pool_connections)
+        database = Database(settings.database(), settings.service_name, metrics)
         app = create_app(settings, api, [database, cache], metrics=metrics)
         app[DATABASE] = database                    # the service's own typed AppKey
         return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from services.kit.cache import Cache, Layer, MemcachedLayer, RedisLayer
 from services.kit.db import Database
 from services.kit.metrics import Metrics
@@ -9,13 +11,15 @@ from services.kit.redis import RedisStore
 from services.kit.settings import Settings, SettingsError
 
 
-def database(settings: Settings, metrics: Metrics) -> Database:
-    return Database(
-        settings.database(),
-        settings.service_name,
-        metrics.db_query_seconds,
-        metrics.db_pool_connections,
-    )
+def database(
+    settings: Settings, metrics: Metrics, pool_max: int | None = None, role: str = ""
+) -> Database:
+    """The service's database; `pool_max` connections at most (default DATABASE_POOL_MAX),
+    `role` for a second one with pools of its own (`services.kit.db.Database`)."""
+    config = settings.database()
+    if pool_max is not None:
+        config = replace(config, max_connections=pool_max, min_connections=min(2, pool_max))
+    return Database(config, settings.service_name, metrics, role)
 
 
 def redis(settings: Settings) -> RedisStore:

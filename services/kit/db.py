@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
-from prometheus_client import Gauge, Histogram
+
+from services.kit.metrics import Metrics
 
 # PgPool-II sends a statement starting with this comment to the primary.
 PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
@@ -78,21 +79,25 @@ async def connect(config: DatabaseConfig, endpoint: Endpoint | None = None) -> a
 
 
 class Database:
-    """Connection pools plus the read/write routing above; a dependency of the app."""
+    """Connection pools plus the read/write routing above; a dependency of the app.
 
-    name = "postgres"
+    Metrics (when given): the wait for a pooled connection and the time a statement or
+    transaction then holds it are measured apart, so a slow database and a pool too small
+    for its load are told apart. `role` names a second Database of the same service (its own
+    pools, e.g. the order service's saga workers): its pools are labelled `<role>-primary`."""
 
     def __init__(
         self,
         config: DatabaseConfig,
         service: str = "",
-        query_seconds: Histogram | None = None,
-        pool_connections: Gauge | None = None,
+        metrics: Metrics | None = None,
+        role: str = "",
     ) -> None:
         self.config = config
         self.service = service
-        self._query_seconds = query_seconds
-        self._pool_connections = pool_connections
+        self.name = f"postgres-{role}" if role else "postgres"
+        self._metrics = metrics
+        self._role = role
         self._primary: asyncpg.Pool | None = None
         self._replica: asyncpg.Pool | None = None
         self._answered: dict[int, float] = {}  # id(pool) -> when a query through it last succeeded
@@ -128,10 +133,11 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction on the primary path: writes, and reads that must see them."""
-        started = time.perf_counter()
-        async with self._acquire(self._primary_pool) as connection, connection.transaction():
-            yield connection
-        self._observe("write", started)
+        async with self._acquire(self._primary_pool) as connection:
+            started = time.perf_counter()
+            async with connection.transaction():
+                yield connection
+            self._observe("write", started)
 
     async def execute(self, sql: str, *args: Any) -> str:
         return await self._write("execute", sql, args)
@@ -144,10 +150,10 @@ class Database:
     async def _write(
         self, method: Literal["execute", "fetchval"], sql: str, args: tuple[Any, ...]
     ) -> Any:
-        started = time.perf_counter()
         async with self._acquire(self._primary_pool) as connection:
+            started = time.perf_counter()
             result = await getattr(connection, method)(sql, *args)
-        self._observe("write", started)
+            self._observe("write", started)
         return result
 
     # --- reads ------------------------------------------------------------------------------
@@ -177,11 +183,13 @@ class Database:
 
         async def run() -> Any:
             async with self._acquire(pool) as connection:
-                return await getattr(connection, method)(sql, *args)
+                started = time.perf_counter()
+                result = await getattr(connection, method)(sql, *args)
+                self._observe("read", started)
+                return result
 
-        started = time.perf_counter()
         try:
-            result = await run()
+            return await run()
         except DROPPED_CONNECTION:
             # PgPool-II restarts its children on failover and when a node is attached again,
             # closing every pooled connection: replace them all, and run a plain SELECT once
@@ -189,9 +197,7 @@ class Database:
             await pool.expire_connections()
             if not _PLAIN_READ.match(sql.removeprefix(PRIMARY_HINT)):
                 raise
-            result = await run()
-        self._observe("read", started)
-        return result
+            return await run()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -218,25 +224,33 @@ class Database:
 
     @asynccontextmanager
     async def _acquire(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+        asked = time.perf_counter()
         async with pool.acquire() as connection:
+            if self._metrics is not None:
+                self._metrics.db_pool_wait_seconds.labels(
+                    service=self.service, pool=self._pool_label(pool)
+                ).observe(time.perf_counter() - asked)
             self._record_pool(pool)
             yield connection
         self._answered[id(pool)] = time.monotonic()  # only when the block succeeded
         self._record_pool(pool)
 
-    def _record_pool(self, pool: asyncpg.Pool) -> None:
-        if self._pool_connections is None:
-            return
+    def _pool_label(self, pool: asyncpg.Pool) -> str:
         name = "replica" if pool is self._replica else "primary"
+        return f"{self._role}-{name}" if self._role else name
+
+    def _record_pool(self, pool: asyncpg.Pool) -> None:
+        if self._metrics is None:
+            return
+        gauge, name = self._metrics.db_pool_connections, self._pool_label(pool)
         idle = pool.get_idle_size()
-        self._pool_connections.labels(service=self.service, pool=name, state="idle").set(idle)
-        self._pool_connections.labels(service=self.service, pool=name, state="in_use").set(
-            pool.get_size() - idle
-        )
+        gauge.labels(service=self.service, pool=name, state="idle").set(idle)
+        gauge.labels(service=self.service, pool=name, state="in_use").set(pool.get_size() - idle)
 
     def _observe(self, kind: str, started: float) -> None:
-        if self._query_seconds is not None:
-            self._query_seconds.labels(service=self.service, kind=kind).observe(
+        """A statement or transaction's time, from holding the connection to its end."""
+        if self._metrics is not None:
+            self._metrics.db_query_seconds.labels(service=self.service, kind=kind).observe(
                 time.perf_counter() - started
             )
 

@@ -7,6 +7,7 @@ service name:
 
     metrics.cache_requests.labels(service=name, layer="l2", result="hit").inc()
     metrics.db_query_seconds.labels(service=name, kind="read").observe(seconds)
+    metrics.db_pool_wait_seconds.labels(service=name, pool="primary").observe(seconds)
     metrics.db_pool_connections.labels(service=name, pool="primary", state="idle").set(n)
 
 A registry per app (not the process-wide default) lets tests build several apps in one
@@ -30,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from stacks.alerts import CACHE_REQUESTS, HTTP_LATENCY, HTTP_REQUESTS
 
 DB_QUERY_SECONDS = "db_query_duration_seconds"  # labels: service, kind (read|write)
+DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # labels: service, pool
 DB_POOL_CONNECTIONS = "db_pool_connections"  # labels: service, pool, state (in_use|idle)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -73,8 +75,15 @@ class Metrics:
         )
         self.db_query_seconds = Histogram(
             DB_QUERY_SECONDS,
-            "Time of a database statement or transaction, by kind (read or write)",
+            "Time a statement or transaction holds its connection, by kind (read or write)",
             ["service", "kind"],
+            buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.db_pool_wait_seconds = Histogram(
+            DB_POOL_WAIT_SECONDS,
+            "Time waiting for a pooled database connection, by pool",
+            ["service", "pool"],
             buckets=QUERY_BUCKETS,
             registry=self.registry,
         )

@@ -140,6 +140,8 @@ async def test_a_paid_order_is_confirmed_and_shipped(shop, shopper, platform: Da
     metrics = await (await shop["order"].get("/metrics")).text()
     for group in ("order-saga", "fulfilment"):  # exported for the alert; none given up on
         assert f'events_dead_letters{{group="{group}"}} 0.0' in metrics
+    # The saga ran on connections of its own, never queued behind the API's requests.
+    assert 'db_pool_wait_seconds_count{pool="workers-primary",service="order"}' in metrics
     captured = [
         p
         for p in shop["stripe"].payments.values()

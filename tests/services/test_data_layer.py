@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from services.kit.db import Database, DatabaseConfig, Endpoint
+from services.kit.metrics import DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS, Metrics
 from services.kit.migrate import Migration, MigrationError, load, migrate
 from services.maintenance.partitions import ensure_partitions
 from stacks.local.data_tier import DataTier
@@ -172,3 +173,35 @@ async def test_readiness_of_a_busy_pool_is_its_latest_answer(platform: DataTier)
         await asyncio.wait_for(database.check(), 0.5)
     finally:
         await database.close()
+
+
+async def test_the_wait_for_a_connection_is_measured_apart_from_the_query(
+    platform: DataTier,
+) -> None:
+    """A pool too small for its load shows as waits, not as slow queries: with the only
+    connection held for 0.3 s, the next read waits that long and then runs in milliseconds."""
+    metrics = Metrics("layer-test")
+    database = Database(
+        replace(config(platform), min_connections=1, max_connections=1), "layer-test", metrics
+    )
+    await database.start()
+    try:
+        async with database.transaction():
+            read = asyncio.create_task(database.fetchval("SELECT 1"))
+            await asyncio.sleep(0.3)
+        assert await read == 1
+    finally:
+        await database.close()
+
+    def histogram(name: str, **labels: str) -> tuple[float, float]:
+        """(count, sum) of one labelled histogram."""
+        at = {"service": "layer-test", **labels}
+        value = metrics.registry.get_sample_value
+        return value(f"{name}_count", at) or 0.0, value(f"{name}_sum", at) or 0.0
+
+    waits, waited = histogram(DB_POOL_WAIT_SECONDS, pool="primary")
+    assert waits == 2 and waited >= 0.25  # the transaction's wait, then the read's
+    reads, read_time = histogram(DB_QUERY_SECONDS, kind="read")
+    assert reads == 1 and read_time < 0.25
+    writes, write_time = histogram(DB_QUERY_SECONDS, kind="write")
+    assert writes == 1 and write_time >= 0.25  # the transaction held it all along
