@@ -687,7 +687,11 @@ def run_platform(
         before = scrape(target.metrics_urls())
         began = time.time()
         r = wrk("flash", "flash.lua", gw, duration=args.flash_timeout, target=target, **common)
-        r["attempts"] = args.flash_attempts
+        r.update(report.flash_pace(r, args.flash_attempts))
+        say(
+            f"flash: {r['answered']:,} attempts answered in {r['window_s']} s: "
+            f"{r['rps']:,.0f} attempts/s, {r['unanswered']:,} never answered"
+        )
         say("flash: waiting for the checkout saga to settle every order")
         r["outcome"] = asyncio.run(
             flash_outcome(target, prepared.flash_sku, began, wait_s=args.flash_timeout)

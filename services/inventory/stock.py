@@ -20,8 +20,10 @@ import asyncpg
 
 from services.kit.db import Database
 
-# One statement: move `n` from available to reserved, record the event, and queue a low-stock
-# alert when the stock falls under its threshold.
+# One statement: move `n` from available to reserved, record the event and the reservation
+# ($4 its id, $5 the order, $6 its expiry), and queue a low-stock alert when the stock falls
+# under its threshold. One round trip under the SKU's row lock: in a flash sale every
+# reservation queues for that lock, so its hold time is the sale's pace.
 RESERVE = """
 WITH changed AS (
     UPDATE inventory
@@ -37,8 +39,12 @@ WITH changed AS (
     SELECT 'inventory.low_stock', sku,
            jsonb_build_object('sku', sku, 'available', available, 'threshold', low_stock_threshold)
       FROM changed WHERE available < low_stock_threshold
+), held AS (
+    INSERT INTO reservations (id, order_id, sku, quantity, expires_at)
+    SELECT $4, $5, sku, $2, $6 FROM changed
+ RETURNING id, quantity, status, expires_at
 )
-SELECT sku, available, reserved, version FROM changed
+SELECT sku, available, reserved, version, id, quantity, status, expires_at FROM changed, held
 """
 
 # Give back what a reservation held (released, or expired).
@@ -152,7 +158,9 @@ class Stock:
             levels, held = [], []
             # A stable order of locks: two orders for the same SKUs never deadlock.
             for sku, quantity in sorted(items):
-                row = await connection.fetchrow(RESERVE, sku, quantity, reference)
+                row = await connection.fetchrow(
+                    RESERVE, sku, quantity, reference, uuid.uuid4(), order_id, expires
+                )
                 if row is None:
                     known = await connection.fetchrow(
                         "SELECT sku, available, reserved, version FROM inventory WHERE sku = $1",
@@ -160,18 +168,7 @@ class Stock:
                     )
                     raise UnknownSku(sku) if known is None else InsufficientStock(_level(known))
                 levels.append(_level(row))
-                held.append(
-                    await connection.fetchrow(
-                        """INSERT INTO reservations (id, order_id, sku, quantity, expires_at)
-                           VALUES ($1, $2, $3, $4, $5)
-                           RETURNING id, sku, quantity, status, expires_at""",
-                        uuid.uuid4(),
-                        order_id,
-                        sku,
-                        quantity,
-                        expires,
-                    )
-                )
+                held.append(row)
         return [_reservation(r) for r in held], levels
 
     async def commit(self, order_id: int) -> list[Level]:
