@@ -51,6 +51,7 @@ from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, pool_wait_quantiles, scrape
 from components.conf.postgres import PgUsers
 from services.kit.db import PRIMARY_HINT
+from stacks.gateway import SERVER_MAXCONN
 from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
 from stacks.local.process import LocalPlatformError, recorded_processes
 from stacks.local.system import TOOLS, ensure_programs
@@ -206,8 +207,7 @@ def bring_up(args: argparse.Namespace) -> Target:
     ]
     if args.processes:
         argv += ["--processes", args.processes]
-    if args.server_maxconn:
-        argv += ["--server-maxconn", str(args.server_maxconn)]
+    argv += ["--server-maxconn", str(args.server_maxconn)]
     for item in args.service_env:
         argv += ["--service-env", item]
     say(f"starting the platform in {state_dir}")
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-maxconn",
         type=int,
-        default=0,
+        default=SERVER_MAXCONN,
         help="gateway: requests in flight per service process (0: no cap)",
     )
     parser.add_argument("--service-env", action="append", default=[], help="SERVICE:VAR=VALUE")

@@ -83,7 +83,9 @@ function init(args)
   c.thread_id = thread_id
   c.export()
   D = c.data()
-  nonce = D.nonce
+  -- Per wrk run too: the warm-up and the measured run share the data file, and a key or an
+  -- email used again would be answered from the first run (a 200 for the order it placed).
+  nonce = D.nonce .. "-" .. c.now_us()
   math.randomseed(thread_id * 7919 + os.time())
   -- This thread's users and inventory SKUs (disjoint from other threads').
   local n = D.threads

@@ -71,6 +71,9 @@ CLIENT_MAX_SIZE = 1024 * 1024  # request bodies above 1 MiB: 413
 READINESS_TIMEOUT_S = 0.8  # the kubelet gives /readyz 1 s (the probe's default timeoutSeconds)
 DRAIN_S = 5.0  # after SIGTERM on Kubernetes: serve, unready, while endpoints catch up
 SHUTDOWN_TIMEOUT_S = 20.0  # then in-flight requests get this long (grace period: 30 s)
+# Connections waiting to be accepted. The gateway opens many at once under a burst; with
+# aiohttp's default of 128 a busy event loop let the queue overflow and HAProxy answered 503.
+LISTEN_BACKLOG = 1024
 SLOW_REQUEST_MS = 500.0  # always in the access log, whatever its sample rate
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
@@ -296,7 +299,7 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
     try:
         await runner.setup()  # the dependencies start here
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         log.info("serving", host=host, port=port)
         received = await stop
         log.info("stopping", signal=received.name)

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from components.conf.haproxy import RateLimit
+from stacks.gateway import SERVER_MAXCONN
 from stacks.local.platform import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_METRICS_PORT,
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--server-maxconn",
         type=int,
-        default=0,
+        default=SERVER_MAXCONN,
         metavar="N",
         help="gateway: requests in flight per service process, the rest queue (0: no cap)",
     )

@@ -66,7 +66,12 @@ from components.conf.pgpool import SPARE_CLIENTS
 from components.conf.postgres import PgTuning
 from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
 from services.kit.settings import Settings
-from stacks.gateway import DEFAULT_RATE_LIMIT, gateway_environment, local_config
+from stacks.gateway import (
+    DEFAULT_RATE_LIMIT,
+    SERVER_MAXCONN,
+    gateway_environment,
+    local_config,
+)
 from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
 from stacks.local.ports import HOST, is_taken
 from stacks.local.postgres import pool_nodes
@@ -156,7 +161,7 @@ class PlatformConfig:
     # The gateway's per-client budget; None lifts it (a benchmark's load comes from one address).
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
     # Requests in flight per service process at the gateway; the rest queue there (None: no cap).
-    server_maxconn: int | None = None
+    server_maxconn: int | None = SERVER_MAXCONN
     # Extra environment per service, over the wiring's (e.g. payment: VELOCITY_LIMIT).
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, histogram_quantile, parse
 from bench.run import LUA, free_port, wrk
 from services.kit.metrics import Metrics
-from stacks.gateway import local_config
+from stacks.gateway import SERVER_MAXCONN, local_config
 from stacks.local.__main__ import _config, _parser
 from stacks.local.platform import PlatformConfig
 from stacks.local.process import LocalPlatformError
@@ -34,10 +34,13 @@ SERVERS = {
 
 def test_local_gateway_without_rate_limit_and_with_server_maxconn() -> None:
     default = local_config(SERVERS, port=18080, metrics_port=18404)
-    assert "track-sc0" in default and " maxconn 64" not in default
-    cfg = local_config(SERVERS, port=18080, metrics_port=18404, rate_limit=None, server_maxconn=64)
+    assert "track-sc0" in default
+    assert f"    default-server inter 2s fall 3 rise 2 maxconn {SERVER_MAXCONN}" in default
+    uncapped = local_config(SERVERS, port=18080, metrics_port=18404, server_maxconn=None)
+    assert "    default-server inter 2s fall 3 rise 2" in uncapped.splitlines()
+    cfg = local_config(SERVERS, port=18080, metrics_port=18404, rate_limit=None, server_maxconn=16)
     assert "track-sc0" not in cfg and "deny_status 429" not in cfg
-    assert "    default-server inter 2s fall 3 rise 2 maxconn 64" in cfg.splitlines()
+    assert "    default-server inter 2s fall 3 rise 2 maxconn 16" in cfg.splitlines()
     if shutil.which("haproxy"):
         path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-haproxy-{os.getpid()}.cfg"
         path.write_text(cfg)
@@ -70,6 +73,8 @@ def test_runner_options_for_benchmarks() -> None:
     assert config.server_maxconn == 32
     assert config.service_env == {"payment": {"VELOCITY_LIMIT": "1000", "MAX_AMOUNT_CENTS": "5"}}
     assert _config(_parser().parse_args(["up"])).rate_limit is not None
+    assert _config(_parser().parse_args(["up"])).server_maxconn == SERVER_MAXCONN
+    assert _config(_parser().parse_args(["up", "--server-maxconn", "0"])).server_maxconn is None
     with pytest.raises(SystemExit):
         _parser().parse_args(["up", "--service-env", "payment-no-colon"])
     with pytest.raises(LocalPlatformError, match="unknown services: nope"):

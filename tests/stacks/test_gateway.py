@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from services.kit.auth import Tokens
-from stacks.gateway import gateway_environment, local_config
+from stacks.gateway import SERVER_MAXCONN, gateway_environment, kubernetes_config, local_config
 from stacks.local.ports import PortAllocator
 from stacks.services import SERVICE_TABLE
 
@@ -174,3 +174,12 @@ async def test_body_limits_and_rate_limit(gateway: Gateway) -> None:
     # The fixture's readiness probes and the 413 above count too.
     assert 490 <= passed < 500 and passed + len(limited) == 540
     assert set(limited) == {"10"}
+
+
+def test_every_service_pod_takes_a_bounded_number_of_requests() -> None:
+    """On GKE as locally, the gateway caps requests in flight per service pod (the rest queue
+    at the gateway, bounded by `timeout queue`), so a burst cannot bury one event loop."""
+    _, files = kubernetes_config()
+    (cfg,) = files.values()
+    assert f"    default-server inter 2s fall 3 rise 2 maxconn {SERVER_MAXCONN}" in cfg.splitlines()
+    assert "    timeout queue " in cfg
