@@ -347,6 +347,8 @@ def _flash(r: Mapping[str, Any]) -> list[str]:
         " (409 is `sold_out`, the order service's answer once the stock feed says nothing is "
         "left, counted as a success; any other 409 would count as an error).",
         f"- Audit (stock rebuilt from its events): {o['audit']}.",
+        f"- Before the sale the checkout saga's backlog from the mix drained "
+        f"({r.get('saga_backlog_before', {})}): the sale starts on a quiet platform.",
         "- The payment service's fraud velocity limit (5 payments per user per hour) is raised "
         "for the benchmark: a few dozen bench users place every order.",
         "",

@@ -156,42 +156,57 @@ class Consumer:
                     raise
 
     async def poll(self) -> int:
-        """One round: retry what is overdue, then read new messages (one stream at a time, as
-        each stream lives on its own cluster slot). Returns how many were handled."""
+        """One round over every topic: retry what is overdue, then read new messages. Returns
+        how many were handled."""
         handled = 0
         for topic in self.topics:
-            handled += await self._reclaim(topic)
-            response = await self.redis.xreadgroup(
-                self.group,
-                self.name,
-                {stream(topic): ">"},
-                count=50,
-                block=self.block_ms // len(self.topics),
-            )
-            for _, entries in response or []:
-                # A batch is handled concurrently: its entries are independent (one order's
-                # next event only exists once this one's step has committed).
-                await asyncio.gather(
-                    *(
-                        self._handle(topic, entry_id, fields, deliveries=1)
-                        for entry_id, fields in entries
-                    )
+            handled += await self.poll_topic(topic, self.block_ms // len(self.topics))
+        return handled
+
+    async def poll_topic(self, topic: str, block_ms: int) -> int:
+        """One round on one topic (each stream lives on its own cluster slot)."""
+        handled = await self._reclaim(topic)
+        response = await self.redis.xreadgroup(
+            self.group, self.name, {stream(topic): ">"}, count=50, block=block_ms
+        )
+        for _, entries in response or []:
+            # A batch is handled concurrently: its entries are independent (one order's
+            # next event only exists once this one's step has committed).
+            await asyncio.gather(
+                *(
+                    self._handle(topic, entry_id, fields, deliveries=1)
+                    for entry_id, fields in entries
                 )
-                handled += len(entries)
+            )
+            handled += len(entries)
         return handled
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Follow every topic at its own pace until `stop`: one loop per topic, so a slow
+        step (payments) never holds up the others (a flash sale's reservations waited for
+        each batch of payments when the topics took turns), and the dead-letter re-drive."""
         await self.ensure_groups()
-        next_redrive = time.monotonic() + self.redrive_after_s
+        await asyncio.gather(
+            *(self._follow(topic, stop) for topic in self.topics), self._redrive_every(stop)
+        )
+
+    async def _follow(self, topic: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.poll()
-                if time.monotonic() >= next_redrive:
-                    next_redrive = time.monotonic() + self.redrive_after_s
-                    await self.redrive()
+                await self.poll_topic(topic, self.block_ms)
             except Exception as error:
                 log.warning("event consumer failed", group=self.group, error=str(error))
                 await asyncio.sleep(1.0)
+
+    async def _redrive_every(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.redrive_after_s)
+                return
+            try:
+                await self.redrive()
+            except Exception as error:
+                log.warning("dead-letter re-drive failed", group=self.group, error=str(error))
 
     async def redrive(self, now_ms: int | None = None) -> int:
         """Hand this group's dead letters that have rested `redrive_after_s` since their last
