@@ -36,9 +36,17 @@ function request()
   }, body)
 end
 
--- Once its share is sent, a connection idles (one /healthz a second) until the thread stops.
+-- Once its share is sent, a connection idles (one /healthz a second) until the thread stops:
+-- when every attempt is answered, or when none has been for GIVE_UP_US (an attempt lost on
+-- the way is then never answered, and counts as an error in the report).
+local GIVE_UP_US = 15 * 1000000
+local last_answer_us = 0
+
 function delay()
-  if sent >= quota then return 1000 end
+  if sent >= quota then
+    if c.now_us() - last_answer_us > GIVE_UP_US then c.flush_tail(); wrk.thread:stop() end
+    return 1000
+  end
   return 0
 end
 
@@ -51,6 +59,7 @@ function response(status, headers, body)
   local k = c.record(headers, status, sold_out(status, body))
   if k == K then
     answered = answered + 1
+    last_answer_us = c.now_us()
     if answered >= quota then c.flush_tail(); wrk.thread:stop() end
   end
 end
