@@ -152,6 +152,14 @@ def test_report_from_wrk_lines(tmp_path: Path) -> None:
     assert r["kinds"]["b"]["p95_ms"] == pytest.approx(10.0, rel=0.05)
     assert r["kinds"]["b"]["codes"] == {"200": 45, "412": 5}
     assert "filler" not in r["kinds"]
+    # As a flash sale: kind "a" were the attempts, answered within seconds 100-101 of a
+    # longer wrk run; 260 attempts were sent, 10 never answered (errors, with "a"'s 5).
+    pace = report.flash_pace({**r, "kinds": {"purchase": r["kinds"]["a"]}}, attempts=260)
+    assert pace["window_s"] == 0  # no "purchase" seconds under that name
+    r["series_by_kind"]["purchase"] = r["series_by_kind"]["a"]
+    pace = report.flash_pace({**r, "kinds": {"purchase": r["kinds"]["a"]}}, attempts=260)
+    assert (pace["answered"], pace["window_s"], pace["rps"]) == (250, 2, 125)
+    assert (pace["unanswered"], pace["errors"]) == (10, 15)
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
