@@ -46,7 +46,7 @@ class SoldOut:
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(
-            subscribe(self.redis.nodes, self.redis.password, CHANNEL, self.heard, self._since.clear)
+            subscribe(self.redis.nodes, self.redis.password, CHANNEL, self.heard, self.resubscribed)
         )
 
     async def close(self) -> None:
@@ -64,6 +64,10 @@ class SoldOut:
             self._since.pop(level["sku"], None)
         else:
             self._since[level["sku"]] = time.monotonic()
+
+    def resubscribed(self) -> None:
+        """A subscription was (re)made: whatever was published meanwhile is unknown."""
+        self._since.clear()
 
     def among(self, skus: Iterable[str]) -> list[str]:
         """The SKUs of `skus` known to be sold out right now, sorted."""

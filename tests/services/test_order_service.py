@@ -4,6 +4,7 @@ once per Idempotency-Key (even by concurrent twins), priced from the catalog, hi
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -13,8 +14,11 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from services.kit.auth import Tokens
+from services.kit.redis import RedisStore
+from services.kit.settings import HostPort
 from services.order.app import OrderSettings, init_app
 from services.order.carts import MAX_LINES
+from services.order.soldout import SoldOut
 from stacks.local.data_tier import DataTier
 
 
@@ -230,3 +234,21 @@ async def test_bad_orders_name_the_field_and_write_nothing(
 async def test_orders_need_a_shopper(client: TestClient) -> None:
     assert (await client.get("/api/orders")).status == 401
     assert (await client.post("/api/orders", json={}, headers=key())).status == 401
+
+
+def test_the_sold_out_hint_only_refuses_while_it_is_fresh_and_true() -> None:
+    """A SKU is sold out while its last level has nothing available, for at most the hint's
+    lifetime; a level with stock, or a new subscription (levels may have been missed), clears
+    it. The check costs no I/O: the flash sale's late attempts are refused by it."""
+    hint = SoldOut(RedisStore([HostPort("127.0.0.1", 1)], None), ttl_s=0.2)
+    hint.heard({"sku": "SKU-A", "available": 0, "reserved": 3, "version": 7})
+    hint.heard({"sku": "SKU-B", "available": 2, "reserved": 0, "version": 4})
+    assert hint.among(["SKU-B", "SKU-A", "SKU-C"]) == ["SKU-A"]
+    hint.heard({"sku": "SKU-A", "available": 1, "reserved": 2, "version": 8})  # one released
+    assert hint.among(["SKU-A"]) == []
+    hint.heard({"sku": "SKU-A", "available": 0, "reserved": 3, "version": 9})
+    time.sleep(0.25)
+    assert hint.among(["SKU-A"]) == []  # too old to trust
+    hint.heard({"sku": "SKU-A", "available": 0, "reserved": 3, "version": 10})
+    hint.resubscribed()
+    assert hint.among(["SKU-A"]) == []
