@@ -52,12 +52,15 @@ async def publish(
     redis: RedisCluster | Redis, topic: str, key: str, payload: dict[str, Any]
 ) -> str:
     entry = await redis.xadd(
-        stream(topic),
-        {"key": key, "payload": json.dumps(payload, default=str)},
-        maxlen=STREAM_MAX_LENGTH,
-        approximate=True,
+        stream(topic), _entry(key, payload), maxlen=STREAM_MAX_LENGTH, approximate=True
     )
     return entry.decode() if isinstance(entry, bytes) else entry
+
+
+def _entry(key: str, payload: dict[str, Any] | str) -> dict[str, str]:
+    """A stream entry's fields; an outbox row's payload may come as JSON text already."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+    return {"key": key, "payload": text}
 
 
 class OutboxRelay:
@@ -78,15 +81,18 @@ class OutboxRelay:
                    WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
                 self.batch,
             )
-            for row in rows:
-                payload = row["payload"]
-                await publish(
-                    self.redis,
-                    row["topic"],
-                    row["key"],
-                    json.loads(payload) if isinstance(payload, str) else payload,
-                )
             if rows:
+                # One pipeline for the batch, not a round trip per row. If it fails, every row
+                # stays unpublished and is relayed again (at least once, as ever).
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for row in rows:
+                        pipe.xadd(
+                            stream(row["topic"]),
+                            _entry(row["key"], row["payload"]),
+                            maxlen=STREAM_MAX_LENGTH,
+                            approximate=True,
+                        )
+                    await pipe.execute()
                 await connection.execute(
                     "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
                     [row["id"] for row in rows],

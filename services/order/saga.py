@@ -35,6 +35,22 @@ SAGA_TOPICS = ("order.placed", "order.stock_reserved", "order.paid")
 FULFILMENT_TOPICS = ("order.confirmed",)
 
 
+# A saga step's state change and the event that drives the next one, in one statement (one
+# round trip, atomic): $1 order id, $2 its created_at, $3 the status it must be in, $4 the new
+# one, $5 the event's topic (NULL: none), $6 its payload. Answers whether the order moved.
+MOVE = """
+WITH moved AS (
+    UPDATE orders SET status = $4, updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND status = $3
+ RETURNING id
+), event AS (
+    INSERT INTO outbox (topic, key, payload)
+    SELECT $5::text, id::text, $6::jsonb FROM moved WHERE $5::text IS NOT NULL
+)
+SELECT count(*) > 0 FROM moved
+"""
+
+
 class Retry(Exception):
     """A peer did not answer usefully: leave the event pending, it will be redelivered."""
 
@@ -137,27 +153,20 @@ class Checkout:
     async def _move(
         self, order: dict[str, Any], expected: str, new: str, topic: str | None, **extra: Any
     ) -> bool:
-        """Move the order from `expected` to `new` and write `topic` in the same transaction;
-        a no-op when it has already moved (a redelivered event)."""
-        async with self.db.transaction() as connection:
-            moved = await connection.fetchval(
-                """UPDATE orders SET status = $4, updated_at = now()
-                   WHERE id = $1 AND created_at = $2 AND status = $3 RETURNING id""",
-                order["id"],
-                datetime.fromisoformat(order["created_at"]),
-                expected,
-                new,
-            )
-            if moved is not None and topic is not None:
-                await connection.execute(
-                    "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3::jsonb)",
-                    topic,
-                    str(order["id"]),
-                    json.dumps({**order, "status": new, **extra}),
-                )
-        if moved is not None:
+        """Move the order from `expected` to `new` and write `topic` with it, atomically (one
+        statement); a no-op when it has already moved (a redelivered event)."""
+        moved = await self.db.write_fetchval(
+            MOVE,
+            order["id"],
+            datetime.fromisoformat(order["created_at"]),
+            expected,
+            new,
+            topic,
+            json.dumps({**order, "status": new, **extra}),
+        )
+        if moved:
             log.info("order moved", order=order["id"], status=new, **extra)
-        return moved is not None
+        return bool(moved)
 
     async def _call(
         self, method: str, url: str, body: dict[str, Any] | None = None, key: str | None = None
