@@ -147,8 +147,12 @@ class Database:
         returns (`... RETURNING x`)."""
         return await self._write("fetchval", sql, args)
 
+    async def write_fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One write statement on its own (autocommit) and the row it returns."""
+        return await self._write("fetchrow", sql, args)
+
     async def _write(
-        self, method: Literal["execute", "fetchval"], sql: str, args: tuple[Any, ...]
+        self, method: Literal["execute", "fetchval", "fetchrow"], sql: str, args: tuple[Any, ...]
     ) -> Any:
         async with self._acquire(self._primary_pool) as connection:
             started = time.perf_counter()

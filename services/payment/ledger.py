@@ -28,22 +28,22 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """The payment for `key`, created pending if new; the flag says whether the request
         matches the one the key was first used with."""
-        async with self.db.transaction() as connection:
-            row = await connection.fetchrow(
-                f"""INSERT INTO payments (id, order_id, provider, idempotency_key, amount_cents,
-                                          currency, status)
-                    VALUES ($1, $2, 'pending', $3, $4, $5, 'pending')
-                    ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}""",
-                uuid.uuid4(),
-                order_id,
-                key,
-                amount_cents,
-                currency,
+        row = await self.db.write_fetchrow(
+            f"""INSERT INTO payments (id, order_id, provider, idempotency_key, amount_cents,
+                                      currency, status)
+                VALUES ($1, $2, 'pending', $3, $4, $5, 'pending')
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}""",
+            uuid.uuid4(),
+            order_id,
+            key,
+            amount_cents,
+            currency,
+        )
+        if row is None:
+            # The conflict waited for a concurrent twin to commit: its row is there to read.
+            row = await self.db.fetchrow(
+                f"SELECT {COLUMNS} FROM payments WHERE idempotency_key = $1", key, fresh=True
             )
-            if row is None:
-                row = await connection.fetchrow(
-                    f"SELECT {COLUMNS} FROM payments WHERE idempotency_key = $1 FOR UPDATE", key
-                )
         same = (row["order_id"], row["amount_cents"], row["currency"]) == (
             order_id,
             amount_cents,
@@ -53,12 +53,11 @@ class Ledger:
 
     async def update(self, payment_id: str, **fields: Any) -> dict[str, Any]:
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
-        async with self.db.transaction() as connection:
-            row = await connection.fetchrow(
-                f"UPDATE payments SET {sets}, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
-                uuid.UUID(payment_id),
-                *fields.values(),
-            )
+        row = await self.db.write_fetchrow(
+            f"UPDATE payments SET {sets}, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
+            uuid.UUID(payment_id),
+            *fields.values(),
+        )
         return _payment(row)
 
     async def get(self, payment_id: str) -> dict[str, Any] | None:
