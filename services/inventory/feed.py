@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.inventory.stock import Level, feed_message
-from services.kit.cache import subscribe
 from services.kit.logs import get_logger
-from services.kit.redis import RedisStore
+from services.kit.redis import ChannelListener, RedisStore
 
 CHANNEL = "inventory:stock"
 QUEUE_SIZE = 100
@@ -23,29 +22,14 @@ QUEUE_SIZE = 100
 log = get_logger(__name__)
 
 
-class StockFeed:
+class StockFeed(ChannelListener):
     """A dependency of the app: its check never fails (the feed is best effort)."""
 
     name = "stock-feed"
 
     def __init__(self, redis: RedisStore):
-        self.redis = redis
+        super().__init__(redis, CHANNEL)
         self.clients: set[asyncio.Queue[dict[str, Any]]] = set()
-        self._listener: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._listener = asyncio.create_task(
-            subscribe(self.redis.nodes, self.redis.password, CHANNEL, self._deliver)
-        )
-
-    async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-
-    async def check(self) -> None:
-        """Best effort: a feed without Redis never makes the service unready."""
 
     async def publish(self, level: Level) -> None:
         try:
@@ -62,7 +46,8 @@ class StockFeed:
         finally:
             self.clients.discard(queue)
 
-    def _deliver(self, level: dict[str, Any]) -> None:
+    def heard(self, level: dict[str, Any]) -> None:
+        """Every level to every connected client."""
         for queue in self.clients:
             if queue.full():
                 queue.get_nowait()  # a slow client loses its oldest update, not the newest

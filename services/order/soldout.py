@@ -18,45 +18,27 @@ is a hint that can only refuse, and it errs towards letting a purchase through:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from services.inventory.feed import CHANNEL
-from services.kit.cache import subscribe
-from services.kit.redis import RedisStore
+from services.kit.redis import ChannelListener, RedisStore
 
 HINT_TTL_S = 30.0
 
 
-class SoldOut:
+class SoldOut(ChannelListener):
     """A dependency of the order app (its check never fails: without the feed, every
     purchase simply takes the saga's way)."""
 
     name = "stock-feed"
 
     def __init__(self, redis: RedisStore, ttl_s: float = HINT_TTL_S):
-        self.redis = redis
+        super().__init__(redis, CHANNEL)
         self.ttl_s = ttl_s
         self._since: dict[str, float] = {}  # sku -> when it was last heard sold out
-        self._listener: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._listener = asyncio.create_task(
-            subscribe(self.redis.nodes, self.redis.password, CHANNEL, self.heard, self.resubscribed)
-        )
-
-    async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-
-    async def check(self) -> None:
-        """Best effort: the feed never makes the service unready."""
 
     def heard(self, level: dict[str, Any]) -> None:
         """A level from the feed: {"sku", "available", "reserved", "version"}."""
@@ -66,7 +48,7 @@ class SoldOut:
             self._since[level["sku"]] = time.monotonic()
 
     def resubscribed(self) -> None:
-        """A subscription was (re)made: whatever was published meanwhile is unknown."""
+        """Levels published while no subscription stood are unknown: trust none."""
         self._since.clear()
 
     def among(self, skus: Iterable[str]) -> list[str]:
