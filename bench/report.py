@@ -214,7 +214,7 @@ def write(results: Mapping[str, Any], out: Path) -> None:
         "script's 5 % buckets).",
         "",
     ]
-    lines += _targets(sc, base)
+    lines += _targets(sc, base, int(results["args"].get("connections", 1000)))
     for name in ("mix", "hot", "flash"):
         r = sc.get(name)
         if r and r.get("metrics"):
@@ -229,7 +229,7 @@ def write(results: Mapping[str, Any], out: Path) -> None:
     chart(sc, out / "latency.png")
 
 
-def _targets(sc: Mapping[str, Any], base: float | None) -> list[str]:
+def _targets(sc: Mapping[str, Any], base: float | None, connections: int) -> list[str]:
     rows = []
     mix, hot, flash = sc.get("mix"), sc.get("hot"), sc.get("flash")
     if mix:
@@ -262,7 +262,17 @@ def _targets(sc: Mapping[str, Any], base: float | None) -> list[str]:
         )
     if not rows:
         return []
-    return ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|", *rows, ""]
+    lines = ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|", *rows, ""]
+    if mix and mix["rps"]:
+        # Little's law for a closed loop: every connection waits for its answer, then asks again.
+        lines += [
+            f"wrk keeps {connections:,} requests in flight, so the mix's mean latency is "
+            f"{connections:,} / throughput = {connections / mix['rps'] * 1000:,.0f} ms at "
+            f"{mix['rps']:,.0f} req/s (Little's law): a p95 of 250 ms at {connections:,} "
+            f"connections needs more than {connections / 0.25:,.0f} req/s.",
+            "",
+        ]
+    return lines
 
 
 def _metrics_section(name: str, r: Mapping[str, Any]) -> list[str]:
@@ -285,12 +295,7 @@ def _metrics_section(name: str, r: Mapping[str, Any]) -> list[str]:
         lines.append("")
     db = r["metrics"]["db"]
     if db:
-        lines += ["| database | statements | p50 | p95 | p99 |", "|---|---|---|---|---|"]
-        for key, d in db.items():
-            lines.append(
-                f"| {key} | {d['count']:,.0f} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | "
-                f"{_fmt(d['p99'])} |"
-            )
+        lines += _quantile_table(("database", "statements"), db)
         lines += [
             "",
             "The time a statement (read) or a whole transaction (write: its commit waits for "
@@ -301,13 +306,17 @@ def _metrics_section(name: str, r: Mapping[str, Any]) -> list[str]:
         ]
     waits = r["metrics"].get("pool_wait", {})
     if waits:
-        lines += ["| pool | waits | p50 | p95 | p99 |", "|---|---|---|---|---|"]
-        for key, d in waits.items():
-            lines.append(
-                f"| {key} | {d['count']:,.0f} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | "
-                f"{_fmt(d['p99'])} |"
-            )
-        lines.append("")
+        lines += [*_quantile_table(("pool", "waits"), waits), ""]
+    return lines
+
+
+def _quantile_table(header: tuple[str, str], rows: Mapping[str, Any]) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} | p50 | p95 | p99 |", "|---|---|---|---|---|"]
+    for key, d in rows.items():
+        lines.append(
+            f"| {key} | {d['count']:,.0f} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | "
+            f"{_fmt(d['p99'])} |"
+        )
     return lines
 
 
