@@ -81,15 +81,18 @@ async def subscribe(
     Cluster pub/sub is broadcast, so one connection to any node hears every message; when it
     is lost, the next seed node is tried (a second's pause after a full round). Messages
     published while no subscription stood are lost: `on_subscribed` runs each time one is
-    made, for state that must not outlive such a gap."""
+    made, for state that must not outlive such a gap, including when redis-py reconnects
+    and subscribes again by itself (it does, when the connection drops between two reads)."""
     while True:
         for node in nodes:
             connection = Redis(host=node.host, port=node.port, password=password)
+            watcher = _Reconnects(on_subscribed)
             try:
                 async with connection.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
-                    if on_subscribed is not None:
-                        on_subscribed()
+                    watcher.connected()
+                    if pubsub.connection is not None:
+                        pubsub.connection.register_connect_callback(watcher.connected)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             on_message(json.loads(message["data"]))
@@ -101,6 +104,18 @@ async def subscribe(
                 with contextlib.suppress(Exception):
                     await connection.aclose()
         await asyncio.sleep(1.0)
+
+
+class _Reconnects:
+    """Tells `subscribe`'s caller of every (re)connection of its pub/sub connection (redis-py
+    keeps connect callbacks as weak references to methods)."""
+
+    def __init__(self, on_subscribed: Callable[[], None] | None) -> None:
+        self.on_subscribed = on_subscribed
+
+    def connected(self, _connection: object = None) -> None:
+        if self.on_subscribed is not None:
+            self.on_subscribed()
 
 
 class RedisLayer:
