@@ -20,20 +20,44 @@ from services.kit.db import Database
 ACTIVE = ("pending", "stock_reserved", "paid")  # the saga is still working on these
 
 
-# $1 order id, $2 its created_at, $3..$6 the lines (sku, product id, quantity, unit price)
-# as arrays, $7 user, $8 Idempotency-Key, $9 the order.placed payload.
-FINISH_ORDER = """
-WITH lines AS (
+# $1 user, $2 Idempotency-Key, $3 the request's hash, $4 the SKUs: claims the key (waiting for
+# a concurrent twin's transaction, if any) and prices the items, in one round trip. Always one
+# row at least; the product columns are NULL when no SKU matched.
+CLAIM_AND_PRICE = """
+WITH claim AS (
+    INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+    ON CONFLICT (user_id, key) DO NOTHING RETURNING key
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, p.id, p.sku, p.price_cents, p.currency
+  FROM (SELECT 1) AS one
+  LEFT JOIN products p ON p.sku = ANY($4::text[]) AND p.active
+"""
+
+# $1 user, $2 total, $3..$6 the lines (sku, product id, quantity, unit price) as arrays, $7 the
+# Idempotency-Key, $8 the rest of the order.placed payload: the order, its lines, the key's
+# answer and the saga's first event in one round trip. Returns the order.
+PLACE = """
+WITH o AS (
+    INSERT INTO orders (user_id, total_cents) VALUES ($1, $2)
+    RETURNING id, status, total_cents, currency, created_at, updated_at
+), lines AS (
     INSERT INTO order_items
         (order_id, order_created_at, sku, product_id, quantity, unit_price_cents)
-    SELECT $1::bigint, $2::timestamptz, sku, product_id, quantity, unit_price_cents
-      FROM unnest($3::text[], $4::bigint[], $5::int[], $6::bigint[])
+    SELECT o.id, o.created_at, l.sku, l.product_id, l.quantity, l.unit_price_cents
+      FROM o, unnest($3::text[], $4::bigint[], $5::int[], $6::bigint[])
            AS l(sku, product_id, quantity, unit_price_cents)
 ), answer AS (
-    UPDATE idempotency_keys SET order_id = $1, order_created_at = $2
-     WHERE user_id = $7 AND key = $8
+    UPDATE idempotency_keys k SET order_id = o.id, order_created_at = o.created_at
+      FROM o WHERE k.user_id = $1 AND k.key = $7
+), event AS (
+    INSERT INTO outbox (topic, key, payload)
+    SELECT 'order.placed', o.id::text,
+           $8::jsonb || jsonb_build_object(
+               'id', o.id, 'status', o.status, 'total_cents', o.total_cents,
+               'currency', o.currency, 'created_at', o.created_at, 'updated_at', o.updated_at)
+      FROM o
 )
-INSERT INTO outbox (topic, key, payload) VALUES ('order.placed', $1::text, $9::jsonb)
+SELECT * FROM o
 """
 
 
@@ -81,14 +105,8 @@ class Orders:
     ) -> Placed:
         digest = request_hash(items)
         async with self.db.transaction() as connection:
-            claimed = await connection.fetchrow(
-                """INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
-                   ON CONFLICT (user_id, key) DO NOTHING RETURNING key""",
-                user_id,
-                key,
-                digest,
-            )
-            if claimed is None:
+            rows = await connection.fetch(CLAIM_AND_PRICE, user_id, key, digest, list(items))
+            if not rows[0]["claimed"]:
                 # A concurrent twin may still be inside its transaction: the row lock waits
                 # for it, so the answer is always the order it committed.
                 known = await connection.fetchrow(
@@ -101,49 +119,33 @@ class Orders:
                     raise KeyReused(key)
                 found = await self._load(connection, known["order_id"], known["order_created_at"])
                 return Placed(found, created=False)
-            prices = {
-                r["sku"]: r
-                for r in await connection.fetch(
-                    """SELECT id, sku, price_cents, currency FROM products
-                       WHERE sku = ANY($1) AND active""",
-                    list(items),
-                )
-            }
+            prices = {r["sku"]: r for r in rows if r["sku"] is not None}
             missing = sorted(set(items) - set(prices))
             if missing:
                 raise UnknownProducts(missing)
             total = sum(prices[sku]["price_cents"] * quantity for sku, quantity in items.items())
-            order = await connection.fetchrow(
-                """INSERT INTO orders (user_id, total_cents) VALUES ($1, $2)
-                   RETURNING id, status, total_cents, currency, created_at, updated_at""",
-                user_id,
-                total,
-            )
             lines = [
                 (sku, prices[sku]["id"], quantity, prices[sku]["price_cents"])
                 for sku, quantity in sorted(items.items())
             ]
-            placed = _order(
-                order,
-                [
-                    {"sku": sku, "quantity": q, "unit_price_cents": price}
-                    for sku, _, q, price in lines
-                ],
-            )
-            # The lines, the key's answer and the saga's first event: one round trip.
-            await connection.execute(
-                FINISH_ORDER,
-                order["id"],
-                order["created_at"],
+            items_out = [
+                {"sku": sku, "quantity": q, "unit_price_cents": price} for sku, _, q, price in lines
+            ]
+            order = await connection.fetchrow(
+                PLACE,
+                user_id,
+                total,
                 [line[0] for line in lines],
                 [line[1] for line in lines],
                 [line[2] for line in lines],
                 [line[3] for line in lines],
-                user_id,
                 key,
                 # The saga's input: the order, and the provider token the shopper paid with.
-                json.dumps({"user_id": user_id, "payment_token": payment_token, **placed}),
+                json.dumps(
+                    {"user_id": user_id, "payment_token": payment_token, "items": items_out}
+                ),
             )
+            placed = _order(order, items_out)
         return Placed(placed, created=True)
 
     async def key_used(self, user_id: int, key: str) -> bool:
