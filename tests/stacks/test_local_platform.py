@@ -376,15 +376,14 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
 
         # The runner restarts the old primary once pgpool has detached it: it rewinds into a
         # standby of the new primary and is attached again.
-        assert (
-            next(n for n in platform.pool_nodes() if n.role == "primary").address != primary.address
-        )
+        new_primary = next(n for n in await nodes_now(platform) if n.role == "primary")
+        assert new_primary.address != primary.address
         mine = await rejoined(platform, primary.address, timeout_s=90)
         print(
             f"old primary back as a standby {time.monotonic() - killed_at[0]:.1f} s after the kill"
         )
         assert (mine.role, mine.status) == ("standby", "up"), platform.logs(old["name"], "pgpool")
-        assert sorted(n.role for n in platform.pool_nodes()) == ["primary"] + ["standby"] * 3
+        assert sorted(n.role for n in await nodes_now(platform)) == ["primary"] + ["standby"] * 3
 
         # Every acknowledged order is there, on the new primary's timeline. (An attach makes
         # pgpool restart its children, which drops the services' pooled connections: a read
@@ -398,16 +397,25 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
         assert len(set(acknowledged.values())) == len(acknowledged)  # one order per key
 
 
+async def nodes_now(platform: Platform, timeout_s: float = 30) -> list[PoolNode]:
+    """pgpool's view of the members. pgpool restarts its children when a node fails over or
+    is attached again, and a query arriving then is dropped: it is asked again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return platform.pool_nodes()
+        except LocalPlatformError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def rejoined(platform: Platform, address: str, timeout_s: float) -> PoolNode:
     """pgpool's view of the member at ``address`` once it is an attached standby (or at the
     deadline)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:  # pgpool restarts its children when a node is attached: a query may fail
-            mine = next(n for n in platform.pool_nodes() if n.address == address)
-        except LocalPlatformError:
-            await asyncio.sleep(0.5)
-            continue
+        mine = next(n for n in await nodes_now(platform) if n.address == address)
         if (mine.role, mine.status) == ("standby", "up") or time.monotonic() > deadline:
             return mine
         await asyncio.sleep(1)
