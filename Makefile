@@ -10,19 +10,29 @@ OUT ?= build/render/$(STACK)
 # checkov pins packages that conflict with pulumi's, so it lives in its own environment.
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: test plan lint checkov-env venv clean system-packages up down status bench
+.PHONY: test plan lint checkov-env venv constraints clean system-packages up down status bench
 
 venv: $(VENV)/.installed
 
-# The virtual environment, rebuilt whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The virtual environment, rebuilt whenever pyproject.toml or constraints.txt changes: the
+# versions in constraints.txt, so a venv made today and one made in a year are the same.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 		echo "python3-venv is missing: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[infra,test,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[infra,test,bench]'
 	@touch $@
+
+# Re-resolve constraints.txt from pyproject.toml's ranges, in a scratch environment (an upgrade
+# on purpose: run `make test` before committing the new file).
+constraints:
+	rm -rf build/constraints-venv && $(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/python -m pip install -q --upgrade pip
+	build/constraints-venv/bin/python -m pip install -q -e '.[infra,test,bench]'
+	{ head -3 constraints.txt; build/constraints-venv/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf build/constraints-venv
 
 checkov-env: $(CHECKOV_VENV)/.installed
 
