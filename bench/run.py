@@ -34,6 +34,7 @@ import json
 import os
 import platform as pyplatform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -448,9 +449,16 @@ def wrk(
     threads: int,
     data: Path,
     target: Target | None = None,
+    stop_when_threads_finish: bool = False,
 ) -> dict[str, Any]:
+    """Run wrk with a bench script. wrk itself always runs for its whole duration, even when
+    every thread has stopped; with `stop_when_threads_finish` (the flash sale: a fixed number
+    of attempts) it is interrupted, as Ctrl-C would, once each thread has said it is done."""
     out = OUT / f"{name}.jsonl"
     out.unlink(missing_ok=True)
+    finished = [out.with_name(f"{out.name}.done-{n}") for n in range(1, threads + 1)]
+    for marker in finished:
+        marker.unlink(missing_ok=True)
     argv = [
         "wrk",
         f"-t{threads}",
@@ -469,12 +477,19 @@ def wrk(
     say(f"{name}: wrk {' '.join(argv[1:6])} {script} for up to {int(duration)} s")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wrk_ticks = 0
+    if stop_when_threads_finish:
+        while proc.poll() is None and not all(m.exists() for m in finished):
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # wrk then reports and runs the scripts' done()
     try:
         stdout, _ = proc.communicate(timeout=duration + 60)
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, _ = proc.communicate()
     ended = time.time()
+    for marker in finished:
+        marker.unlink(missing_ok=True)
     # wrk's own CPU time (it shares the machine with what it measures)
     with_ticks = os.times()
     wrk_ticks = with_ticks.children_user + with_ticks.children_system
@@ -708,7 +723,15 @@ def run_platform(
         say(f"flash: the checkout saga's backlog drained in {drained['waited_s']} s")
         before = scrape(target.metrics_urls())
         began = time.time()
-        r = wrk("flash", "flash.lua", gw, duration=args.flash_timeout, target=target, **common)
+        r = wrk(
+            "flash",
+            "flash.lua",
+            gw,
+            duration=args.flash_timeout,
+            target=target,
+            stop_when_threads_finish=True,
+            **common,
+        )
         r.update(report.flash_pace(r, args.flash_attempts))
         r["saga_backlog_before"] = drained
         say(

@@ -136,6 +136,15 @@ function M.done(summary, latency, requests)
   f:close()
 end
 
+-- A thread with nothing left to do says so ($BENCH_OUT.done-<thread>): wrk runs for its whole
+-- duration whatever its threads do, so the harness interrupts it once every thread is done.
+function M.finished()
+  M.flush_tail()
+  local f = io.open(os.getenv("BENCH_OUT") .. ".done-" .. M.thread_id, "w")
+  if f then f:close() end
+  wrk.thread:stop()
+end
+
 -- Called from each thread's init().
 function M.export()
   bench_dump, bench_tail = "", ""
