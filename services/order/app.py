@@ -55,9 +55,8 @@ def split_pool(pool_max: int) -> tuple[int, int]:
 
 def init_app(settings: OrderSettings) -> web.Application:
     metrics = Metrics(settings.service_name)
-    api_pool, workers_pool = split_pool(settings.database_pool_max)
-    if not settings.run_workers:
-        api_pool, workers_pool = settings.database_pool_max, 0
+    pool_max = settings.database_pool_max
+    api_pool, workers_pool = split_pool(pool_max) if settings.run_workers else (pool_max, 0)
     database = backends.database(settings, metrics, pool_max=api_pool)
     redis = backends.redis(settings)
     sold_out = SoldOut(redis)
