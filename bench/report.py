@@ -224,6 +224,8 @@ def write(results: Mapping[str, Any], out: Path) -> None:
     if sc.get("flash"):
         lines += _flash(sc["flash"])
     lines += _cpu(sc)
+    if results.get("costs"):
+        lines += _costs(results["costs"], int(m["cores"]), sc.get("mix"))
     lines += ["![latency percentiles over time](latency.png)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     chart(sc, out / "latency.png")
@@ -378,18 +380,77 @@ def _cpu(sc: Mapping[str, Any]) -> list[str]:
         if max(vals) < 0.005:
             continue
         lines.append(f"| {g} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
-    lines += ["", "wrk itself takes the rest of the 2 cores.", ""]
+    lines += [
+        "",
+        "postgresql, redis and memcached: all their members together. wrk itself takes the "
+        "rest of the 2 cores.",
+        "",
+    ]
     return lines
 
 
+def mix_cost(costs: Mapping[str, Any]) -> float | None:
+    """The CPU (ms) one request of the mix costs the platform: each kind's cost alone,
+    weighted by its share of the mix. None when a kind of the mix was not measured."""
+    weights, kinds = costs["weights"], costs["kinds"]
+    if any(kinds.get(k, {}).get("cpu_ms") is None for k in weights):
+        return None
+    return sum(w * kinds[k]["cpu_ms"] for k, w in weights.items()) / sum(weights.values())
+
+
+def _costs(costs: Mapping[str, Any], cores: int, mix: Mapping[str, Any] | None) -> list[str]:
+    weights, kinds = costs["weights"], costs["kinds"]
+    total_weight = sum(weights.values())
+    lines = [
+        "### What one request costs (CPU of the whole platform, each kind alone)",
+        "",
+        f"Each kind of the mix alone for {costs['duration_s']:.0f} s; the CPU of every "
+        "platform process until the checkout saga settled what it placed, less the platform's "
+        f'idle CPU ({costs["idle_cores"]:.2f} core), over the requests answered. "most of '
+        'it" is the three largest parts, in ms.',
+        "",
+        "| kind | share of the mix | connections | req/s alone | errors | CPU per request "
+        "| most of it | share of the mix's CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    weighted = mix_cost(costs)
+    for kind, k in sorted(kinds.items(), key=lambda kv: -(kv[1]["cpu_ms"] or 0)):
+        share = weights.get(kind, 0) / total_weight
+        grouped: dict[str, float] = defaultdict(float)
+        for process, ms in k["cpu_ms_by_process"].items():
+            grouped[_group(process)] += ms
+        top = sorted(grouped.items(), key=lambda kv: -kv[1])[:3]
+        of_mix = (
+            f"{share * k['cpu_ms'] / weighted * 100:.0f} %" if weighted and k["cpu_ms"] else "n/a"
+        )
+        lines.append(
+            f"| {kind} | {share * 100:.1f} % | {k.get('connections', costs['connections'])} | "
+            f"{k['rps']:,.0f} | {k['errors']:,} | {_fmt_ms(k['cpu_ms'])} | "
+            + ", ".join(f"{name} {ms:.2f}" for name, ms in top)
+            + f" | {of_mix} |"
+        )
+    lines.append("")
+    if weighted:
+        ceiling = cores * 1000 / weighted
+        measured = f"; the mix measured {mix['rps']:,.0f} req/s" if mix else ""
+        lines += [
+            f"Weighted by the mix's shares, one request of the mix costs **{weighted:.2f} ms** "
+            f"of CPU: {cores} cores allow at most **{ceiling:,.0f} req/s** of this mix even "
+            f"with the load generator elsewhere{measured}. 2,000 req/s needs "
+            f"{cores * 1000 / 2000:.2f} ms per request or less.",
+            "",
+        ]
+    return lines
+
+
+def _fmt_ms(ms: float | None) -> str:
+    return "n/a" if ms is None else f"{ms:.2f} ms"
+
+
 def _group(process: str) -> str:
-    if process.startswith(("pg-",)):
-        return "postgresql (all members)"
-    if process.startswith("redis"):
-        return "redis (all nodes)"
-    if process.startswith("memcached"):
-        return "memcached (all nodes)"
-    return process
+    """A process's row: the data tier's members summed per component."""
+    members = {"pg-": "postgresql", "redis": "redis", "memcached": "memcached"}
+    return next((name for prefix, name in members.items() if process.startswith(prefix)), process)
 
 
 def chart(sc: Mapping[str, Any], path: Path) -> None:

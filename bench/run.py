@@ -15,6 +15,9 @@ tokens and SKUs through the public API, then runs, each bounded in time:
 4. ``flash``: ``--flash-attempts`` orders of one unit of a SKU stocked with 100, as fast as
    the platform takes them; then waits for the checkout saga to settle every order and checks
    the database: exactly 100 sold, 0 oversold, the stock's audit trail consistent.
+5. ``costs``: each kind of the mix's requests alone, briefly, with the CPU every platform
+   process spent on it (until the checkout saga settled what it placed): the CPU one request
+   of the mix costs, and the throughput the machine's cores allow at that price.
 
 Writes ``build/bench/report.md``, ``build/bench/latency.png`` and ``build/bench/results.json``.
 
@@ -450,6 +453,7 @@ def wrk(
     data: Path,
     target: Target | None = None,
     stop_when_threads_finish: bool = False,
+    script_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run wrk with a bench script. wrk itself always runs for its whole duration, even when
     every thread has stopped; with `stop_when_threads_finish` (the flash sale: a fixed number
@@ -470,7 +474,13 @@ def wrk(
         str(LUA / script),
         url,
     ]
-    env = {**os.environ, "BENCH_LUA_DIR": str(LUA), "BENCH_OUT": str(out), "BENCH_DATA": str(data)}
+    env = {
+        **os.environ,
+        "BENCH_LUA_DIR": str(LUA),
+        "BENCH_OUT": str(out),
+        "BENCH_DATA": str(data),
+        **(script_env or {}),
+    }
     pids = target.pids() if target else {}
     before = cpu_ticks(pids)
     began = time.time()
@@ -591,6 +601,88 @@ async def flash_outcome(target: Target, sku: str, since: float, wait_s: float) -
     }
 
 
+# --- what each kind of request costs --------------------------------------------------------
+
+
+# Kinds measured with fewer connections: a registration is ~0.3 s of bcrypt, so 64 of them in
+# flight would mostly wait out the gateway's queue timeout, and the CPU the unanswered ones
+# spent would be charged to the few answered.
+COST_CONNECTIONS = {"register": 4}
+
+
+def mix_weights() -> dict[str, int]:
+    """The mix's request kinds and their weights (per 1,000), as bench/lua/mix.lua adds them."""
+    found = re.findall(r'^add\("(\w+)", (\d+),', (LUA / "mix.lua").read_text(), re.MULTILINE)
+    return {kind: int(weight) for kind, weight in found}
+
+
+def _cpu_seconds(target: Target) -> dict[str, float]:
+    hz = os.sysconf("SC_CLK_TCK")
+    return {name: ticks / hz for name, ticks in cpu_ticks(target.pids()).items()}
+
+
+def run_costs(args: argparse.Namespace, target: Target, data: Path) -> dict[str, Any]:
+    """The platform's CPU per request for each kind of the mix, run alone.
+
+    Each kind runs by itself (mix.lua with BENCH_KIND) at --cost-connections for
+    --cost-duration seconds. Every platform process's CPU is counted from the start until the
+    checkout saga has also settled the orders the run placed, less what the platform burns
+    idle over that time, and divided by the requests answered. Weighted by the mix's shares,
+    it is the CPU one request of the mix costs: the machine's cores over it bound the mix's
+    throughput, whatever the tuning (wrk's own CPU comes on top)."""
+    say("costs: the platform's idle CPU (5 s)")
+    idle_before, idle_began = _cpu_seconds(target), time.monotonic()
+    time.sleep(5)
+    idle_after = _cpu_seconds(target)
+    idle = sum(idle_after[n] - idle_before.get(n, 0) for n in idle_after) / (
+        time.monotonic() - idle_began
+    )
+    kinds: dict[str, Any] = {}
+    for kind in [k for k in args.cost_kinds.split(",") if k] or mix_weights():
+        connections = min(args.cost_connections, COST_CONNECTIONS.get(kind, args.cost_connections))
+        before, began = _cpu_seconds(target), time.monotonic()
+        r = wrk(
+            f"cost-{kind}",
+            "mix.lua",
+            target.gateway,
+            duration=args.cost_duration,
+            connections=connections,
+            threads=args.threads,
+            data=data,
+            target=target,
+            script_env={"BENCH_KIND": kind},
+        )
+        drained = asyncio.run(saga_drained(target, wait_s=args.flash_timeout))
+        after, elapsed = _cpu_seconds(target), time.monotonic() - began
+        answered = r["requests"] - r["errors"]
+        spent = {n: after[n] - before.get(n, 0) for n in after}
+        busy = max(0.0, sum(spent.values()) - idle * elapsed)
+        kinds[kind] = {
+            "connections": connections,
+            "requests": r["requests"],
+            "errors": r["errors"],
+            "rps": r["rps"],
+            "p95_ms": r["summary"]["p95_us"] / 1000,
+            "settled_s": round(elapsed, 1),
+            "saga_wait_s": drained["waited_s"],
+            "cpu_ms": 1000 * busy / answered if answered else None,
+            "cpu_ms_by_process": {
+                n: 1000 * v / answered for n, v in spent.items() if answered and v > 0
+            },
+        }
+        say(
+            f"cost-{kind}: {kinds[kind]['cpu_ms'] or 0:.2f} ms of CPU per request "
+            f"({answered:,} answered, settled in {elapsed:.1f} s)"
+        )
+    return {
+        "connections": args.cost_connections,
+        "duration_s": args.cost_duration,
+        "idle_cores": idle,
+        "weights": mix_weights(),
+        "kinds": kinds,
+    }
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -640,10 +732,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shoppers", type=int, default=2000, help="users with signed tokens (carts, orders)"
     )
+    parser.add_argument(
+        "--cost-duration", type=float, default=8, help="costs: seconds per kind of request"
+    )
+    parser.add_argument("--cost-connections", type=int, default=64, help="costs: connections")
+    parser.add_argument(
+        "--cost-kinds", default="", help="costs: comma-separated kinds (default: all the mix's)"
+    )
     parser.add_argument("--flash-attempts", type=int, default=10_000)
     parser.add_argument("--flash-timeout", type=float, default=120)
     parser.add_argument(
-        "--scenarios", default="baseline,hot,mix,flash", help="comma-separated subset"
+        "--scenarios", default="baseline,hot,mix,flash,costs", help="comma-separated subset"
     )
     parser.add_argument("--use-running", action="store_true", help="the platform in --state-dir")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -749,6 +848,11 @@ def run_platform(
             f"statuses {o['statuses']}, settled in {o['settled_after_s']} s"
         )
         results["scenarios"]["flash"] = r
+    if "costs" in scenarios:
+        # The mix and the sale moved stock versions: the inventory kind sends current ones.
+        prepared.inventory = asyncio.run(_versions(target, [s for s, _ in prepared.inventory]))
+        write_data(data, prepared, args.threads, args.flash_attempts)
+        results["costs"] = run_costs(args, target, data)
 
 
 def _metrics(delta: Scrape) -> dict[str, Any]:

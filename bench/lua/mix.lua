@@ -74,8 +74,17 @@ add("register", 1, function()
       nonce, c.thread_id, c.counter))
 end)
 
+-- $BENCH_KIND: that kind of request alone (the bench's cost-per-request scenario).
+local only = os.getenv("BENCH_KIND")
+if only ~= nil and only ~= "" then
+  for _, p in ipairs(plan) do
+    if c.kinds[p[1]] ~= only then p[2] = 0 end
+  end
+end
+
 local total = 0
 for _, p in ipairs(plan) do total = total + p[2] end
+assert(total > 0, "BENCH_KIND names no kind of the mix")
 
 function setup(thread) c.setup(thread) end
 
