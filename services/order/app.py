@@ -12,6 +12,7 @@ from prometheus_client import Gauge
 
 from services.kit import backends
 from services.kit.app import METRICS, TOKENS, Dependency, create_app
+from services.kit.auth import ServiceToken
 from services.kit.db import Database
 from services.kit.events import Consumer, OutboxRelay
 from services.kit.metrics import Metrics
@@ -96,9 +97,7 @@ def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: igno
     async def context(app: web.Application) -> AsyncIterator[None]:
         tokens = app[TOKENS]
         async with aiohttp.ClientSession() as http:
-            checkout = Checkout(
-                database, http, peers, lambda: tokens.issue("order", "service", "saga")
-            )
+            checkout = Checkout(database, http, peers, ServiceToken(tokens, "order", "saga"))
             stop = asyncio.Event()
             consumers = [
                 Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle),

@@ -1,6 +1,6 @@
 """The benchmark harness (bench/), without running the benchmark: the runner and gateway
 options it relies on, the metrics and report arithmetic, and a 2-second wrk run of the
-baseline scenario (skipped when wrk is not installed)."""
+baseline scenario and of the mix's script (skipped when wrk is not installed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, histogram_quantile, parse
-from bench.run import LUA, free_port, wrk
+from bench.run import LUA, Prepared, free_port, mix_weights, write_data, wrk
 from services.kit.metrics import Metrics
 from stacks.gateway import SERVER_MAXCONN, local_config
 from stacks.local.__main__ import _config, _parser
@@ -209,3 +209,88 @@ def test_a_short_real_baseline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     assert "| baseline | 20 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "latency.png").stat().st_size > 1000
+
+
+def test_the_mix_weights_are_per_mille_and_costs_weigh_by_them() -> None:
+    weights = mix_weights()
+    assert sum(weights.values()) == 1000
+    assert {"detail", "cart", "order", "register"} <= set(weights)
+    kinds = {
+        k: {"cpu_ms": 1.0, "rps": 100.0, "errors": 0, "cpu_ms_by_process": {}} for k in weights
+    }
+    kinds["order"] = {
+        "cpu_ms": 21.0,
+        "rps": 50.0,
+        "errors": 0,
+        "cpu_ms_by_process": {"pg-0": 9.0, "pg-1": 3.0, "order-0": 4.0},
+    }
+    costs = {
+        "weights": weights,
+        "kinds": kinds,
+        "connections": 64,
+        "duration_s": 8,
+        "idle_cores": 0.05,
+    }
+    # Every kind 1 ms but orders 21 ms: 1 + 20 x the orders' share.
+    expected = 1.0 + 20.0 * weights["order"] / 1000
+    assert report.mix_cost(costs) == pytest.approx(expected)
+    lines = "\n".join(report._costs(costs, cores=2, mix={"rps": 500.0}))
+    assert f"**{expected:.2f} ms**" in lines
+    assert f"**{2000 / expected:,.0f} req/s**" in lines
+    assert "postgresql 12.00, order-0 4.00" in lines  # the members summed, largest first
+    del kinds["register"]  # a kind of the mix not measured: no weighted figure
+    assert report.mix_cost(costs) is None
+
+
+ECHO_APP = """
+import sys
+from aiohttp import web
+
+async def echo(request):
+    rid = request.headers.get("X-Request-ID", "-")
+    return web.json_response({}, headers={"X-Request-ID": rid})
+
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", echo)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_the_mix_script_runs_one_kind_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bench.run.OUT", tmp_path)
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-c", ECHO_APP, str(port)])
+    data = tmp_path / "data.lua"
+    prepared = Prepared(
+        nonce="t",
+        tokens=["user-token"],
+        admin_token="admin-token",
+        ids=[1, 2, 3],
+        skus=["SKU-1", "SKU-2"],
+        inventory=[("SKU-9", 1)],
+        categories=["laptops"],
+        terms=["lamp"],
+        flash_sku="SKU-0",
+    )
+    write_data(data, prepared, threads=1, attempts=10)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        run = {"duration": 1, "connections": 8, "threads": 1, "data": data}
+        alone = wrk("cart", "mix.lua", url, script_env={"BENCH_KIND": "cart"}, **run)
+        mixed = wrk("mix", "mix.lua", url, **run)
+        with pytest.raises(RuntimeError):
+            wrk("nothing", "mix.lua", url, script_env={"BENCH_KIND": "no-such-kind"}, **run)
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
+    assert set(alone["kinds"]) == {"cart"} and alone["requests"] > 10
+    assert {"detail", "list", "cart"} <= set(mixed["kinds"])

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from services.kit.auth import PasswordHasher, Tokens
+from services.kit.auth import PasswordHasher, ServiceToken, Tokens
 from services.kit.errors import Unauthorized, ValidationFailed
 from tests.services.kit_example import SECRET, build_app, token
 
@@ -65,6 +65,21 @@ def test_a_remembered_token_still_expires_and_keeps_its_type() -> None:
     time.sleep(2.05)  # exp is whole seconds: expired by now, valid for >= 1 s before
     with pytest.raises(Unauthorized, match="token expired"):
         tokens.verify(short)
+
+
+def test_a_service_token_is_reused_for_half_its_life_then_renewed() -> None:
+    tokens = Tokens(SECRET, access_ttl=timedelta(minutes=10))
+    own = ServiceToken(tokens, "order", "saga")
+    start = datetime.now(UTC) - timedelta(minutes=5)  # renewed below at about now
+    first = own(start)
+    assert own(start + timedelta(minutes=4, seconds=59)) == first
+    principal = tokens.verify(first)
+    assert (principal.user_id, principal.role, principal.session_id) == ("order", "service", "saga")
+    renewed = own(start + timedelta(minutes=5))
+    assert renewed != first
+    # The renewed token outlives the first by the time that passed: a caller never holds one
+    # with less than half its lifetime left.
+    assert tokens.verify(renewed).expires_at - principal.expires_at >= timedelta(minutes=4)
 
 
 def test_a_tampered_token_is_refused_for_its_signature() -> None:
