@@ -407,7 +407,8 @@ def _costs(costs: Mapping[str, Any], cores: int, mix: Mapping[str, Any] | None) 
         f"Each kind of the mix alone for {costs['duration_s']:.0f} s; the CPU of every "
         "platform process until the checkout saga settled what it placed, less the platform's "
         f'idle CPU ({costs["idle_cores"]:.2f} core), over the requests answered. "most of '
-        'it" is the three largest parts, in ms.',
+        'it" is the three largest parts, in ms. An estimate: alone, a kind batches less than '
+        "in the mix (commits, event batches), and runs on this VM vary by 20-30 %.",
         "",
         "| kind | share of the mix | connections | req/s alone | errors | CPU per request "
         "| most of it | share of the mix's CPU |",
