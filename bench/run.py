@@ -757,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a note for results.json (what changed)")
     args = parser.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = {k for k in args.cost_kinds.split(",") if k} - set(mix_weights())
+    if unknown:
+        parser.error(f"--cost-kinds: {', '.join(sorted(unknown))} not in the mix: {mix_weights()}")
     OUT.mkdir(parents=True, exist_ok=True)
     ensure_wrk()
     results: dict[str, Any] = {

@@ -17,7 +17,7 @@ import pytest
 
 from bench import report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, histogram_quantile, parse
-from bench.run import LUA, Prepared, free_port, mix_weights, write_data, wrk
+from bench.run import LUA, Prepared, free_port, main, mix_weights, write_data, wrk
 from services.kit.metrics import Metrics
 from stacks.gateway import SERVER_MAXCONN, local_config
 from stacks.local.__main__ import _config, _parser
@@ -240,6 +240,9 @@ def test_the_mix_weights_are_per_mille_and_costs_weigh_by_them() -> None:
     assert "postgresql 12.00, order-0 4.00" in lines  # the members summed, largest first
     del kinds["register"]  # a kind of the mix not measured: no weighted figure
     assert report.mix_cost(costs) is None
+    with pytest.raises(SystemExit) as refused:  # before anything starts
+        main(["--scenarios", "costs", "--cost-kinds", "order,ordr"])
+    assert refused.value.code == 2
 
 
 ECHO_APP = """
