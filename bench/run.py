@@ -414,21 +414,24 @@ def write_data(path: Path, p: Prepared, threads: int, attempts: int) -> None:
 # --- running wrk ----------------------------------------------------------------------------
 
 
-def cpu_ticks(pids: dict[str, int]) -> dict[str, int]:
-    ticks = {}
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) each process has used, its descendants included: pgpool and
+    postgres work in their children."""
+    hz = os.sysconf("SC_CLK_TCK")
+    seconds = {}
     for name, pid in pids.items():
-        try:
-            fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks[name] = int(fields_[11]) + int(fields_[12])  # utime + stime
-        for child in _children(pid):  # pgpool and postgres work in their children
-            try:
-                f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks[name] += int(f[11]) + int(f[12])
-    return ticks
+        own = _ticks(pid)
+        if own is not None:
+            seconds[name] = (own + sum(_ticks(c) or 0 for c in _children(pid))) / hz
+    return seconds
+
+
+def _ticks(pid: int) -> int | None:
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields_[11]) + int(fields_[12])  # utime + stime
 
 
 def _children(pid: int) -> list[int]:
@@ -482,7 +485,7 @@ def wrk(
         **(script_env or {}),
     }
     pids = target.pids() if target else {}
-    before = cpu_ticks(pids)
+    before = cpu_seconds(pids)
     began = time.time()
     say(f"{name}: wrk {' '.join(argv[1:6])} {script} for up to {int(duration)} s")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -505,9 +508,8 @@ def wrk(
     wrk_ticks = with_ticks.children_user + with_ticks.children_system
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"wrk failed ({proc.returncode}): {stdout.decode()[-2000:]}")
-    after = cpu_ticks(pids)
-    hz = os.sysconf("SC_CLK_TCK")
-    cpu = {n: (after[n] - before.get(n, 0)) / hz / (ended - began) for n in after}
+    after = cpu_seconds(pids)
+    cpu = {n: (after[n] - before.get(n, 0)) / (ended - began) for n in after}
     result = report.load_wrk(out)
     result["loadavg_after"] = Path("/proc/loadavg").read_text().split(" ")[0]
     result.update(name=name, started=began, ended=ended, cpu=cpu, wrk_cpu_total=wrk_ticks)
@@ -616,11 +618,6 @@ def mix_weights() -> dict[str, int]:
     return {kind: int(weight) for kind, weight in found}
 
 
-def _cpu_seconds(target: Target) -> dict[str, float]:
-    hz = os.sysconf("SC_CLK_TCK")
-    return {name: ticks / hz for name, ticks in cpu_ticks(target.pids()).items()}
-
-
 def run_costs(args: argparse.Namespace, target: Target, data: Path) -> dict[str, Any]:
     """The platform's CPU per request for each kind of the mix, run alone.
 
@@ -631,15 +628,16 @@ def run_costs(args: argparse.Namespace, target: Target, data: Path) -> dict[str,
     it is the CPU one request of the mix costs: the machine's cores over it bound the mix's
     throughput, whatever the tuning (wrk's own CPU comes on top)."""
     say("costs: the platform's idle CPU (5 s)")
-    idle_before, idle_began = _cpu_seconds(target), time.monotonic()
+    idle_before, idle_began = cpu_seconds(target.pids()), time.monotonic()
     time.sleep(5)
-    idle_after, idle_s = _cpu_seconds(target), time.monotonic() - idle_began
+    idle_after, idle_s = cpu_seconds(target.pids()), time.monotonic() - idle_began
     # Cores each process keeps busy with nothing to do (relays, consumers, health checks).
     idle = {n: (idle_after[n] - idle_before.get(n, 0)) / idle_s for n in idle_after}
+    weights = mix_weights()
     kinds: dict[str, Any] = {}
-    for kind in [k for k in args.cost_kinds.split(",") if k] or mix_weights():
+    for kind in [k for k in args.cost_kinds.split(",") if k] or weights:
         connections = min(args.cost_connections, COST_CONNECTIONS.get(kind, args.cost_connections))
-        before, began = _cpu_seconds(target), time.monotonic()
+        before, began = cpu_seconds(target.pids()), time.monotonic()
         r = wrk(
             f"cost-{kind}",
             "mix.lua",
@@ -652,7 +650,7 @@ def run_costs(args: argparse.Namespace, target: Target, data: Path) -> dict[str,
             script_env={"BENCH_KIND": kind},
         )
         drained = asyncio.run(saga_drained(target, wait_s=args.flash_timeout))
-        after, elapsed = _cpu_seconds(target), time.monotonic() - began
+        after, elapsed = cpu_seconds(target.pids()), time.monotonic() - began
         answered = r["requests"] - r["errors"]
         spent = {n: max(0.0, after[n] - before.get(n, 0) - idle.get(n, 0) * elapsed) for n in after}
         busy = sum(spent.values())
@@ -677,7 +675,7 @@ def run_costs(args: argparse.Namespace, target: Target, data: Path) -> dict[str,
         "connections": args.cost_connections,
         "duration_s": args.cost_duration,
         "idle_cores": sum(idle.values()),
-        "weights": mix_weights(),
+        "weights": weights,
         "kinds": kinds,
     }
 
