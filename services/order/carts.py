@@ -19,18 +19,28 @@ from services.kit.logs import get_logger
 log = get_logger(__name__)
 MAX_LINES = 100
 # $1 user, $2 sku, $3 quantity (0: remove), $4 MAX_LINES. The service only ever stores
-# objects ({sku: quantity}) in carts.items.
+# objects ({sku: quantity}) in carts.items. A line is added or changed only for a SKU the
+# catalog sells (else checkout would fail until it was removed); removing one needs no such
+# check, since its product may have been withdrawn after it was added. It adds no new line to
+# a full cart. `known` false: not a product on sale; `items` NULL (and known): the cart is full.
 SET_LINE = """
-INSERT INTO carts AS c (user_id, items, updated_at)
-VALUES ($1, CASE WHEN $3::int = 0 THEN '{}'::jsonb ELSE jsonb_build_object($2::text, $3::int) END,
-        now())
-ON CONFLICT (user_id) DO UPDATE
-   SET items = CASE WHEN $3::int = 0 THEN c.items - $2::text
-                    ELSE c.items || jsonb_build_object($2::text, $3::int) END,
-       updated_at = now()
- WHERE $3::int = 0 OR c.items ? $2::text
-    OR (SELECT count(*) FROM jsonb_object_keys(c.items)) < $4::int
-RETURNING items
+WITH sold AS (
+    SELECT $3::int = 0 OR EXISTS (SELECT 1 FROM products WHERE sku = $2::text AND active) AS known
+), saved AS (
+    INSERT INTO carts AS c (user_id, items, updated_at)
+    SELECT $1, CASE WHEN $3::int = 0 THEN '{}'::jsonb
+                    ELSE jsonb_build_object($2::text, $3::int) END,
+           now()
+      FROM sold WHERE known
+    ON CONFLICT (user_id) DO UPDATE
+       SET items = CASE WHEN $3::int = 0 THEN c.items - $2::text
+                        ELSE c.items || jsonb_build_object($2::text, $3::int) END,
+           updated_at = now()
+     WHERE $3::int = 0 OR c.items ? $2::text
+        OR (SELECT count(*) FROM jsonb_object_keys(c.items)) < $4::int
+    RETURNING items
+)
+SELECT (SELECT known FROM sold) AS known, (SELECT items FROM saved) AS items
 """
 
 
@@ -64,12 +74,15 @@ class Carts:
         """Set one line's quantity (0 removes it); returns the whole cart.
 
         One statement, atomic on the cart's row (a read-modify-write in a transaction took
-        four round trips and held the row lock across them); it adds no new line to a full
-        cart and then returns nothing."""
-        stored = await self.db.write_fetchval(SET_LINE, user_id, sku, quantity, MAX_LINES)
-        if stored is None:
+        four round trips and held the row lock across them). ValueError says why a line was
+        refused: a SKU no product on sale has, or a full cart."""
+        row = await self.db.write_fetchrow(SET_LINE, user_id, sku, quantity, MAX_LINES)
+        assert row is not None  # the statement always answers one row
+        if not row["known"]:
+            raise ValueError(f"no product on sale has the SKU {sku}")
+        if row["items"] is None:
             raise ValueError(f"a cart holds at most {MAX_LINES} lines")
-        current = _items(stored)
+        current = _items(row["items"])
         await self._cache(user_id, current)
         return current
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.kit.api import Api, json_response
 from services.kit.auth import Principal
 from services.kit.errors import Conflict, NotFound, ValidationFailed
+from services.kit.types import Id, Sku, Timestamp, one_line_per_sku
 from services.order.carts import MAX_LINES, Carts
 from services.order.orders import KeyReused, Orders, UnknownProducts
 from services.order.soldout import SoldOut
@@ -21,7 +21,6 @@ CARTS = web.AppKey("carts", Carts)
 ORDERS = web.AppKey("orders", Orders)
 SOLD_OUT = web.AppKey("sold_out", SoldOut)
 
-Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9-]{1,63}$")]
 KEY_HEADER = "Idempotency-Key"
 
 
@@ -55,17 +54,24 @@ class Order(BaseModel):
 class NewOrder(BaseModel):
     """The items to buy; without them, the cart is checked out."""
 
-    items: list[CartLine] | None = Field(default=None, min_length=1, max_length=MAX_LINES)
+    items: (
+        Annotated[
+            list[CartLine],
+            Field(min_length=1, max_length=MAX_LINES),
+            AfterValidator(one_line_per_sku),
+        ]
+        | None
+    ) = None
     # The payment provider's token for the shopper's card (never the card itself).
     payment_token: str = Field(pattern=r"^tok_[A-Za-z0-9_]{4,64}$")
 
 
 class OrderPath(BaseModel):
-    order_id: int = Field(gt=0, lt=2**63)
+    order_id: Id
 
 
 class HistoryQuery(BaseModel):
-    before: datetime | None = Field(default=None, description="orders placed before this time")
+    before: Timestamp | None = Field(default=None, description="orders placed before this time")
     limit: int = Field(default=20, ge=1, le=100)
 
 
@@ -85,7 +91,7 @@ async def cart(request: web.Request, user: Principal) -> Cart:
 
 @api.put("/api/orders/cart/items", body=CartLine, response=Cart, auth=True)
 async def set_cart_line(request: web.Request, body: CartLine, user: Principal) -> Cart:
-    """Set a line's quantity (0 removes it)."""
+    """Set a line's quantity (0 removes it); only a SKU the catalog sells is added."""
     try:
         items = await request.app[CARTS].set_line(_user(user), body.sku, body.quantity)
     except ValueError as error:

@@ -88,12 +88,12 @@ async def test_a_full_cart_takes_no_new_line_but_changes_its_own(
 
     lines = await asyncio.gather(*(put(f"SKU-{n:06d}", 1) for n in range(MAX_LINES)))
     assert {status for status, _ in lines} == {200}  # concurrent: none lost to a race
-    status, body = await put("SKU-999999", 1)
+    status, body = await put(f"SKU-{MAX_LINES:06d}", 1)
     assert status == 422 and [f["field"] for f in body["fields"]] == ["body.sku"]
     assert (await put("SKU-000007", 5))[1]["items"]["SKU-000007"] == 5
     status, body = await put("SKU-000007", 0)
     assert status == 200 and len(body["items"]) == MAX_LINES - 1
-    status, body = await put("SKU-999999", 1)  # room again
+    status, body = await put(f"SKU-{MAX_LINES:06d}", 1)  # room again
     assert status == 200 and len(body["items"]) == MAX_LINES
     cart = await (await client.get("/api/orders/cart", headers=shopper)).json()
     assert cart["items"] == body["items"]
@@ -228,6 +228,56 @@ async def test_bad_orders_name_the_field_and_write_nothing(
     )
     assert response.status == 422
     assert field in [f["field"] for f in (await response.json())["fields"]]
+    assert await (await client.get("/api/orders", headers=shopper)).json() == []
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: asyncpg's conversion overflowed
+        "9999-12-31T23:59:59-01:00",  # after 9999 in UTC
+        "1969-12-31T23:59:59Z",
+        "2024-01-01T00:00:00",  # no UTC offset: the server's zone would decide
+        "2024-01-01",
+    ],
+)
+async def test_history_refuses_a_time_it_cannot_compare(
+    client: TestClient, shopper: dict[str, str], before: str
+) -> None:
+    """Issue 20: these answered 500 (asyncpg's OverflowError, or a silent server-zone guess)."""
+    response = await client.get("/api/orders", params={"before": before}, headers=shopper)
+    assert response.status == 422, await response.text()
+    assert [f["field"] for f in (await response.json())["fields"]] == ["query.before"]
+
+
+async def test_the_cart_takes_only_skus_the_catalog_sells(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    """Issue 20: an unknown SKU was accepted, and checkout failed until it was removed."""
+    response = await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-NOPE", "quantity": 1}, headers=shopper
+    )
+    assert response.status == 422
+    assert [f["field"] for f in (await response.json())["fields"]] == ["body.sku"]
+    assert (await (await client.get("/api/orders/cart", headers=shopper)).json())["items"] == {}
+    # Removing a line is always allowed (a product withdrawn after it was added).
+    removed = await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-NOPE", "quantity": 0}, headers=shopper
+    )
+    assert removed.status == 200 and (await removed.json())["items"] == {}
+
+
+async def test_an_order_lists_each_sku_once(client: TestClient, shopper: dict[str, str]) -> None:
+    """Issue 20: the same SKU twice collapsed silently into one line (the last quantity)."""
+    body = {
+        "items": [{"sku": "SKU-000001", "quantity": 1}, {"sku": "SKU-000001", "quantity": 2}],
+        "payment_token": "tok_visa",
+    }
+    response = await client.post("/api/orders", json=body, headers={**shopper, **key()})
+    assert response.status == 422
+    error = await response.json()
+    assert [f["field"] for f in error["fields"]] == ["body.items"]
+    assert "SKU-000001" in error["fields"][0]["problem"]
     assert await (await client.get("/api/orders", headers=shopper)).json() == []
 
 
