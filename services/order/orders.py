@@ -2,7 +2,8 @@
 
 Placing an order is one transaction: the idempotency key, the order (status `pending`), its
 items priced from `products` at this moment, and the `order.placed` event in the outbox. The
-same key again returns the same order; the same key with a different request is refused.
+same key again returns the same order; the same key with a different request (any of its
+fields) is refused, naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from services.kit.db import Database
 ACTIVE = ("pending", "stock_reserved", "paid")  # the saga is still working on these
 
 
-# $1 user, $2 Idempotency-Key, $3 the request's hash, $4 the SKUs: claims the key (waiting for
+# $1 user, $2 Idempotency-Key, $3 the request's digests, $4 the SKUs: claims the key (waiting for
 # a concurrent twin's transaction, if any) and prices the items, in one round trip. Always one
 # row at least; the product columns are NULL when no SKU matched.
 CLAIM_AND_PRICE = """
@@ -62,7 +63,11 @@ SELECT * FROM o
 
 
 class KeyReused(Exception):
-    """The Idempotency-Key was used for a different request."""
+    """The Idempotency-Key was used for a different request: `fields` are those that differ."""
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__(", ".join(fields))
+        self.fields = fields
 
 
 class UnknownProducts(Exception):
@@ -77,8 +82,23 @@ class Placed:
     created: bool  # False when the key had already placed it
 
 
-def request_hash(items: dict[str, int]) -> str:
-    return hashlib.sha256(json.dumps(sorted(items.items())).encode()).hexdigest()
+def request_digests(request: dict[str, Any]) -> dict[str, str]:
+    """A digest of each field of the request, as stored with its key: a retry must repeat every
+    one (the digest, not the value: the payment token stays out of this table)."""
+    return {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+        for name, value in request.items()
+    }
+
+
+def _stored_digests(stored: str) -> dict[str, str]:
+    try:
+        found = json.loads(stored)
+    except ValueError:
+        found = None
+    # Keys claimed before the digests were per field held one hash of the items: no field of a
+    # new request can be shown to match it.
+    return found if isinstance(found, dict) else {}
 
 
 def _order(row: asyncpg.Record, items: list[asyncpg.Record]) -> dict[str, Any]:
@@ -101,11 +121,23 @@ class Orders:
         self.db = db
 
     async def place(
-        self, user_id: int, key: str, items: dict[str, int], payment_token: str
+        self,
+        user_id: int,
+        key: str,
+        items: dict[str, int],
+        payment_token: str,
+        *,
+        from_cart: bool = False,
     ) -> Placed:
-        digest = request_hash(items)
+        """Place the order of `items`, once per key. `from_cart`: the request named no items
+        (they are the cart's), which is another request than the same items named."""
+        digests = request_digests(
+            {"items": None if from_cart else items, "payment_token": payment_token}
+        )
         async with self.db.transaction() as connection:
-            rows = await connection.fetch(CLAIM_AND_PRICE, user_id, key, digest, list(items))
+            rows = await connection.fetch(
+                CLAIM_AND_PRICE, user_id, key, json.dumps(digests), list(items)
+            )
             if not rows[0]["claimed"]:
                 # A concurrent twin may still be inside its transaction: the row lock waits
                 # for it, so the answer is always the order it committed.
@@ -115,8 +147,10 @@ class Orders:
                     user_id,
                     key,
                 )
-                if known["request_hash"] != digest:
-                    raise KeyReused(key)
+                stored = _stored_digests(known["request_hash"])
+                differ = [name for name, digest in digests.items() if stored.get(name) != digest]
+                if differ:
+                    raise KeyReused(differ)
                 found = await self._load(connection, known["order_id"], known["order_created_at"])
                 return Placed(found, created=False)
             prices = {r["sku"]: r for r in rows if r["sku"] is not None}

@@ -116,27 +116,35 @@ async def clear_cart(request: web.Request, user: Principal) -> None:
 async def place_order(request: web.Request, body: NewOrder, user: Principal) -> web.Response:
     """Place an order (send an `Idempotency-Key` header: the same key returns the same order).
 
-    Answers 201 with the new order, or 200 with the order the key already placed; the order
-    starts `pending` and the checkout saga moves it on. A SKU with nothing left answers 409
+    Answers 201 with the new order, or 200 with the order the key already placed (409 naming
+    the fields that differ when the key was used for another request); the order starts
+    `pending` and the checkout saga moves it on. A SKU with nothing left answers 409
     `sold_out` at once (unless the key already placed an order: that order is the answer)."""
     key = request.headers.get(KEY_HEADER, "")
     if not 8 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
         raise ValidationFailed.field(
             f"header.{KEY_HEADER}", "expected 8 to 128 printable ASCII characters"
         )
+    orders, from_cart = request.app[ORDERS], body.items is None
     if body.items is not None:
         items = {line.sku: line.quantity for line in body.items if line.quantity}
     else:
         items = await request.app[CARTS].get(_user(user))
-    if not items:
-        raise ValidationFailed.field("body.items", "nothing to order: the cart is empty")
     sold_out = request.app[SOLD_OUT].among(items)
-    if sold_out and not await request.app[ORDERS].key_used(_user(user), key):
+    # Refused at once, writing nothing, unless the key already placed an order: that order is
+    # the answer (a retried cart checkout finds the cart the first attempt emptied).
+    if (not items or sold_out) and not await orders.key_used(_user(user), key):
+        if not items:
+            raise ValidationFailed.field("body.items", "nothing to order: the cart is empty")
         raise SoldOutError(f"sold out: {', '.join(sold_out)}")
     try:
-        placed = await request.app[ORDERS].place(_user(user), key, items, body.payment_token)
-    except KeyReused:
-        raise Conflict(f"{KEY_HEADER} was already used for a different order") from None
+        placed = await orders.place(
+            _user(user), key, items, body.payment_token, from_cart=from_cart
+        )
+    except KeyReused as error:
+        raise Conflict(
+            f"{KEY_HEADER} was already used for another request: it differs in {error}"
+        ) from None
     except UnknownProducts as error:
         raise ValidationFailed.field("body.items", f"unknown or inactive SKUs: {error}") from None
     if placed.created and body.items is None:

@@ -281,6 +281,54 @@ async def test_an_order_lists_each_sku_once(client: TestClient, shopper: dict[st
     assert await (await client.get("/api/orders", headers=shopper)).json() == []
 
 
+async def test_a_reused_key_must_repeat_the_whole_request(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    """Issue 20: the same key with the same items but another payment token answered the first
+    order as if the token had been taken."""
+    items = [{"sku": "SKU-000020", "quantity": 1}]
+    twin = {**shopper, **key()}
+    first = await client.post(
+        "/api/orders", json={"items": items, "payment_token": "tok_visa"}, headers=twin
+    )
+    assert first.status == 201
+    again = await client.post(
+        "/api/orders", json={"items": items, "payment_token": "tok_visa"}, headers=twin
+    )
+    assert again.status == 200 and (await again.json())["id"] == (await first.json())["id"]
+    other = await client.post(
+        "/api/orders", json={"items": items, "payment_token": "tok_mastercard"}, headers=twin
+    )
+    assert other.status == 409
+    error = await other.json()
+    assert error["error"] == "conflict" and "payment_token" in error["message"]
+    assert "items" not in error["message"]
+    # Checking out the cart is another request than listing the same items.
+    cart = await client.post("/api/orders", json={"payment_token": "tok_visa"}, headers=twin)
+    assert cart.status == 409 and "items" in (await cart.json())["message"]
+    assert len(await (await client.get("/api/orders", headers=shopper)).json()) == 1
+
+
+async def test_a_retried_cart_checkout_gets_its_order(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    """The cart is emptied by the first attempt: the retry is still the same request."""
+    await client.put(
+        "/api/orders/cart/items", json={"sku": "SKU-000021", "quantity": 2}, headers=shopper
+    )
+    twin = {**shopper, **key()}
+    first = await client.post("/api/orders", json={"payment_token": "tok_visa"}, headers=twin)
+    assert first.status == 201
+    retry = await client.post("/api/orders", json={"payment_token": "tok_visa"}, headers=twin)
+    assert retry.status == 200, await retry.text()
+    assert (await retry.json())["id"] == (await first.json())["id"]
+    # Without a key that placed an order, an empty cart is still nothing to order.
+    empty = await client.post(
+        "/api/orders", json={"payment_token": "tok_visa"}, headers={**shopper, **key()}
+    )
+    assert empty.status == 422
+
+
 async def test_orders_need_a_shopper(client: TestClient) -> None:
     assert (await client.get("/api/orders")).status == 401
     assert (await client.post("/api/orders", json={}, headers=key())).status == 401
