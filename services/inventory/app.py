@@ -27,7 +27,10 @@ def init_app(settings: InventorySettings) -> web.Application:
     database = backends.database(settings, metrics)
     redis = backends.redis(settings)
     feed = StockFeed(redis)
-    app = create_app(settings, api, [database, redis, feed], metrics=metrics)
+    revocations = backends.revocations(settings, redis.client)
+    app = create_app(
+        settings, api, [database, redis, feed], metrics=metrics, revocations=revocations
+    )
     stock = Stock(database)
     app[STOCK] = stock
     app[FEED] = feed

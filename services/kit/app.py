@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from services.kit.api import Api
-from services.kit.auth import TOKENS, Tokens
+from services.kit.auth import REVOCATIONS, TOKENS, Tokens
 from services.kit.errors import Handler, error_middleware
 from services.kit.logs import (
     REQUEST_ID_HEADER,
@@ -47,6 +47,7 @@ from services.kit.logs import (
     unbind_request_id,
 )
 from services.kit.metrics import CONTENT_TYPE, Metrics
+from services.kit.revocation import Revocations
 from services.kit.settings import Settings
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "LIFECYCLE",
     "METRICS",
     "REQUEST_ID",
+    "REVOCATIONS",
     "SETTINGS",
     "TOKENS",
     "Dependency",
@@ -114,13 +116,16 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     tokens: Tokens | None = None,
+    revocations: Revocations | None = None,
     middlewares: Iterable[Middleware] = (),
     client_max_size: int = CLIENT_MAX_SIZE,
     readiness_timeout_s: float = READINESS_TIMEOUT_S,
 ) -> web.Application:
     """The service's app: `api`'s routes, the ops endpoints, the dependencies' lifecycle.
 
-    `tokens` defaults to a verifier with the secret of JWT_SECRET_FILE, when it is set."""
+    `tokens` defaults to a verifier with the secret of JWT_SECRET_FILE, when it is set.
+    `revocations` is required when a route needs a user (`services.kit.backends.revocations`):
+    every authenticated request checks its token against them."""
     app = web.Application(
         middlewares=[observe_middleware, error_middleware, *middlewares],
         client_max_size=client_max_size,
@@ -134,6 +139,8 @@ def create_app(
         tokens = Tokens.from_file(settings.jwt_secret_file)
     if tokens is not None:
         app[TOKENS] = tokens
+    if revocations is not None:
+        app[REVOCATIONS] = revocations
     # Made once, at start: a model that cannot be described fails the start, not a request.
     app[OPENAPI] = json.dumps(api.openapi()).encode()
     app.on_response_prepare.append(_echo_request_id)
@@ -144,6 +151,8 @@ def create_app(
     api.add_to(app)
     for dependency in dependencies:
         add_dependency(app, dependency)
+    if revocations is not None:  # not a readiness dependency: public routes serve without it
+        app.on_cleanup.append(lambda _app: revocations.close())
     return app
 
 

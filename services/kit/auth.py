@@ -2,11 +2,13 @@
 
 Tokens carry `sub` (the user id), `role`, `sid` (the session they belong to, so a session
 can be revoked), `type` (access or refresh: a refresh token never opens an API), `jti`,
-`iat` and `exp`. Verification allows no clock leeway and refuses with a 401 that says why:
-expired, bad signature, malformed, wrong type.
+`iat` (to the millisecond, so a token issued just after a password change outlives it) and
+`exp`. Verification allows no clock leeway and refuses with a 401 that says why: expired, bad
+signature, malformed, wrong type, revoked (`services.kit.revocation`, checked on every
+authenticated route of every service).
 
 Routes ask for a user through the route registry (`@api.get(..., auth=True)` or
-`auth="admin"`), or any handler calls `authenticate(request, "admin")`.
+`auth="admin"`), or any handler calls `await authenticate(request, "admin")`.
 
 bcrypt is slow on purpose (0.24 s at cost 12 here): it runs in threads, never on the event
 loop. bcrypt 5 refuses passwords over 72 bytes; that is a validation error (422) here, and
@@ -32,7 +34,14 @@ from aiohttp import hdrs, web
 from cachetools import LRUCache
 from pydantic import AfterValidator, Field
 
-from services.kit.errors import FieldProblem, Forbidden, Unauthorized, ValidationFailed
+from services.kit.errors import (
+    FieldProblem,
+    Forbidden,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
+from services.kit.revocation import MAX_ACCESS_TTL, Revocations
 from services.kit.settings import JWT_SECRET_MIN_BYTES, read_secret
 
 TokenType = Literal["access", "refresh"]
@@ -51,6 +60,7 @@ class Principal:
     role: str
     session_id: str
     token_id: str
+    issued_at: float  # Unix time
     expires_at: datetime
 
 
@@ -66,6 +76,8 @@ class Tokens:
     ) -> None:
         if len(secret) < JWT_SECRET_MIN_BYTES:
             raise ValueError(f"the JWT secret must be at least {JWT_SECRET_MIN_BYTES} bytes")
+        if access_ttl > MAX_ACCESS_TTL:  # revocations are kept only that long
+            raise ValueError(f"access tokens may live {MAX_ACCESS_TTL} at most")
         self._secret = secret
         self.ttl: dict[TokenType, timedelta] = {"access": access_ttl, "refresh": refresh_ttl}
         self._verified: LRUCache[tuple[str, TokenType], Principal] = LRUCache(VERIFIED_TOKENS)
@@ -91,7 +103,7 @@ class Tokens:
             "sid": session_id,
             "type": token_type,
             "jti": uuid.uuid4().hex,
-            "iat": issued,
+            "iat": round(issued.timestamp(), 3),
             "exp": issued + (ttl or self.ttl[token_type]),
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
@@ -135,6 +147,8 @@ class Tokens:
             raise Unauthorized("token is malformed") from None
         if not all(isinstance(claims[name], str) for name in ("sub", "role", "sid", "jti")):
             raise Unauthorized("token is malformed: sub, role, sid and jti must be strings")
+        if not isinstance(claims["iat"], int | float):
+            raise Unauthorized("token is malformed: iat must be a number")
         if claims["type"] != token_type:
             raise Unauthorized(f"wrong token type: expected {token_type}, got {claims['type']!r}")
         return Principal(
@@ -142,6 +156,7 @@ class Tokens:
             role=claims["role"],
             session_id=claims["sid"],
             token_id=claims["jti"],
+            issued_at=float(claims["iat"]),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
 
@@ -149,23 +164,32 @@ class Tokens:
 class ServiceToken:
     """A service's own access token for its calls to peers (the saga's), issued again once
     half its lifetime has passed. One token per call cost an HMAC to sign here and one to
-    verify at the peer, and no peer's cache of verified tokens ever saw the same token twice."""
+    verify at the peer, and no peer's cache of verified tokens ever saw the same token twice.
 
-    def __init__(self, tokens: Tokens, service: str, session_id: str) -> None:
+    Each token names a session of its own (random), so a leaked one can be revoked like a
+    user's (`Revocations.end_session`) without stopping the service: `renew()` after a 401."""
+
+    def __init__(self, tokens: Tokens, service: str) -> None:
         self._tokens = tokens
-        self._claims = (service, "service", session_id)
+        self._service = service
         self._token = ""
         self._renew_at = datetime.min.replace(tzinfo=UTC)
 
     def __call__(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
         if now >= self._renew_at:
-            self._token = self._tokens.issue(*self._claims, now=now)
+            session = f"service-{secrets.token_urlsafe(12)}"
+            self._token = self._tokens.issue(self._service, "service", session, now=now)
             self._renew_at = now + self._tokens.ttl["access"] / 2
         return self._token
 
+    def renew(self) -> None:
+        """The next call issues a new token (a peer refused this one)."""
+        self._renew_at = datetime.min.replace(tzinfo=UTC)
+
 
 TOKENS = web.AppKey("tokens", Tokens)
+REVOCATIONS = web.AppKey("revocations", Revocations)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
@@ -176,12 +200,16 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
-def authenticate(request: web.Request, roles: Iterable[str] = ()) -> Principal:
-    """The request's verified caller (401 otherwise), holding one of `roles` if any are
-    given (403 otherwise). Verified once per request, then kept on the request."""
+async def authenticate(request: web.Request, roles: Iterable[str] = ()) -> Principal:
+    """The request's verified caller (401 otherwise, revoked tokens included; 503 when the
+    revocations cannot be read), holding one of `roles` if any are given (403 otherwise).
+    Verified once per request, then kept on the request."""
     principal = request.get(PRINCIPAL)
     if principal is None:
         principal = request.config_dict[TOKENS].verify(bearer_token(request))
+        await request.config_dict[REVOCATIONS].refuse_if_revoked(
+            principal.user_id, principal.session_id, principal.issued_at
+        )
         request[PRINCIPAL] = principal
     allowed = tuple(roles)
     if allowed and principal.role not in allowed:
@@ -210,17 +238,27 @@ Password = Annotated[str, Field(min_length=8), AfterValidator(_fits_bcrypt)]
 
 
 class PasswordHasher:
-    """bcrypt off the event loop, in threads of its own (bcrypt releases the GIL).
+    """bcrypt off the event loop, in threads of its own (bcrypt releases the GIL), and bounded.
 
     One thread per core by default: more would only queue CPU work, and a separate pool
-    keeps logins from delaying what else uses the loop's default executor (DNS lookups)."""
+    keeps logins from delaying what else uses the loop's default executor (DNS lookups).
+    At most `pending_per_core` hashes per thread wait or run at once: beyond that a caller
+    gets a 503 with Retry-After at once, instead of every login queueing past the gateway's
+    timeout (48 concurrent logins at cost 12 made them all time out, 504). At cost 12
+    (~0.25 s per hash here) 4 per core is at most about a second of queueing."""
 
-    def __init__(self, rounds: int = 12, executor: Executor | None = None) -> None:
+    def __init__(
+        self, rounds: int = 12, executor: Executor | None = None, *, pending_per_core: int = 4
+    ) -> None:
         self.rounds = rounds
+        threads = os.cpu_count() or 1
         self.executor = executor or ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt"
+            max_workers=threads, thread_name_prefix="bcrypt"
         )
-        self._dummy: bytes | None = None
+        self.max_pending = threads * pending_per_core
+        self.pending = 0
+        # Made now, so the first unknown address costs what every later one does.
+        self._dummy = bcrypt.hashpw(secrets.token_urlsafe(16).encode(), bcrypt.gensalt(rounds))
 
     async def hash(self, password: str, *, field: str = "body.password") -> str:
         secret = self._encode(password, field)
@@ -234,9 +272,6 @@ class PasswordHasher:
         spends a hash's time, so response times do not tell which accounts exist."""
         secret = self._encode(password, field)
         if hashed is None:
-            if self._dummy is None:
-                dummy = secrets.token_urlsafe(16).encode()
-                self._dummy = await self._run(bcrypt.hashpw, dummy, bcrypt.gensalt(self.rounds))
             await self._run(bcrypt.checkpw, secret, self._dummy)
             return False
         return await self._run(bcrypt.checkpw, secret, hashed.encode())
@@ -248,4 +283,12 @@ class PasswordHasher:
         return password.encode()
 
     async def _run(self, function: Callable[..., T], *args: bytes) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        if self.pending >= self.max_pending:
+            raise ServiceUnavailable(
+                "too many password checks at once; try again in a second", retry_after_s=1
+            )
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        finally:
+            self.pending -= 1

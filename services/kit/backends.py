@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.kit.cache import Cache, Layer, MemcachedLayer, RedisLayer
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from services.kit.cache import Cache, Layer, MemcachedLayer, RedisLayer, client
 from services.kit.db import Database
 from services.kit.metrics import Metrics
 from services.kit.redis import RedisStore
+from services.kit.revocation import Revocations
 from services.kit.settings import Settings, SettingsError
 
 
@@ -23,11 +27,28 @@ def database(
 
 
 def redis(settings: Settings) -> RedisStore:
+    _require_redis(settings)
+    return RedisStore(settings.redis_nodes, settings.redis_password())
+
+
+def revocations(
+    settings: Settings, redis_client: RedisCluster | Redis | None = None
+) -> Revocations:
+    """The revoked sessions every authenticated route checks, through `redis_client` (the
+    service's own) or a client of their own with short timeouts (a sick node costs a request
+    0.5 s, then a 503)."""
+    if redis_client is not None:
+        return Revocations(redis_client)
+    _require_redis(settings)
+    own = client(settings.redis_nodes, settings.redis_password(), timeout_s=0.5)
+    return Revocations(own, owns_client=True)
+
+
+def _require_redis(settings: Settings) -> None:
     if not settings.redis_nodes:
         raise SettingsError(
             [("REDIS_NODES", "missing; expected host:port,...")], settings.service_name
         )
-    return RedisStore(settings.redis_nodes, settings.redis_password())
 
 
 def cache(settings: Settings, metrics: Metrics) -> Cache:

@@ -66,7 +66,8 @@ def init_app(settings: OrderSettings) -> web.Application:
     if workers_pool:
         workers_database = backends.database(settings, metrics, workers_pool, role="workers")
         dependencies.append(workers_database)
-    app = create_app(settings, api, dependencies, metrics=metrics)
+    revocations = backends.revocations(settings, redis.client)
+    app = create_app(settings, api, dependencies, metrics=metrics, revocations=revocations)
     orders = Orders(database)
     app[ORDERS] = orders
     app[SOLD_OUT] = sold_out
@@ -97,7 +98,7 @@ def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: igno
     async def context(app: web.Application) -> AsyncIterator[None]:
         tokens = app[TOKENS]
         async with aiohttp.ClientSession() as http:
-            checkout = Checkout(database, http, peers, ServiceToken(tokens, "order", "saga"))
+            checkout = Checkout(database, http, peers, ServiceToken(tokens, "order"))
             stop = asyncio.Event()
             consumers = [
                 Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle),

@@ -59,7 +59,8 @@ def init_app(settings: PaymentSettings) -> web.Application:
         metrics=PaymentMetrics(metrics.registry),
         breaker=BreakerConfig(cooldown_s=settings.breaker_cooldown_seconds),
     )
-    app = create_app(settings, api, [database], metrics=metrics)
+    revocations = backends.revocations(settings)
+    app = create_app(settings, api, [database], metrics=metrics, revocations=revocations)
     app[LEDGER] = Ledger(database)
     app[ROUTER] = router
     app[FRAUD] = FraudRules(

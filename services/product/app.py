@@ -29,7 +29,8 @@ def init_app(settings: ProductSettings) -> web.Application:
     metrics = Metrics(settings.service_name)
     database = backends.database(settings, metrics)
     cache = backends.cache(settings, metrics)
-    app = create_app(settings, api, [database, cache], metrics=metrics)
+    revocations = backends.revocations(settings)  # a client of its own: the cache's degrades
+    app = create_app(settings, api, [database, cache], metrics=metrics, revocations=revocations)
     catalog = Catalog(
         database,
         cache,

@@ -1,11 +1,11 @@
-"""Sessions, refresh tokens and login throttles, kept in Redis.
+"""Sessions, refresh tokens and throttles (logins, reset requests), kept in Redis.
 
 A session lives 24 hours (the seed's TTL) under `session:{<user>}:<sid>`, and every session of
 a user is listed in `sessions:{<user>}`. The braces are a Redis Cluster hash tag: all keys of
 one user share a slot, so each change to them is one atomic Lua script on the slot's node.
-Logging out deletes one session; a password change or reset deletes them all, which also
-voids the access tokens that name them (the user service checks the session behind every
-token it accepts).
+Logging out deletes one session; a password change or reset deletes them all, so their
+refresh tokens stop working; the access tokens already issued are revoked on every service
+through `services.kit.revocation`.
 
 A refresh token is `<user>.<sid>.<secret>`; only a hash of the secret is stored; each refresh
 rotates it, so a stolen and already used refresh token is worthless.
@@ -119,24 +119,31 @@ class Limit:
     window_s: int
 
 
-class LoginThrottle:
-    """Failed logins counted per account and per client address over a sliding window
-    (a fixed window per key, started by the first failure)."""
+class Throttle:
+    """Attempts at `action` (failed logins, reset requests) counted per account and per
+    client address, each over a fixed window started by its first attempt.
 
-    def __init__(self, redis: RedisCluster | Redis, per_account: Limit, per_address: Limit):
+    `email` is the normalised address (`services.user.accounts.Email`): every spelling of an
+    address shares one counter. `address` is the one the gateway saw, never one a client
+    claims."""
+
+    def __init__(
+        self, redis: RedisCluster | Redis, action: str, per_account: Limit, per_address: Limit
+    ):
         self.redis = redis
+        self.action = action
         self.per_account = per_account
         self.per_address = per_address
 
     def _keys(self, email: str, address: str) -> list[tuple[str, Limit]]:
-        account = hashlib.sha256(email.lower().encode()).hexdigest()[:32]
+        account = hashlib.sha256(email.encode()).hexdigest()[:32]
         return [
-            (f"throttle:login:account:{account}", self.per_account),
-            (f"throttle:login:address:{address}", self.per_address),
+            (f"throttle:{self.action}:account:{account}", self.per_account),
+            (f"throttle:{self.action}:address:{address}", self.per_address),
         ]
 
     async def retry_after(self, email: str, address: str) -> int:
-        """Seconds until a login may be tried again; 0 when it may be tried now."""
+        """Seconds until the action may be tried again; 0 when it may be tried now."""
         wait = 0
         for key, limit in self._keys(email, address):
             count = await self.redis.get(key)
@@ -144,13 +151,13 @@ class LoginThrottle:
                 wait = max(wait, max(1, await self.redis.ttl(key)))
         return wait
 
-    async def failed(self, email: str, address: str) -> None:
+    async def count(self, email: str, address: str) -> None:
         for key, limit in self._keys(email, address):
             count = await self.redis.incr(key)
             if count == 1:
                 await self.redis.expire(key, limit.window_s)
 
-    async def succeeded(self, email: str) -> None:
+    async def clear_account(self, email: str) -> None:
         """A correct password clears the account's counter (not the address's)."""
         key, _ = self._keys(email, "")[0]
         await self.redis.delete(key)

@@ -52,3 +52,12 @@ def settings_for(platform: DataTier) -> Callable[..., Any]:
 def tokens(platform: DataTier) -> Tokens:
     """The platform's token issuer (the user service's key), to act as any user."""
     return Tokens.from_file(platform.jwt_secret_file)
+
+
+@pytest.fixture(scope="session")
+def redis_env(data_tier: DataTier) -> dict[str, str]:
+    """The Redis settings of a service, for apps built by hand (`kit_example.build_app`)."""
+    return {
+        "REDIS_NODES": ",".join(data_tier.addresses().redis_nodes),
+        "REDIS_PASSWORD_FILE": data_tier.secret_files().redis_password,
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from services.kit import backends
 from services.kit.api import Api, json_response
 from services.kit.app import CLIENT_MAX_SIZE, create_app
 from services.kit.auth import Password, PasswordHasher, Principal, Tokens, TokenType
@@ -169,18 +170,26 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+# Where the example's revocations live. Tests that authenticate pass the session's real Redis
+# (the `redis_env` fixture); the others never read a revocation, and one that did would fail
+# closed (503), never pass unchecked. Nothing listens on the discard port.
+NO_REDIS = {"REDIS_NODES": "127.0.0.1:9"}
+
+
 def build_app(
     tmp_path: Path,
     dependencies: Sequence[FakeDependency] = (),
     *,
+    redis: Mapping[str, str] = NO_REDIS,
     readiness_timeout_s: float = 0.2,
     client_max_size: int = CLIENT_MAX_SIZE,
 ) -> web.Application:
-    settings = Settings.from_env(environment(tmp_path))
+    settings = Settings.from_env(environment(tmp_path, **redis))
     app = create_app(
         settings,
         api,
         dependencies,
+        revocations=backends.revocations(settings),
         readiness_timeout_s=readiness_timeout_s,
         client_max_size=client_max_size,
     )

@@ -25,11 +25,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from structlog.testing import LogCapture
 
+from services.kit import backends
 from services.kit.app import DEPENDENCIES, METRICS, create_app
 from services.kit.logs import add_request_id
 from services.kit.metrics import Metrics
 from services.kit.settings import Settings
-from tests.services.kit_example import FakeDependency, api, build_app, environment
+from tests.services.kit_example import NO_REDIS, FakeDependency, api, build_app, environment
 
 ROOT = Path(__file__).resolve().parents[2]
 Client = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -168,8 +169,9 @@ async def test_one_log_line_per_request_with_its_id_route_status_and_duration(
 async def test_sampled_access_log_keeps_every_error_and_counts_every_request(
     aiohttp_client: Client, tmp_path: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
-    settings = Settings.from_env(environment(tmp_path, ACCESS_LOG_SAMPLE="0"))
-    client = await aiohttp_client(create_app(settings, api, ()))
+    settings = Settings.from_env(environment(tmp_path, ACCESS_LOG_SAMPLE="0", **NO_REDIS))
+    app = create_app(settings, api, (), revocations=backends.revocations(settings))
+    client = await aiohttp_client(app)
     for _ in range(5):
         assert (await client.get("/api/orders/7")).status == 200
     assert (await client.get("/api/orders/x")).status == 422
@@ -389,6 +391,11 @@ def test_routes_needing_a_user_refuse_to_start_without_a_jwt_secret(tmp_path: Pa
     del env["JWT_SECRET_FILE"]
     with pytest.raises(RuntimeError, match="need a JWT secret"):
         create_app(Settings.from_env(env), api)
+
+
+def test_routes_needing_a_user_refuse_to_start_without_revocations(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="need the revocations"):
+        create_app(Settings.from_env(environment(tmp_path)), api)
 
 
 # --- a real process: graceful shutdown -----------------------------------------------------

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.kit.auth import PasswordHasher, ServiceToken, Tokens
-from services.kit.errors import Unauthorized, ValidationFailed
+from services.kit.errors import ServiceUnavailable, Unauthorized, ValidationFailed
 from tests.services.kit_example import SECRET, build_app, token
 
 Client = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -69,14 +69,18 @@ def test_a_remembered_token_still_expires_and_keeps_its_type() -> None:
 
 def test_a_service_token_is_reused_for_half_its_life_then_renewed() -> None:
     tokens = Tokens(SECRET, access_ttl=timedelta(minutes=10))
-    own = ServiceToken(tokens, "order", "saga")
+    own = ServiceToken(tokens, "order")
     start = datetime.now(UTC) - timedelta(minutes=5)  # renewed below at about now
     first = own(start)
     assert own(start + timedelta(minutes=4, seconds=59)) == first
     principal = tokens.verify(first)
-    assert (principal.user_id, principal.role, principal.session_id) == ("order", "service", "saga")
+    assert (principal.user_id, principal.role) == ("order", "service")
     renewed = own(start + timedelta(minutes=5))
     assert renewed != first
+    # Each token its own session: revoking a leaked one leaves the next one working.
+    assert tokens.verify(renewed).session_id != principal.session_id
+    own.renew()
+    assert own(start + timedelta(minutes=5, seconds=1)) != renewed
     # The renewed token outlives the first by the time that passed: a caller never holds one
     # with less than half its lifetime left.
     assert tokens.verify(renewed).expires_at - principal.expires_at >= timedelta(minutes=4)
@@ -125,8 +129,10 @@ def test_a_short_secret_is_refused() -> None:
 # --- routes ---------------------------------------------------------------------------------
 
 
-async def test_routes_ask_for_a_user_and_a_role(aiohttp_client: Client, tmp_path: Path) -> None:
-    client = await aiohttp_client(build_app(tmp_path))
+async def test_routes_ask_for_a_user_and_a_role(
+    aiohttp_client: Client, tmp_path: Path, redis_env: dict[str, str]
+) -> None:
+    client = await aiohttp_client(build_app(tmp_path, redis=redis_env))
 
     missing = await client.get("/api/me")
     assert missing.status == 401
@@ -185,6 +191,7 @@ async def test_hashing_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) 
             ticks += 1
 
     hasher = PasswordHasher(rounds=11)  # a real hash of ~0.1 s
+    threads.clear()  # its dummy hash, made at construction: only what `hash` does counts
     ticking = asyncio.create_task(ticker())
     started = time.perf_counter()
     hashed = await hasher.hash("correct horse battery staple")
@@ -230,3 +237,37 @@ async def test_registration_refuses_a_long_password_with_422_not_500(
     assert created.status == 201
     assert created.headers["Location"] == "/api/me"
     assert bcrypt.checkpw(b"x" * 72, (await created.json())["password_hash"].encode())
+
+
+async def test_hashing_work_is_bounded_with_a_fast_503() -> None:
+    """48 concurrent logins once queued past the gateway's timeout for everyone: now the work
+    beyond the bound is refused at once, and what was admitted still completes."""
+    hasher = PasswordHasher(rounds=10, pending_per_core=1)  # a hash: ~60 ms here
+    hashed = await hasher.hash("correct horse battery staple")
+    calls = [
+        asyncio.create_task(hasher.verify("correct horse battery staple", hashed))
+        for _ in range(48)
+    ]
+    await asyncio.sleep(0.01)  # well before any admitted hash can finish
+    refused = [call for call in calls if call.done()]
+    assert len(refused) == 48 - hasher.max_pending
+    error = refused[0].exception()
+    assert isinstance(error, ServiceUnavailable)
+    response = error.response()
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    admitted = [call for call in calls if call not in refused]
+    assert await asyncio.gather(*admitted) == [True] * hasher.max_pending
+    assert hasher.pending == 0
+    assert await hasher.verify("correct horse battery staple", hashed)  # serving again
+
+
+def test_issued_at_is_kept_to_the_millisecond() -> None:
+    """A token issued just after a revocation must outlive it, also within the same second."""
+    issued = datetime.now(UTC)
+    principal = TOKENS.verify(TOKENS.issue("user-1", "customer", "s-1", now=issued))
+    assert abs(principal.issued_at - issued.timestamp()) < 0.001
+
+
+def test_access_tokens_cannot_outlive_the_revocations() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        Tokens(SECRET, access_ttl=timedelta(minutes=61))
