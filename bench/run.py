@@ -282,7 +282,7 @@ async def _users(session: aiohttp.ClientSession, gw: str, emails: list[str]) -> 
                 session,
                 "POST",
                 f"{gw}/api/users/register",
-                (201, 409),
+                (202,),
                 json={"email": email, "password": PASSWORD, "full_name": "Bench User"},
             )
             return await _login(session, gw, email)

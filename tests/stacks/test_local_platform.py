@@ -143,7 +143,7 @@ async def shopper(http: aiohttp.ClientSession, gateway: str) -> str:
         f"{gateway}/api/users/register",
         json_body={"email": email, "password": password, "full_name": "Test Shopper"},
     )
-    assert status == 201, body
+    assert status == 202, body
     status, body = await call(
         http, "POST", f"{gateway}/api/users/login", json_body={"email": email, "password": password}
     )
