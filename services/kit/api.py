@@ -40,7 +40,7 @@ from multidict import MultiMapping
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import JsonSchemaMode
 
-from services.kit.auth import TOKENS, authenticate
+from services.kit.auth import REVOCATIONS, TOKENS, authenticate
 from services.kit.errors import (
     ApiError,
     BadRequest,
@@ -115,7 +115,7 @@ class Operation:
         """The aiohttp handler: authenticate, validate, call, serialize."""
         arguments: dict[str, Any] = {}
         if self.roles is not None:
-            arguments["user"] = authenticate(request, self.roles)
+            arguments["user"] = await authenticate(request, self.roles)
         if self.path_params is not None:
             arguments["path_params"] = _validate(self.path_params, request.match_info, "path")
         if self.query is not None:
@@ -297,10 +297,13 @@ class Api:
             raise ValueError(f"{where}: status {operation.status} has no body")
 
     def add_to(self, app: web.Application) -> None:
-        """Register every route on `app` (its JWT verifier must be there if any needs one)."""
-        if TOKENS not in app and any(op.roles is not None for op in self.operations):
-            needy = [op.name for op in self.operations if op.roles is not None]
+        """Register every route on `app` (its JWT verifier and revocations must be there if
+        any route needs a user)."""
+        needy = [op.name for op in self.operations if op.roles is not None]
+        if needy and TOKENS not in app:
             raise RuntimeError(f"routes {needy} need a JWT secret (JWT_SECRET_FILE)")
+        if needy and REVOCATIONS not in app:  # a revoked token must never open a route
+            raise RuntimeError(f"routes {needy} need the revocations (create_app(revocations=))")
         for op in self.operations:
             app.router.add_route(op.method, op.path, op.handle, name=op.name)
 

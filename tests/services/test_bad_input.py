@@ -167,7 +167,7 @@ def new_user_id() -> str:
 async def _logged_in(client: TestClient) -> str:
     account = {"email": f"bad-input-{uuid.uuid4().hex[:12]}@example.com", "password": "Secret-123"}
     registered = await client.post("/api/users/register", json=account)
-    assert registered.status == 201, await registered.text()
+    assert registered.status == 202, await registered.text()
     logged_in = await client.post("/api/users/login", json=account)
     assert logged_in.status == 200, await logged_in.text()
     return str((await logged_in.json())["access_token"])
@@ -864,7 +864,7 @@ async def test_the_snapshot_sees_a_write(
     shopper = {"Authorization": f"Bearer {tokens.issue(new_user_id(), 'customer', 'bad-input')}"}
     before = await snapshot(platform, redis)
     response = await client.put(
-        "/api/orders/cart/items", json={"sku": "SKU-CONTROL", "quantity": 1}, headers=shopper
+        "/api/orders/cart/items", json={"sku": "SKU-000003", "quantity": 1}, headers=shopper
     )
     assert response.status == 200, await response.text()
     changes = before.changes(await snapshot(platform, redis))
