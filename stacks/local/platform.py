@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.conf.haproxy import RateLimit, error_files
+from components.conf.haproxy import RateLimit
 from components.conf.pgpool import SPARE_CLIENTS
 from components.conf.postgres import PgTuning
 from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
@@ -552,9 +552,6 @@ class LocalPlatform:
         make_dir(self.gateway_dir)
         servers = {name: [(HOST, p.port) for p in ps] for name, ps in self.services.items()}
         routed = {s.name for s in SERVICE_TABLE if s.route}
-        # The static JSON errors the config names (HAProxy reads them with the config).
-        for name, response in error_files().items():
-            write_file(self.gateway_dir / name, response)
         config = local_config(
             {name: s for name, s in servers.items() if name in routed},
             port=self.gateway_port,
@@ -562,7 +559,6 @@ class LocalPlatform:
             stats_socket=str(self.stats_socket),
             rate_limit=self.config.rate_limit,
             server_maxconn=self.config.server_maxconn,
-            errorfile_dir=str(self.gateway_dir),
         )
         write_file(self.gateway_config, config, mode=0o600)
         self.gateway.env = gateway_environment(self.tier.jwt_secret_file)
