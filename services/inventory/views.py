@@ -184,9 +184,12 @@ async def release(request: web.Request, path_params: OrderPath, user: Principal)
     await _publish(request, await request.app[STOCK].release(path_params.order_id))
 
 
-@api.get(f"/api/inventory/{SKU}/events", path_params=SkuPath, response=list[StockEvent])
-async def events(request: web.Request, path_params: SkuPath) -> list[StockEvent]:
-    """The SKU's audit trail, newest first: every change, immutable."""
+@api.get(
+    f"/api/inventory/{SKU}/events", path_params=SkuPath, response=list[StockEvent], auth="admin"
+)
+async def events(request: web.Request, path_params: SkuPath, user: Principal) -> list[StockEvent]:
+    """The SKU's audit trail, newest first: every change, immutable. Admins only: it names
+    the orders that bought and the admins who adjusted."""
     return [StockEvent(**e) for e in await request.app[STOCK].events(path_params.sku)]
 
 

@@ -146,7 +146,12 @@ async def test_commit_and_release_settle_once(
     stock = await level(client, sku)
     assert (stock["available"], stock["reserved"]) == (8, 0)
     assert (await audit(client, sku))["consistent"] is True
-    kinds = [e["kind"] for e in await (await client.get(f"/api/inventory/{sku}/events")).json()]
+    trail = f"/api/inventory/{sku}/events"
+    assert (await client.get(trail)).status == 401  # it names orders and admins
+    assert (await client.get(trail, headers=as_role(tokens, "customer"))).status == 403
+    kinds = [
+        e["kind"] for e in await (await client.get(trail, headers=as_role(tokens, "admin"))).json()
+    ]
     assert sorted(kinds) == ["released", "reserved", "reserved", "sold", "stocked"]
 
 
