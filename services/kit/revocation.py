@@ -90,10 +90,9 @@ class Revocations:
         await self._revoke(keys=[_key(subject)], args=[f"sid:{session_id}", 1, KEEP_S])
         self._verdicts.pop((subject, session_id), None)
 
-    async def end_all(self, subject: str, before: float | None = None) -> None:
-        """Void every token of `subject` issued before `before` (now by default)."""
-        cutoff = time.time() if before is None else before
-        await self._revoke(keys=[_key(subject)], args=["before", repr(cutoff), KEEP_S])
+    async def end_all(self, subject: str) -> None:
+        """Void every token of `subject` issued until now."""
+        await self._revoke(keys=[_key(subject)], args=["before", repr(time.time()), KEEP_S])
         for remembered in [key for key in self._verdicts if key[0] == subject]:
             self._verdicts.pop(remembered, None)
 
