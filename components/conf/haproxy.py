@@ -8,11 +8,24 @@ What the gateway does, in order, for every request on the public frontend:
 
 1. ``X-Request-ID``: keep the client's if it is one well-formed header, else a UUIDv4; sent
    upstream, returned on every response (including the gateway's own errors), logged.
-2. Per-client rate limit (stick table, ``http_req_rate``): 429 JSON with ``Retry-After``.
-3. Body size limit: 413 JSON (411 for chunked bodies, whose size is unknown up front).
-4. Routes with ``auth=True``: the JWT hook (see below).
-5. ``/api/<prefix>`` and ``/api/<prefix>/...`` go to the route's backend (the path is
+2. Client address: the TCP source, or a trusted proxy's header (``client_ip_header``). It is
+   the rate-limit key and goes upstream as the only ``X-Forwarded-For`` (the client's own
+   ``X-Forwarded-For``, ``Forwarded`` and ``X-Real-IP`` are dropped): a service can take that
+   header as the client's address, e.g. to throttle logins per address.
+3. Per-client rate limit (stick table, ``http_req_rate``): 429 JSON with ``Retry-After``.
+4. Body size limit: 413 JSON (411 for chunked bodies, whose size is unknown up front).
+5. Routes with ``auth=True``: the JWT hook (see below).
+6. ``/api/<prefix>`` and ``/api/<prefix>/...`` go to the route's backend (the path is
    forwarded unchanged); anything else gets a 404 JSON.
+
+Every response leaves without a ``Server`` header (aiohttp's names its version), with
+``X-Content-Type-Options: nosniff``, and with ``Cache-Control: no-store`` unless the service
+set a Cache-Control itself (tokens and profiles must not sit in a shared cache). Every error
+HAProxy generates once a request has been parsed is JSON. The exceptions are the 400 and 408
+that HAProxy 2.6's HTTP/1 layer sends while it parses request headers (a malformed or
+oversized request, slow headers), before any rule runs: that version always sends its
+built-in HTML there, whatever the config says (HAProxy issue #3032, fixed in 3.2 by commit
+d252ec2). They carry nothing from the request.
 
 JWT (routes with ``auth=True``): the gateway itself checks the access token before the
 request reaches a service: a ``Bearer`` token whose header says HS256, whose HS256 signature
@@ -45,6 +58,8 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 FRONTEND = "gateway"
 METRICS_FRONTEND = "metrics"
 NOT_FOUND_BACKEND = "be_not_found"
+# The client's address as the gateway sees it (see _client_address).
+CLIENT_IP_VAR = "txn.client_ip"
 RESOLVERS = "dns"
 
 
@@ -163,16 +178,30 @@ def _json_error(code: str, extra: str = "") -> str:
     return f"content-type application/json lf-string '{body}'"
 
 
-# HAProxy's own error responses, made JSON like the services' errors.
+# Every status HAProxy 2.6 can generate itself (the list `http-error` accepts), made JSON like
+# the services' errors. There is no 414 or 431: HAProxy answers 400 to a request line or
+# headers too large for its buffer, and refuses `http-error status 414|431`.
 _HTTP_ERRORS = (
     (400, "bad_request"),
+    (401, "unauthorized"),
     (403, "forbidden"),
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (407, "proxy_authentication_required"),
     (408, "request_timeout"),
+    (410, "gone"),
+    (413, "payload_too_large"),
+    (425, "too_early"),
+    (429, "rate_limited"),
     (500, "internal_error"),
+    (501, "not_implemented"),
     (502, "bad_gateway"),
     (503, "service_unavailable"),
     (504, "gateway_timeout"),
 )
+# Headers every response gets (set by `http-after-response`).
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+NO_STORE = ("Cache-Control", "no-store")
 
 
 def haproxy_cfg(
@@ -319,14 +348,15 @@ def _resolvers() -> list[str]:
     ]
 
 
-def _defaults(t: GatewayTimeouts, server_maxconn: int | None = None) -> list[str]:
+def _defaults(t: GatewayTimeouts, server_maxconn: int | None) -> list[str]:
     lines = [
         "",
         "defaults",
         "    mode http",
         "    log global",
         "    option dontlognull",
-        "    option forwardfor",
+        # No `option forwardfor`: it appends to the client's X-Forwarded-For, whose first
+        # value the client chose. The frontend sets the header instead (step 2).
         # Retry only when the connection could not be made: the request never reached a
         # service, so even a POST (order, payment) cannot run twice.
         "    retries 2",
@@ -343,6 +373,9 @@ def _defaults(t: GatewayTimeouts, server_maxconn: int | None = None) -> list[str
         + (f" maxconn {server_maxconn}" if server_maxconn is not None else ""),
     ]
     lines += [f"    http-error status {code} {_json_error(name)}" for code, name in _HTTP_ERRORS]
+    # The answer to the frontend's monitor-uri (/healthz).
+    healthy = '{"status":"ok"}'
+    lines.append(f"    http-error status 200 content-type application/json string '{healthy}'")
     return lines
 
 
@@ -382,20 +415,23 @@ def _frontend(
         "    http-request set-header X-Request-ID %[var(txn.request_id)]",
         "    http-after-response set-header X-Request-ID %[var(txn.request_id)] "
         "if { var(txn.request_id) -m found }",
+        # On every response, the services' and the gateway's own (http-after-response).
+        "    http-after-response del-header Server",
+        "    http-after-response set-header " + " ".join(NOSNIFF),
+        # Unless the service chose its own (a catalog's caching headers survive).
+        "    http-after-response set-header "
+        + " ".join(NO_STORE)
+        + " unless { res.hdr(cache-control) -m found }",
     ]
+    lines += _client_address(client_ip_header, client_ip_occurrence)
     if rate_limit is not None:
-        key = (
-            "src"
-            if client_ip_header is None
-            else f"req.hdr_ip({client_ip_header},{client_ip_occurrence})"
-        )
         window = rate_limit.window_s
         lines += [
             "",
-            f"    # 2. Rate limit: {rate_limit.requests} requests per {window}s per client.",
+            f"    # 3. Rate limit: {rate_limit.requests} requests per {window}s per client.",
             f"    stick-table type ipv6 size {rate_limit.table_size} expire {2 * window}s "
             f"store http_req_rate({window}s)",
-            f"    http-request track-sc0 {key}",
+            f"    http-request track-sc0 var({CLIENT_IP_VAR})",
             "    http-request deny deny_status 429 "
             + _json_error("rate_limited", f'"retry_after_s":{window},')
             + f" hdr Retry-After {window}"
@@ -403,7 +439,7 @@ def _frontend(
         ]
     lines += [
         "",
-        f"    # 3. Body size: at most {max_body_bytes} bytes.",
+        f"    # 4. Body size: at most {max_body_bytes} bytes.",
         "    http-request deny deny_status 413 "
         + _json_error("payload_too_large", f'"max_bytes":{max_body_bytes},')
         + f" if {{ req.body_size gt {max_body_bytes} }}",
@@ -419,7 +455,7 @@ def _frontend(
         ]
     lines += [
         "",
-        "    # Routes: /api/<prefix> and /api/<prefix>/...",
+        "    # 6. Routes: /api/<prefix> and /api/<prefix>/...",
     ]
     for route in routes:
         acl = _route_acl(route)
@@ -436,6 +472,30 @@ def _frontend(
     return lines
 
 
+def _client_address(header: str | None, occurrence: int) -> list[str]:
+    """Step 2: the one client address, kept in a variable so that the rate limit and the
+    X-Forwarded-For sent upstream cannot disagree (and so replacing that header cannot change
+    what the rate limit reads)."""
+    lines = ["", "    # 2. Client address: the rate-limit key, the only X-Forwarded-For upstream."]
+    if header is None:
+        lines.append(f"    http-request set-var({CLIENT_IP_VAR}) src")
+    else:
+        lines += [
+            f"    http-request set-var({CLIENT_IP_VAR}) req.hdr_ip({header},{occurrence})",
+            # No (or no valid) header: not through the trusted proxy; the peer is the client,
+            # never "no address" (which would skip the rate limit).
+            f"    http-request set-var({CLIENT_IP_VAR}) src "
+            f"unless {{ var({CLIENT_IP_VAR}) -m found }}",
+        ]
+    lines += [
+        # Other client-chosen address headers a service or library might believe.
+        "    http-request del-header Forwarded",
+        "    http-request del-header X-Real-IP",
+        f"    http-request set-header X-Forwarded-For %[var({CLIENT_IP_VAR})]",
+    ]
+    return lines
+
+
 def _jwt_rules(auth_routes: Sequence[Route], key_env: str) -> list[str]:
     names = ", ".join(r.service for r in auth_routes)
     token = "http_auth_bearer"
@@ -445,7 +505,7 @@ def _jwt_rules(auth_routes: Sequence[Route], key_env: str) -> list[str]:
     )
     return [
         "",
-        f"    # 4. JWT on {names}: HS256 header and signature, an access token, not expired.",
+        f"    # 5. JWT on {names}: HS256 header and signature, an access token, not expired.",
         "    http-request set-var(txn.needs_token) bool(1) if "
         + " || ".join(_route_acl(r) for r in auth_routes),
         "    acl needs_token var(txn.needs_token) -m bool",

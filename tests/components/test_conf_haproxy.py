@@ -84,7 +84,8 @@ def test_local_frontend_routes_limits_and_request_id() -> None:
         "use_backend be_user if route_user",
     ]
     assert fe[-1] == "default_backend be_not_found"
-    assert "http-request track-sc0 src" in fe
+    assert "http-request set-var(txn.client_ip) src" in fe
+    assert "http-request track-sc0 var(txn.client_ip)" in fe
     assert "stick-table type ipv6 size 200000 expire 20s store http_req_rate(10s)" in fe
     assert any("deny_status 429" in x and "sc_http_req_rate(0) gt 20" in x for x in fe)
     assert any("Retry-After 10" in x for x in fe)
@@ -102,6 +103,8 @@ def test_rules_run_in_order_request_id_first() -> None:
         k: next(i for i, x in enumerate(rules) if k in x)
         for k in (
             "set-var(txn.request_id)",
+            "set-var(txn.client_ip)",
+            "set-header X-Forwarded-For",
             "track-sc0",
             "deny_status 429",
             "deny_status 413",
@@ -127,7 +130,7 @@ def test_jwt_rules_cover_exactly_the_auth_routes() -> None:
     )
     assert cfg.index(f".if !defined({KEY})") < cfg.index("global")
     no_auth = haproxy_cfg([local_routes()[0]])
-    assert "jwt" not in no_auth and "401" not in no_auth
+    assert "jwt" not in no_auth and "deny_status 401" not in no_auth
 
 
 def test_static_backend_has_health_checks_and_timeout() -> None:
@@ -172,12 +175,60 @@ def test_k8s_uses_server_template_with_resolvers() -> None:
     assert "timeout server 15000ms" in section(cfg, "backend be_payment")
     fe = section(cfg, "frontend gateway")
     assert fe[0] == "bind 0.0.0.0:8080"
-    assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-1)" in fe
+    assert "http-request set-var(txn.client_ip) req.hdr_ip(X-Forwarded-For,-1)" in fe
     assert "nbthread 2" in section(cfg, "global")
     gclb = haproxy_cfg(
         k8s_routes(), jwt_key_env=KEY, client_ip_header="X-Forwarded-For", client_ip_occurrence=-2
     )
-    assert "http-request track-sc0 req.hdr_ip(X-Forwarded-For,-2)" in gclb
+    assert "http-request set-var(txn.client_ip) req.hdr_ip(X-Forwarded-For,-2)" in gclb
+
+
+@pytest.mark.parametrize("client_ip_header", [None, "X-Forwarded-For"])
+def test_one_client_address_is_the_rate_limit_key_and_the_forwarded_header(
+    client_ip_header: str | None,
+) -> None:
+    cfg = haproxy_cfg(local_routes(), jwt_key_env=KEY, client_ip_header=client_ip_header)
+    # `option forwardfor` would append to the client's header: the first value stays forged.
+    assert "forwardfor" not in cfg
+    fe = section(cfg, "frontend gateway")
+    setting = [x for x in fe if "set-var(txn.client_ip)" in x]
+    if client_ip_header is None:
+        assert setting == ["http-request set-var(txn.client_ip) src"]
+    else:
+        # The trusted proxy's value, else (no such header, not an IP) the TCP peer.
+        assert setting == [
+            "http-request set-var(txn.client_ip) req.hdr_ip(X-Forwarded-For,-1)",
+            "http-request set-var(txn.client_ip) src unless { var(txn.client_ip) -m found }",
+        ]
+    assert "http-request track-sc0 var(txn.client_ip)" in fe
+    replaced = fe.index("http-request set-header X-Forwarded-For %[var(txn.client_ip)]")
+    # Read before the header is replaced, and only ever from the variable afterwards.
+    assert fe.index(setting[-1]) < replaced < fe.index("http-request track-sc0 var(txn.client_ip)")
+    assert "http-request del-header Forwarded" in fe
+    assert "http-request del-header X-Real-IP" in fe
+    assert sum("X-Forwarded-For" in x for x in fe) == 1 + (client_ip_header is not None)
+
+
+def test_every_response_loses_server_and_gains_nosniff_and_no_store() -> None:
+    fe = section(haproxy_cfg(local_routes(), jwt_key_env=KEY), "frontend gateway")
+    # http-after-response: the services' responses and the gateway's own.
+    assert "http-after-response del-header Server" in fe
+    assert "http-after-response set-header X-Content-Type-Options nosniff" in fe
+    assert (
+        "http-after-response set-header Cache-Control no-store "
+        "unless { res.hdr(cache-control) -m found }"
+    ) in fe
+
+
+def test_every_status_haproxy_generates_is_json() -> None:
+    # What HAProxy 2.6's documentation of `http-error` lists (200: the monitor-uri answer).
+    statuses = {200, 400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501, 502, 503}
+    statuses.add(504)
+    d = section(haproxy_cfg(local_routes(), jwt_key_env=KEY), "defaults")
+    errors = [x for x in d if x.startswith("http-error")]
+    assert sorted(int(x.split()[2]) for x in errors) == sorted(statuses)
+    assert all("content-type application/json" in x for x in errors)
+    assert not any(x.startswith("errorfile") for x in d)
 
 
 def test_options_switch_features_off_and_timeouts_render() -> None:
@@ -189,7 +240,7 @@ def test_options_switch_features_off_and_timeouts_render() -> None:
         timeouts=GatewayTimeouts(connect_ms=1500, client_ms=20_000),
         max_body_bytes=4096,
     )
-    assert "stick-table" not in cfg and "429" not in cfg
+    assert "stick-table" not in cfg and "deny_status 429" not in cfg
     assert "deny_status 411" not in cfg
     assert "req.body_size gt 4096" in cfg
     d = section(cfg, "defaults")
@@ -226,7 +277,9 @@ def test_invalid_inputs_are_rejected(make: object) -> None:
 def test_haproxy_accepts_the_config(kind: str, tmp_path: Path) -> None:
     if kind == "local":
         cfg = haproxy_cfg(
-            local_routes(), jwt_key_env=KEY, stats_socket=str(tmp_path / "admin.sock")
+            local_routes(),
+            jwt_key_env=KEY,
+            stats_socket=str(tmp_path / "admin.sock"),
         )
     else:
         cfg = haproxy_cfg(
@@ -249,6 +302,20 @@ def test_haproxy_accepts_the_config(kind: str, tmp_path: Path) -> None:
         proc = check(path, env)
         assert proc.returncode != 0
         assert f"environment variable {KEY} (the JWT signing key) is not set" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+@pytest.mark.parametrize("status", [414, 431])
+def test_haproxy_cannot_customise_414_or_431(status: int, tmp_path: Path) -> None:
+    """Why _HTTP_ERRORS has neither: HAProxy sends 400 for a too long URI or headers."""
+    cfg = haproxy_cfg(local_routes(), jwt_key_env=KEY).replace(
+        "    http-error status 400", f"    http-error status {status}"
+    )
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(cfg)
+    proc = check(path, {KEY: "k" * 64})
+    assert proc.returncode != 0
+    assert f"status code '{status}' not handled" in proc.stderr
 
 
 def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
