@@ -110,6 +110,11 @@ class PayloadTooLarge(ApiError):
     status, code, default_message = 413, "payload_too_large", "the request body is too large"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+    default_message = "the request body must be JSON (Content-Type: application/json)"
+
+
 class ValidationFailed(ApiError):
     status, code, default_message = 422, "validation_failed", "the request is invalid"
 

@@ -333,7 +333,7 @@ async def test_openapi_document_is_valid_and_describes_every_route(
     assert body == {"$ref": "#/components/schemas/NewOrder"}
     created = place["responses"]["201"]["content"]["application/json"]["schema"]
     assert created == {"$ref": "#/components/schemas/Order"}
-    assert set(place["responses"]) == {"201", "400", "413", "422", "500"}
+    assert set(place["responses"]) == {"201", "400", "413", "415", "422", "500"}
     error = place["responses"]["422"]["content"]["application/json"]["schema"]
     assert error == {"$ref": "#/components/schemas/ErrorBody"}
     # Nested models are referenced, not inlined, and every reference resolves.

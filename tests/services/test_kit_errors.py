@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from tests.services.kit_example import SECRET_LEAK, build_app
 
 Client = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -62,9 +63,10 @@ async def test_default_body_limit_is_one_mebibyte(aiohttp_client: Client, tmp_pa
     client = await aiohttp_client(build_app(tmp_path))
     items = [{"sku": "a", "quantity": 1}]
     padding = " " * (1024 * 1024 - 100)
-    fits = await client.post("/api/orders", data=json.dumps({"items": items}) + padding[:1000])
+    body = json.dumps({"items": items})
+    fits = await client.post("/api/orders", data=body + padding[:1000], headers=JSON)
     assert fits.status == 201
-    too_big = await client.post("/api/orders", data=json.dumps({"items": items}) + padding * 2)
+    too_big = await client.post("/api/orders", data=body + padding * 2, headers=JSON)
     assert too_big.status == 413
 
 
@@ -72,12 +74,54 @@ async def test_default_body_limit_is_one_mebibyte(aiohttp_client: Client, tmp_pa
 async def test_a_body_that_is_not_json_is_400(
     client: TestClient[web.Request, web.Application], raw: bytes
 ) -> None:
-    response = await client.post(
-        "/api/orders", data=raw, headers={"Content-Type": "application/json"}
-    )
+    response = await client.post("/api/orders", data=raw, headers=JSON)
     body = await error_of(response, 400)
     assert body["error"] == "bad_request"
     assert "JSON" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-16", None],
+)
+async def test_only_a_body_declared_json_is_read(
+    client: TestClient[web.Request, web.Application], content_type: str | None
+) -> None:
+    """A form (what a cross-site page can post without asking) or text is never parsed as
+    JSON, even when it holds JSON."""
+    order = json.dumps({"items": [{"sku": "a", "quantity": 1}]}).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    body = await error_of(await client.post("/api/orders", data=order, headers=headers), 415)
+    assert body["error"] == "unsupported_media_type"
+    assert "application/json" in body["message"]
+    plus_json = {"Content-Type": "application/merge-patch+json; charset=UTF-8"}
+    assert (await client.post("/api/orders", data=order, headers=plus_json)).status == 201
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "problem"),
+    [
+        (b'{"items": [{"sku": "a", "quantity": "5"}]}', "body.items.0.quantity", "valid integer"),
+        (b'{"items": [{"sku": "a", "quantity": true}]}', "body.items.0.quantity", "valid integer"),
+        (b'{"items": [{"sku": "a", "quantity": 1e2}]}', "body.items.0.quantity", "valid integer"),
+        (b'{"items": [{"sku": 7, "quantity": 1}]}', "body.items.0.sku", "valid string"),
+        (
+            b'{"items": [{"sku": "a", "quantity": 1}], "note": "a", "note": "b"}',
+            "body.note",
+            "given twice",
+        ),
+        (b'{"items": [{"sku": "a", "sku": "b", "quantity": 1}]}', "body.items.0.sku", "twice"),
+        (b'{"items": [{"sku": "a", "quantity": 1e400}]}', "body.items.0.quantity", "finite"),
+    ],
+)
+async def test_a_body_is_taken_as_written_or_refused(
+    client: TestClient[web.Request, web.Application], raw: bytes, field: str, problem: str
+) -> None:
+    """No coercion, no silent choice between two values of one key."""
+    response = await client.post("/api/orders", data=raw, headers=JSON)
+    body = await error_of(response, 422)
+    problems = {item["field"]: item["problem"] for item in body["fields"]}
+    assert problem in problems[field], problems
 
 
 async def test_an_invalid_body_is_422_naming_each_field(
@@ -90,8 +134,7 @@ async def test_an_invalid_body_is_422_naming_each_field(
     assert problems == {
         "body.items.0.quantity": "Input should be greater than 0",
         "body.items.1.sku": "Field required",
-        "body.items.1.quantity": "Input should be a valid integer, unable to parse string as an "
-        "integer",
+        "body.items.1.quantity": "Input should be a valid integer",
         "body.note": "Input should be a valid string",
     }
     assert "body.items.0.quantity" in body["message"]
