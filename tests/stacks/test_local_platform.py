@@ -299,6 +299,49 @@ async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> Non
         assert total(gateway, "haproxy_backend_http_responses_total", proxy=backend, code="2xx") > 0
 
 
+async def test_a_revoked_token_stops_working_on_every_service(platform: Platform) -> None:
+    """Logging out (or changing the password) at the user service ends the token on the
+    order service too, within its verdict cache (2 s), not at the token's expiry."""
+    g = platform.gateway
+
+    async def refused_everywhere(token: str) -> float:
+        """Seconds until the order service and the user service both answer 401."""
+        began = time.monotonic()
+        while time.monotonic() - began < 5:
+            orders, _ = await call(http, "GET", f"{g}/api/orders/cart", token=token)
+            users, _ = await call(http, "GET", f"{g}/api/users/me", token=token)
+            if orders == users == 401:
+                return time.monotonic() - began
+            assert {orders, users} <= {200, 401}
+            await asyncio.sleep(0.1)
+        raise AssertionError("a revoked token still works after 5 s")
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        token = await shopper(http, g)
+        assert (await call(http, "GET", f"{g}/api/orders/cart", token=token))[0] == 200
+        assert (await call(http, "POST", f"{g}/api/users/logout", token=token))[0] == 204
+        assert await refused_everywhere(token) < 3
+
+        # A password change ends every session of the account, not only the one asking.
+        email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
+        password = "journey-pass-42"
+        account = {"email": email, "password": password}
+        assert (await call(http, "POST", f"{g}/api/users/register", json_body=account))[0] == 202
+        sessions = []
+        for _ in range(2):
+            status, pair = await call(http, "POST", f"{g}/api/users/login", json_body=account)
+            assert status == 200
+            sessions.append(pair["access_token"])
+        phone, laptop = sessions
+        assert (await call(http, "GET", f"{g}/api/orders/cart", token=laptop))[0] == 200
+        change = {"current_password": password, "new_password": "a-new-pass-42"}
+        status, _ = await call(
+            http, "POST", f"{g}/api/users/me/password", token=phone, json_body=change
+        )
+        assert status == 204
+        assert await refused_everywhere(laptop) < 3
+
+
 def test_a_second_up_is_refused_while_it_runs(platform: Platform) -> None:
     result = cli("up", "--state-dir", str(platform.state_dir), "--port", "0")
     assert result.returncode == 1
