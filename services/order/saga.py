@@ -18,13 +18,13 @@ A step that fails transiently raises: the event stays pending and is redelivered
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
+from services.kit.auth import ServiceToken
 from services.kit.db import Database
 from services.kit.events import Event
 from services.kit.logs import get_logger
@@ -67,7 +67,7 @@ class Checkout:
         db: Database,
         http: aiohttp.ClientSession,
         peers: Peers,
-        service_token: Callable[[], str],
+        service_token: ServiceToken,
         timeout_s: float = 10.0,
     ):
         self.db = db
@@ -181,6 +181,8 @@ class Checkout:
                 answer = (
                     await response.json() if response.content_type == "application/json" else {}
                 )
+                if response.status == 401:  # revoked (or expired): the retry carries a new one
+                    self.service_token.renew()
                 return response.status, answer
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Retry(f"{url}: {error}") from error

@@ -15,6 +15,9 @@ from aiohttp.test_utils import TestClient
 from services.inventory.app import InventorySettings
 from services.inventory.app import init_app as inventory_app
 from services.kit.auth import Tokens
+from services.kit.cache import client as redis_client
+from services.kit.revocation import VERDICT_TTL_S, Revocations
+from services.kit.settings import HostPort
 from services.order.app import OrderSettings
 from services.order.app import init_app as order_app
 from services.payment.app import PaymentSettings
@@ -148,6 +151,27 @@ async def test_a_paid_order_is_confirmed_and_shipped(shop, shopper, platform: Da
         if p.idempotency_key == f"checkout-order-{order_id}:authorize"
     ]
     assert [(p.captures, p.captured_cents) for p in captured] == [(1, captured[0].amount_cents)]
+
+
+async def test_the_saga_gets_a_new_token_when_its_own_is_revoked(
+    shop, shopper, platform: DataTier
+) -> None:
+    """An operator revokes every token of the order service (a leaked one): its checkouts
+    carry on, with a token issued after the cut-off, instead of failing for the token's life."""
+    sku = await new_sku(platform, 10)
+    first = await place(shop["order"], shopper, sku, 1)
+    assert await settled(shop["order"], shopper, first) == "shipped"
+    nodes = [
+        HostPort(host, int(port)) for host, port in (n.rsplit(":", 1) for n in platform.redis.nodes)
+    ]
+    revocations = Revocations(redis_client(nodes, platform.redis.password), owns_client=True)
+    try:
+        await revocations.end_all("order")
+    finally:
+        await revocations.close()
+    await asyncio.sleep(VERDICT_TTL_S + 0.2)  # the peers' cached verdicts on the old token
+    second = await place(shop["order"], shopper, sku, 1)
+    assert await settled(shop["order"], shopper, second, timeout_s=30) == "shipped"
 
 
 async def test_not_enough_stock_cancels_the_order(shop, shopper, platform: DataTier) -> None:
