@@ -224,6 +224,8 @@ def write(results: Mapping[str, Any], out: Path) -> None:
     if sc.get("flash"):
         lines += _flash(sc["flash"])
     lines += _cpu(sc)
+    if results.get("logins"):
+        lines += _logins(results["logins"])
     if results.get("costs"):
         lines += _costs(results["costs"], int(m["cores"]), sc.get("mix"))
     lines += ["![latency percentiles over time](latency.png)", ""]
@@ -387,6 +389,29 @@ def _cpu(sc: Mapping[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _logins(r: Mapping[str, Any]) -> list[str]:
+    raw, storm = r["bcrypt"], r["gateway"]
+    statuses = ", ".join(f"{n} x {code}" for code, n in storm["statuses"].items())
+    return [
+        "## Logins (bcrypt)",
+        "",
+        f"- bcrypt at cost {raw['rounds']}, one thread of this machine: "
+        f"**{_count(raw['per_core_per_s'])} password checks per second per core**; "
+        "no login rate can pass it.",
+        f"- {storm['concurrency']} clients logging in through the gateway for "
+        f"{storm['duration_s']} s: **{storm['logins_per_s']:.1f} logins/s**, "
+        f"{_count(storm['logins_per_cpu_s'])} per CPU-second of the user service; "
+        f"p50 {_fmt_ms(storm['p50_ms'])}, p99 {_fmt_ms(storm['p99_ms'])}; answers: {statuses}. "
+        f"A 503 is the hashing bound refusing at once (median {_fmt_ms(storm['refused_p50_ms'])}, "
+        "Retry-After: 1), not a timeout.",
+        "",
+    ]
+
+
+def _count(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def mix_cost(costs: Mapping[str, Any]) -> float | None:

@@ -15,7 +15,11 @@ tokens and SKUs through the public API, then runs, each bounded in time:
 4. ``flash``: ``--flash-attempts`` orders of one unit of a SKU stocked with 100, as fast as
    the platform takes them; then waits for the checkout saga to settle every order and checks
    the database: exactly 100 sold, 0 oversold, the stock's audit trail consistent.
-5. ``costs``: each kind of the mix's requests alone, briefly, with the CPU every platform
+5. ``logins``: ``bench.logins``: bcrypt checks per core at the user service's cost, and
+   ``--login-concurrency`` shoppers logging in through the gateway for ``--login-duration``
+   seconds: logins per second, per CPU-second of the user service, and the hashing bound's
+   fast 503s.
+6. ``costs``: each kind of the mix's requests alone, briefly, with the CPU every platform
    process spent on it (until the checkout saga settled what it placed): the CPU one request
    of the mix costs, and the throughput the machine's cores allow at that price.
 
@@ -51,11 +55,12 @@ import aiohttp
 import asyncpg
 import bcrypt
 
-from bench import report
+from bench import logins, report
 from bench.metrics import Scrape, cache_ratios, db_quantiles, pool_wait_quantiles, scrape
 from components.conf.postgres import PgUsers
 from services.kit.db import PRIMARY_HINT
 from services.order.orders import ACTIVE
+from services.user.app import UserSettings
 from stacks.gateway import SERVER_MAXCONN
 from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
 from stacks.local.process import LocalPlatformError, recorded_processes
@@ -242,6 +247,7 @@ class Prepared:
     categories: list[str]
     terms: list[str]
     flash_sku: str
+    emails: list[str] = field(default_factory=list)  # the registered users', admin first
     shopper_tokens: list[str] = field(default_factory=list)
     flash_tokens: list[str] = field(default_factory=list)
 
@@ -337,6 +343,7 @@ async def prepare(target: Target, users: int, shopper_count: int) -> Prepared:
         categories=categories,
         terms=terms,
         flash_sku=flash_sku,
+        emails=emails,
         flash_tokens=shoppers or tokens[1:],
     )
 
@@ -736,10 +743,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cost-kinds", default="", help="costs: comma-separated kinds (default: all the mix's)"
     )
+    parser.add_argument("--login-concurrency", type=int, default=48, help="logins: clients")
+    parser.add_argument("--login-duration", type=float, default=15, help="logins: seconds")
     parser.add_argument("--flash-attempts", type=int, default=10_000)
     parser.add_argument("--flash-timeout", type=float, default=120)
     parser.add_argument(
-        "--scenarios", default="baseline,hot,mix,flash,costs", help="comma-separated subset"
+        "--scenarios",
+        default="baseline,hot,mix,flash,logins,costs",
+        help="comma-separated subset",
     )
     parser.add_argument("--use-running", action="store_true", help="the platform in --state-dir")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -848,11 +859,50 @@ def run_platform(
             f"statuses {o['statuses']}, settled in {o['settled_after_s']} s"
         )
         results["scenarios"]["flash"] = r
+    if "logins" in scenarios:
+        results["logins"] = run_logins(args, target, prepared)
     if "costs" in scenarios:
         # The mix and the sale moved stock versions: the inventory kind sends current ones.
         prepared.inventory = asyncio.run(_versions(target, [s for s, _ in prepared.inventory]))
         write_data(data, prepared, args.threads, args.flash_attempts)
         results["costs"] = run_costs(args, target, data)
+
+
+def bcrypt_rounds(args: argparse.Namespace) -> int:
+    """The user service's bcrypt cost in this run: its default unless --service-env sets it."""
+    rounds = int(UserSettings.model_fields["bcrypt_rounds"].default)
+    for setting in args.service_env:
+        if setting.startswith("user:BCRYPT_ROUNDS="):
+            rounds = int(setting.split("=", 1)[1])
+    return rounds
+
+
+def run_logins(args: argparse.Namespace, target: Target, prepared: Prepared) -> dict[str, Any]:
+    rounds = bcrypt_rounds(args)
+    say(f"logins: bcrypt at cost {rounds} in this process (3 s)")
+    raw = logins.bcrypt_rate(rounds)
+
+    def user_cpu() -> float:
+        pids = {n: pid for n, pid in target.pids().items() if n.split("-")[0] == "user"}
+        return sum(cpu_seconds(pids).values())
+
+    say(f"logins: {args.login_concurrency} clients through the gateway ({args.login_duration} s)")
+    storm = asyncio.run(
+        logins.login_storm(
+            target.gateway,
+            prepared.emails[1:],
+            PASSWORD,
+            concurrency=args.login_concurrency,
+            duration_s=args.login_duration,
+            cpu_of_user_service=user_cpu,
+        )
+    )
+    say(
+        f"logins: {storm['logins_per_s']:.1f}/s, {storm['logins_per_cpu_s'] or 0:.1f} per "
+        f"CPU-second of the user service (bcrypt alone: {raw['per_core_per_s']:.1f}/s per core), "
+        f"statuses {storm['statuses']}"
+    )
+    return {"bcrypt": raw, "gateway": storm}
 
 
 def _metrics(delta: Scrape) -> dict[str, Any]:
