@@ -22,6 +22,9 @@ import yaml
 
 from stacks.local.data_tier import DataTier, DataTierConfig
 
+# Every test has a time limit, and a hung one reports its asyncio tasks.
+pytest_plugins = ["tests.timeouts"]
+
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ("dev", "staging", "prod")
 

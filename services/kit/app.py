@@ -72,7 +72,13 @@ log = get_logger(__name__)
 CLIENT_MAX_SIZE = 1024 * 1024  # request bodies above 1 MiB: 413
 READINESS_TIMEOUT_S = 0.8  # the kubelet gives /readyz 1 s (the probe's default timeoutSeconds)
 DRAIN_S = 5.0  # after SIGTERM on Kubernetes: serve, unready, while endpoints catch up
-SHUTDOWN_TIMEOUT_S = 20.0  # then in-flight requests get this long (grace period: 30 s)
+# Kubernetes kills a pod 30 s after SIGTERM (terminationGracePeriodSeconds): drain 5 s, then
+# in-flight requests get 15 s (the gateway gives up on a request after 5 s anyway), then the
+# background jobs and dependencies 8 s in all, each dependency at most 3 s (a pool closes in
+# milliseconds when nothing hangs): 28 s, whatever hangs.
+SHUTDOWN_TIMEOUT_S = 15.0
+CLEANUP_TIMEOUT_S = 8.0
+CLOSE_TIMEOUT_S = 3.0
 # Connections waiting to be accepted. The gateway opens many at once under a burst; with
 # aiohttp's default of 128 a busy event loop let the queue overflow and HAProxy answered 503.
 LISTEN_BACKLOG = 1024
@@ -164,8 +170,12 @@ def add_dependency(app: web.Application, dependency: Dependency) -> None:
         await dependency.start()
         log.info("dependency started", dependency=dependency.name, duration_ms=_ms(started))
         yield
-        await dependency.close()
-        log.info("dependency closed", dependency=dependency.name)
+        try:
+            await asyncio.wait_for(dependency.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.error("dependency did not close in time", dependency=dependency.name)
+        else:
+            log.info("dependency closed", dependency=dependency.name)
 
     app[DEPENDENCIES].append(dependency)
     app.cleanup_ctx.append(lifecycle)
@@ -295,7 +305,7 @@ async def serve(
     On SIGTERM, /readyz answers 503 for `drain_s` while the app keeps serving (Kubernetes
     takes a terminating pod out of its endpoints asynchronously); then the listener closes,
     in-flight requests get up to `shutdown_timeout_s`, and the dependencies close in reverse
-    order. SIGINT (Ctrl-C) skips the drain."""
+    order, within CLEANUP_TIMEOUT_S in all. SIGINT (Ctrl-C) skips the drain."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[signal.Signals] = loop.create_future()
 
@@ -316,7 +326,13 @@ async def serve(
             app[LIFECYCLE].draining = True
             await asyncio.sleep(drain_s)
     finally:
-        await runner.cleanup()
+        try:
+            await asyncio.wait_for(runner.cleanup(), shutdown_timeout_s + CLEANUP_TIMEOUT_S)
+        except TimeoutError:
+            log.error(
+                "shutdown took too long: exiting without closing what is left",
+                waited_s=shutdown_timeout_s + CLEANUP_TIMEOUT_S,
+            )
         for received in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(received)
         log.info("stopped")

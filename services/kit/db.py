@@ -10,6 +10,7 @@ fresh reads use the primary's.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,11 @@ from typing import Any, Literal
 
 import asyncpg
 
+from services.kit.errors import DatabaseBusy
+from services.kit.logs import get_logger
 from services.kit.metrics import Metrics
+
+log = get_logger(__name__)
 
 # PgPool-II sends a statement starting with this comment to the primary.
 PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
@@ -60,6 +65,12 @@ class DatabaseConfig:
     min_connections: int = 2
     max_connections: int = 10
     command_timeout_s: float = 10.0
+    # Waiting for a pooled connection: past this, 503 `database_busy` (DatabaseBusy). The same
+    # bound applies to giving one back (a connection that cannot be reset in time, e.g. a
+    # cancelled query PgPool-II never answers, is terminated instead of holding the pool).
+    acquire_timeout_s: float = 5.0
+    # Closing: connections still in use this long after close() are terminated.
+    close_timeout_s: float = 2.0
 
     def password(self) -> str:
         return self.password_file.read_text().strip()
@@ -108,9 +119,21 @@ class Database:
             self._replica = await self._pool(self.config.replica)
 
     async def close(self) -> None:
+        """Close the pools, waiting at most `close_timeout_s` for connections in use, then
+        terminating them: a shutdown never waits on a connection nobody will give back."""
         for pool in (self._replica, self._primary):
-            if pool is not None:
-                await pool.close()
+            if pool is None:
+                continue
+            try:
+                # Pool.close() terminates every connection when it is cancelled.
+                await asyncio.wait_for(pool.close(), self.config.close_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "database pool closed by force",
+                    pool=self._pool_label(pool),
+                    in_use=pool.get_size() - pool.get_idle_size(),
+                    waited_s=self.config.close_timeout_s,
+                )
         self._primary = self._replica = None
 
     async def check(self) -> None:
@@ -228,16 +251,38 @@ class Database:
 
     @asynccontextmanager
     async def _acquire(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-        asked = time.perf_counter()
-        async with pool.acquire() as connection:
+        """A pooled connection, waited for at most `acquire_timeout_s` (then DatabaseBusy),
+        and given back within the same bound (or terminated)."""
+        asked, label = time.perf_counter(), self._pool_label(pool)
+        try:
+            connection = await pool.acquire(timeout=self.config.acquire_timeout_s)
+        except TimeoutError:
             if self._metrics is not None:
-                self._metrics.db_pool_wait_seconds.labels(
-                    service=self.service, pool=self._pool_label(pool)
-                ).observe(time.perf_counter() - asked)
-            self._record_pool(pool)
-            yield connection
-        self._answered[id(pool)] = time.monotonic()  # only when the block succeeded
+                self._metrics.db_pool_wait_seconds.labels(service=self.service, pool=label).observe(
+                    time.perf_counter() - asked
+                )
+                self._metrics.db_pool_timeouts.labels(service=self.service, pool=label).inc()
+            raise DatabaseBusy(
+                f"no database connection came free within {self.config.acquire_timeout_s:g} s"
+            ) from None
+        if self._metrics is not None:
+            self._metrics.db_pool_wait_seconds.labels(service=self.service, pool=label).observe(
+                time.perf_counter() - asked
+            )
         self._record_pool(pool)
+        try:
+            yield connection
+            self._answered[id(pool)] = time.monotonic()  # only when the block succeeded
+        finally:
+            try:
+                # The acquire's timeout bounds this too; past it asyncpg terminates the
+                # connection (the pool opens a new one when needed).
+                await pool.release(connection)
+            except Exception as error:  # asyncpg has terminated it; the block's error stands
+                log.warning(
+                    "database connection terminated on release", pool=label, error=repr(error)
+                )
+            self._record_pool(pool)
 
     def _pool_label(self, pool: asyncpg.Pool) -> str:
         name = "replica" if pool is self._replica else "primary"

@@ -159,6 +159,16 @@ class ServiceUnavailable(ApiError):
         super().__init__(message, headers=headers)
 
 
+class DatabaseBusy(ServiceUnavailable):
+    """No pooled database connection came free in time: the process is overloaded (or the
+    database slow); the client may retry shortly."""
+
+    code, default_message = "database_busy", "the database is busy; try again shortly"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, retry_after_s=1)
+
+
 class InternalError(ApiError):
     """What every unexpected exception becomes: nothing about it reaches the client."""
 

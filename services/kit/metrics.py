@@ -33,6 +33,7 @@ from stacks.alerts import CACHE_REQUESTS, HTTP_LATENCY, HTTP_REQUESTS
 DB_QUERY_SECONDS = "db_query_duration_seconds"  # labels: service, kind (read|write)
 DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # labels: service, pool
 DB_POOL_CONNECTIONS = "db_pool_connections"  # labels: service, pool, state (in_use|idle)
+DB_POOL_TIMEOUTS = "db_pool_timeouts_total"  # labels: service, pool
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # 1 ms .. 10 s; 5 s is a boundary because the SlowResponses alert fires at p95 > 5 s.
@@ -85,6 +86,12 @@ class Metrics:
             "Time waiting for a pooled database connection, by pool",
             ["service", "pool"],
             buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.db_pool_timeouts = Counter(
+            DB_POOL_TIMEOUTS,
+            "Requests for a pooled database connection that gave up (answered 503 database_busy)",
+            ["service", "pool"],
             registry=self.registry,
         )
         self.db_pool_connections = Gauge(

@@ -160,6 +160,10 @@ class Settings(BaseModel):
     # Connections this process may hold. Through PgPool-II each open one pins a pgpool child:
     # the sum over every process must stay below PgPool's num_init_children.
     database_pool_max: Annotated[int, Field(ge=1, le=200), Expect("connections, 1..200")] = 10
+    # The longest a request waits for one of them; then 503 `database_busy` (Retry-After: 1).
+    database_acquire_timeout_seconds: Annotated[
+        float, Field(gt=0, le=60), Expect("seconds, 0 < s <= 60")
+    ] = 5.0
 
     redis_nodes: Nodes | None = None
     redis_password_file: SecretFile | None = None
@@ -258,6 +262,7 @@ class Settings(BaseModel):
             replica=None if replica is None else Endpoint(replica, self.database_read_port),
             min_connections=min(2, self.database_pool_max),
             max_connections=self.database_pool_max,
+            acquire_timeout_s=self.database_acquire_timeout_seconds,
         )
 
     def database_password(self) -> str | None:

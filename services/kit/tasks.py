@@ -1,7 +1,8 @@
 """Background jobs of a service: run every N seconds for the app's lifetime.
 
-At shutdown the round under way finishes rather than being cancelled: a database query
-cancelled mid-flight holds its connection, and closing the pool waits for every connection.
+At shutdown the round under way gets `FINISH_S` to finish rather than being cancelled at
+once (a database query cancelled mid-flight can hold its connection); past that it is
+cancelled, so a pod that got SIGTERM exits within its grace period whatever a job waits on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = get_logger(__name__)
 
 Job = Callable[[], Awaitable[object]]
 T = TypeVar("T")
+# What a background round (or a consumer's batch) gets to finish at shutdown.
+FINISH_S = 3.0
 
 
 def every(seconds: float, job: Job, name: str) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -39,9 +42,29 @@ def every(seconds: float, job: Job, name: str) -> Callable[[web.Application], As
         task = asyncio.create_task(loop(stop), name=name)
         yield
         stop.set()
-        await task
+        await finish_or_cancel([task], FINISH_S)
 
     return context
+
+
+async def finish_or_cancel(tasks: list[asyncio.Task[object]], seconds: float) -> None:
+    """Wait up to `seconds` for `tasks` (told to stop already) to end, then cancel what is
+    left and wait for that too, as long again: shutdown is bounded. Their errors are logged."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        log.warning("background task cancelled at shutdown", task=task.get_name(), waited_s=seconds)
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=seconds)
+        for task in stuck:
+            log.error("background task ignored its cancellation", task=task.get_name())
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "background task failed", task=task.get_name(), error=repr(task.exception())
+            )
 
 
 async def finish_even_if_cancelled(work: Awaitable[T]) -> T:

@@ -18,7 +18,7 @@ from services.kit.events import Consumer, OutboxRelay
 from services.kit.metrics import Metrics
 from services.kit.redis import RedisStore
 from services.kit.settings import Expect, Settings, SettingsError
-from services.kit.tasks import every
+from services.kit.tasks import FINISH_S, every, finish_or_cancel
 from services.order.carts import Carts
 from services.order.orders import Orders
 from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
@@ -118,6 +118,6 @@ def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: igno
             ]
             yield
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await finish_or_cancel(tasks, FINISH_S)
 
     return context

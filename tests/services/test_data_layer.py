@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -11,7 +12,8 @@ import asyncpg
 import pytest
 
 from services.kit.db import Database, DatabaseConfig, Endpoint
-from services.kit.metrics import DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS, Metrics
+from services.kit.errors import DatabaseBusy
+from services.kit.metrics import DB_POOL_TIMEOUTS, DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS, Metrics
 from services.kit.migrate import Migration, MigrationError, load, migrate
 from services.maintenance.partitions import ensure_partitions
 from stacks.local.data_tier import DataTier
@@ -205,3 +207,73 @@ async def test_the_wait_for_a_connection_is_measured_apart_from_the_query(
     assert reads == 1 and read_time < 0.25
     writes, write_time = histogram(DB_QUERY_SECONDS, kind="write")
     assert writes == 1 and write_time >= 0.25  # the transaction held it all along
+
+
+# --- bounded waits: a full pool, a connection nobody gives back, a cancelled query -----------
+
+
+async def test_a_full_pool_answers_database_busy_and_counts_it(platform: DataTier) -> None:
+    metrics = Metrics("layer-test")
+    database = Database(
+        replace(config(platform), max_connections=1, min_connections=1, acquire_timeout_s=0.3),
+        "layer-test",
+        metrics,
+    )
+    await database.start()
+    try:
+        async with database.transaction():  # the only connection, held
+            began = time.monotonic()
+            with pytest.raises(DatabaseBusy) as refused:
+                await database.fetchval("SELECT 1")
+            assert 0.25 < time.monotonic() - began < 2
+        assert (refused.value.status, refused.value.code) == (503, "database_busy")
+        assert refused.value.headers["Retry-After"] == "1"
+        assert await database.fetchval("SELECT 1") == 1  # given back: served again
+    finally:
+        await database.close()
+    at = {"service": "layer-test", "pool": "primary"}
+    assert metrics.registry.get_sample_value(f"{DB_POOL_TIMEOUTS}", at) == 1
+    assert metrics.registry.get_sample_value(f"{DB_POOL_WAIT_SECONDS}_count", at) == 3
+
+
+async def test_closing_never_waits_for_a_connection_nobody_gives_back(
+    platform: DataTier,
+) -> None:
+    """What hung the suite: Pool.close() waits for every connection in use. A leaked one (a
+    transaction entered and never left) is terminated once `close_timeout_s` has passed."""
+    database = Database(replace(config(platform), close_timeout_s=0.5))
+    await database.start()
+    leaked = database.transaction()
+    connection = await leaked.__aenter__()
+    assert await connection.fetchval("SELECT 1") == 1
+    began = time.monotonic()
+    await asyncio.wait_for(database.close(), 5)
+    assert 0.4 < time.monotonic() - began < 3
+    with pytest.raises(asyncpg.exceptions.InterfaceError):  # taken from its holder
+        await connection.fetchval("SELECT 1")
+
+
+async def test_a_query_cancelled_through_pgpool_gives_its_connection_back_in_time(
+    platform: DataTier,
+) -> None:
+    """A request cancelled mid-query (its client hung up, the server stopping): asyncpg sends
+    PostgreSQL a cancel and waits for the connection to be usable again before it goes back to
+    the pool. That wait is bounded by the acquire timeout, then the connection is terminated:
+    the pool serves again, and closes at once."""
+    database = Database(
+        replace(config(platform), max_connections=1, min_connections=1, acquire_timeout_s=1.0)
+    )
+    await database.start()
+    try:
+        slow = asyncio.create_task(database.fetchval("SELECT pg_sleep(30)", fresh=True))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        began = time.monotonic()
+        assert await database.fetchval("SELECT 2", fresh=True) == 2
+        assert time.monotonic() - began < 3
+    finally:
+        began = time.monotonic()
+        await asyncio.wait_for(database.close(), 5)
+        assert time.monotonic() - began < 3
