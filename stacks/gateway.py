@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from components.conf.haproxy import DnsServers, RateLimit, Route, StaticServers, haproxy_cfg
+from components.conf.haproxy import (
+    DnsServers,
+    RateLimit,
+    Route,
+    StaticServers,
+    Streams,
+    haproxy_cfg,
+)
+from services.kit.streams import KEEPALIVE_S
 from stacks.services import GATEWAY_CONFIG, SERVICE_TABLE, SERVICES, Service
 
 # Routes whose every request must carry a valid access token (verified at the gateway).
@@ -25,21 +33,31 @@ DEFAULT_RATE_LIMIT = RateLimit()
 # its /readyz answered too late, HAProxy marked it DOWN, and every request to the service got
 # a 503 (the bench's mix: 21 % errors; with this cap, 0.06 % at the same throughput).
 SERVER_MAXCONN = 64
+# Stream routes (Server-Sent Events): idle timeout from the services' keep-alive, and slots
+# of their own (components/conf/haproxy.py `Streams`).
+STREAMS = Streams(keepalive_ms=int(KEEPALIVE_S * 1000))
 
 
 def routes(backend: Callable[[Service], DnsServers | StaticServers]) -> list[Route]:
-    return [
-        Route(
-            service=svc.name,
-            path_prefix=svc.route,
-            backend=backend(svc),
-            auth=svc.route in AUTHENTICATED_ROUTES,
-            # Readiness, not liveness: a draining or dependency-less instance gets no traffic.
-            health_path="/readyz",
-        )
-        for svc in SERVICE_TABLE
-        if svc.route is not None
-    ]
+    """Each routed service's requests, and each of its streams as a route of its own."""
+    found = []
+    for svc in SERVICE_TABLE:
+        if svc.route is None:
+            continue
+        for path, stream in ((svc.route, False), *((p, True) for p in svc.streams)):
+            found.append(
+                Route(
+                    service=svc.name,
+                    path_prefix=path,
+                    backend=backend(svc),
+                    auth=svc.route in AUTHENTICATED_ROUTES,
+                    # Readiness, not liveness: a draining or dependency-less instance gets
+                    # no traffic.
+                    health_path="/readyz",
+                    stream=stream,
+                )
+            )
+    return found
 
 
 def pods_host(svc: Service) -> str:
@@ -65,6 +83,7 @@ def kubernetes_config() -> tuple[str, dict[str, str]]:
         nbthread=max(1, int(float(gateway.resources.cpu_limit))),
         server_maxconn=SERVER_MAXCONN,
         jwt_key_env=JWT_KEY_ENV,
+        streams=STREAMS,
     )
     return str(path.parent), {path.name: cfg}
 
@@ -93,6 +112,7 @@ def local_config(
         rate_limit=rate_limit,
         server_maxconn=server_maxconn,
         jwt_key_env=JWT_KEY_ENV,
+        streams=STREAMS,
     )
 
 

@@ -77,6 +77,9 @@ class Service:
     callers: frozenset[str]
     needs: frozenset[Dependency] = frozenset()
     route: str | None = None  # the gateway serves it at /api/<route>
+    # Paths under the route that answer with a long-lived stream (Server-Sent Events): the
+    # gateway gives each its own timeouts and connection budget.
+    streams: tuple[str, ...] = ()
     node_pool: NodePoolName = "apps"
     # Egress to the public internet on 443 (payment providers), nothing else leaves the VPC.
     internet_egress: bool = False
@@ -224,6 +227,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         callers=frozenset({"gateway", "order"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
         route="inventory",
+        streams=("inventory/feed",),
     ),
 )
 
@@ -248,6 +252,11 @@ def _check_table() -> None:
             raise ValueError(f"service {service.name}: unknown callers {sorted(unknown)}")
         if service.scaling.min_replicas > service.scaling.max_replicas:
             raise ValueError(f"service {service.name}: min_replicas > max_replicas")
+        for stream in service.streams:
+            if service.route is None or not stream.startswith(f"{service.route}/"):
+                raise ValueError(
+                    f"service {service.name}: stream {stream!r} is not under /api/<route>"
+                )
     if [s.name for s in SERVICE_TABLE if s.is_public] != ["gateway"]:
         raise ValueError("only the gateway may take traffic from outside the cluster")
 

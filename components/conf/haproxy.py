@@ -16,7 +16,11 @@ What the gateway does, in order, for every request on the public frontend:
 4. Body size limit: 413 JSON (411 for chunked bodies, whose size is unknown up front).
 5. Routes with ``auth=True``: the JWT hook (see below).
 6. ``/api/<prefix>`` and ``/api/<prefix>/...`` go to the route's backend (the path is
-   forwarded unchanged); anything else gets a 404 JSON.
+   forwarded unchanged); anything else gets a 404 JSON. A stream route (Server-Sent Events,
+   ``Route.stream``) is one exact path with a backend of its own: an idle timeout derived from
+   the service's keep-alive instead of the 5 s request timeout, its own slots per server so
+   open streams never hold an ordinary request's, and at most ``Streams.per_client`` open
+   streams per client address (429 JSON past it).
 
 Every response leaves without a ``Server`` header (aiohttp's names its version), with
 ``X-Content-Type-Options: nosniff``, and with ``Cache-Control: no-store`` unless the service
@@ -121,6 +125,10 @@ class Route:
     # Requests must carry a valid access token, checked at the gateway (module docstring).
     auth: bool = False
     health_path: str = "/healthz"
+    # A long-lived response (Server-Sent Events) at exactly this path: its own backend, with
+    # the idle timeout and connection budget of `Streams` instead of `timeout_ms` and the
+    # per-server request cap, so open streams never take an ordinary request's slot.
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.service):
@@ -139,6 +147,12 @@ class Route:
     def path(self) -> str:
         return f"/api/{self.path_prefix}"
 
+    @property
+    def backend_name(self) -> str:
+        if self.stream:  # be_inventory_feed: a service may have a request and stream routes
+            return "be_" + re.sub(r"[/-]", "_", self.path_prefix)
+        return f"be_{self.service}"
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -152,6 +166,31 @@ class RateLimit:
     def __post_init__(self) -> None:
         if self.requests < 1 or self.window_s < 1 or self.table_size < 1:
             raise ValueError("RateLimit fields must be >= 1")
+
+
+@dataclass(frozen=True)
+class Streams:
+    """What stream routes get. ``keepalive_ms``: how often the service promises to write on a
+    quiet stream (services/kit/streams.py); the gateway calls a stream dead after
+    ``IDLE_BEATS`` missed beats, and needs the client side's idle timeout to allow two."""
+
+    keepalive_ms: int = 15_000
+    # Open streams per service process (pod): an idle SSE client costs a few KiB there.
+    per_server: int = 1000
+    # Open streams per client address at one gateway replica: a page needs one or two.
+    per_client: int = 20
+    table_size: int = 200_000
+
+    IDLE_BEATS = 4
+
+    def __post_init__(self) -> None:
+        for name in ("keepalive_ms", "per_server", "per_client", "table_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Streams.{name} must be >= 1")
+
+    @property
+    def idle_ms(self) -> int:
+        return self.IDLE_BEATS * self.keepalive_ms
 
 
 @dataclass(frozen=True)
@@ -222,6 +261,7 @@ def haproxy_cfg(
     allow_chunked_bodies: bool = False,
     jwt_key_env: str | None = None,
     server_maxconn: int | None = None,
+    streams: Streams = Streams(),
 ) -> str:
     """Render ``haproxy.cfg`` for the API gateway.
 
@@ -244,6 +284,7 @@ def haproxy_cfg(
     as one route has ``auth=True`` (the gateway never lets such a route go unchecked).
     ``server_maxconn``: requests in flight per server (service process); more wait in the
     gateway's queue (``timeout queue``) instead of piling up inside one event loop.
+    ``streams``: the idle timeout and connection budgets of routes with ``stream=True``.
     """
     if not routes:
         raise ValueError("the gateway needs at least one route")
@@ -269,10 +310,15 @@ def haproxy_cfg(
         raise ValueError("routes with auth=True need jwt_key_env (the signing key's variable)")
     if jwt_key_env is not None and not _ENV_RE.match(jwt_key_env):
         raise ValueError(f"jwt_key_env {jwt_key_env!r} is not an environment variable name")
-    for attr in ("service", "path_prefix"):
+    for attr in ("backend_name", "path_prefix"):
         values = [getattr(r, attr) for r in routes]
         if len(set(values)) != len(values):
             raise ValueError(f"route {attr} values must be unique")
+    if any(r.stream for r in routes) and timeouts.client_ms < 2 * streams.keepalive_ms:
+        raise ValueError(
+            f"timeout client ({timeouts.client_ms} ms) would cut a quiet stream: streams write "
+            f"every {streams.keepalive_ms} ms, so it must be at least twice that"
+        )
 
     # Longest prefix first, so /api/users/me wins over /api/users.
     ordered = sorted(routes, key=lambda r: (-r.path.count("/"), -len(r.path), r.path))
@@ -296,7 +342,7 @@ def haproxy_cfg(
     )
     out += _not_found_backend()
     for route in ordered:
-        out += _backend(route)
+        out += _stream_backend(route, streams) if route.stream else _backend(route)
     out += _metrics_frontend(metrics_bind, metrics_port)
     return "\n".join(out) + "\n"
 
@@ -380,7 +426,7 @@ def _defaults(t: GatewayTimeouts, server_maxconn: int | None) -> list[str]:
 
 
 def _route_acl(route: Route) -> str:
-    return "route_" + route.service.replace("-", "_")
+    return "route_" + route.backend_name.removeprefix("be_").replace("-", "_")
 
 
 def _frontend(
@@ -459,15 +505,14 @@ def _frontend(
     ]
     for route in routes:
         acl = _route_acl(route)
-        lines += [
-            f"    acl {acl} path {route.path}",
-            f"    acl {acl} path_beg {route.path}/",
-        ]
+        lines.append(f"    acl {acl} path {route.path}")
+        if not route.stream:  # a stream is one resource; a request route is a subtree
+            lines.append(f"    acl {acl} path_beg {route.path}/")
     auth_routes = [r for r in routes if r.auth]
     if auth_routes and jwt_key_env is not None:
         lines += _jwt_rules(auth_routes, jwt_key_env)
     lines.append("")
-    lines += [f"    use_backend be_{r.service} if {_route_acl(r)}" for r in routes]
+    lines += [f"    use_backend {r.backend_name} if {_route_acl(r)}" for r in routes]
     lines.append(f"    default_backend {NOT_FOUND_BACKEND}")
     return lines
 
@@ -534,27 +579,57 @@ def _not_found_backend() -> list[str]:
 
 
 def _backend(route: Route) -> list[str]:
-    lines = [
+    return [
         "",
-        f"backend be_{route.service}",
+        f"backend {route.backend_name}",
         # Least outstanding requests: a pod stuck in a slow query gets fewer new ones.
         "    balance leastconn",
         f"    timeout server {route.timeout_ms}ms",
+        *_servers(route),
+    ]
+
+
+def _stream_backend(route: Route, streams: Streams) -> list[str]:
+    """A long-lived route: the same servers as its service's requests, but its own slots
+    (``maxconn`` per server) and its own idle timeout, and a cap per client address."""
+    too_many = "http-request deny deny_status 429 " + _json_error(
+        "too_many_streams", f'"max_streams":{streams.per_client},'
+    )
+    return [
+        "",
+        f"backend {route.backend_name}",
+        # Fewest open streams: a new pod after a scale-up takes the new ones.
+        "    balance leastconn",
+        f"    # The service writes at least every {streams.keepalive_ms} ms: "
+        f"{Streams.IDLE_BEATS} missed beats is a dead stream.",
+        f"    timeout server {streams.idle_ms}ms",
+        f"    stick-table type ipv6 size {streams.table_size} "
+        f"expire {streams.idle_ms}ms store conn_cur",
+        f"    http-request track-sc1 var({CLIENT_IP_VAR})",
+        f"    {too_many} if {{ sc_conn_cur(1) gt {streams.per_client} }}",
+        *_servers(route, maxconn=streams.per_server),
+    ]
+
+
+def _servers(route: Route, maxconn: int | None = None) -> list[str]:
+    """Health checks and the servers; ``maxconn`` overrides the default per-server cap."""
+    lines = [
         "    option httpchk",
         f"    http-check send meth GET uri {route.health_path}",
         "    http-check expect status 200",
     ]
+    options = "check" + (f" maxconn {maxconn}" if maxconn is not None else "")
     backend = route.backend
     if isinstance(backend, StaticServers):
         lines += [
-            f"    server {route.service}-{i} {host}:{port} check"
+            f"    server {route.service}-{i} {host}:{port} {options}"
             for i, (host, port) in enumerate(backend.servers, start=1)
         ]
     else:
         # init-addr none: start (and pass `haproxy -c`) even before the Service resolves.
         lines.append(
             f"    server-template {route.service}- 1-{backend.slots} "
-            f"{backend.fqdn}:{backend.port} check resolvers {RESOLVERS} "
+            f"{backend.fqdn}:{backend.port} {options} resolvers {RESOLVERS} "
             "resolve-prefer ipv4 init-addr none"
         )
     return lines
@@ -580,5 +655,6 @@ __all__ = [
     "RateLimit",
     "Route",
     "StaticServers",
+    "Streams",
     "haproxy_cfg",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 from services.inventory.stock import Level, feed_message
 from services.kit.logs import get_logger
 from services.kit.redis import ChannelListener, RedisStore
+from services.kit.streams import LIFETIME_S
 
 CHANNEL = "inventory:stock"
 QUEUE_SIZE = 100
@@ -27,8 +28,9 @@ class StockFeed(ChannelListener):
 
     name = "stock-feed"
 
-    def __init__(self, redis: RedisStore):
+    def __init__(self, redis: RedisStore, lifetime_s: float = LIFETIME_S):
         super().__init__(redis, CHANNEL)
+        self.lifetime_s = lifetime_s  # how long one client's stream lasts before it reconnects
         self.clients: set[asyncio.Queue[dict[str, Any]]] = set()
 
     async def publish(self, level: Level) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -15,6 +13,7 @@ from services.inventory.stock import InsufficientStock, Level, Stock, UnknownSku
 from services.kit.api import Api, json_response
 from services.kit.auth import Principal
 from services.kit.errors import ApiError, Conflict, NotFound, ValidationFailed
+from services.kit.streams import EventStream
 
 api = Api("inventory", version="1.0.0", description="Stock, reservations, audit trail, live feed")
 
@@ -211,28 +210,16 @@ async def audit(request: web.Request, path_params: SkuPath) -> Audit:
 
 @api.get("/api/inventory/feed", query=FeedQuery)
 async def feed(request: web.Request, query: FeedQuery) -> web.StreamResponse:
-    """Live stock levels as Server-Sent Events (`event: stock`, JSON data), from Redis pub/sub."""
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
+    """Live stock levels as Server-Sent Events (`event: stock`, JSON data), from Redis pub/sub.
+
+    A comment line keeps a quiet stream alive; the stream ends after the feed's lifetime and
+    the client (EventSource) reconnects by itself (services/kit/streams.py)."""
+    stock_feed = request.app[FEED]
+    stream = EventStream(request, lifetime_s=stock_feed.lifetime_s)
+    response = await stream.open()
     wanted = set(query.sku)
-    async with request.app[FEED].subscribe() as updates:
-        await response.write(b": connected\n\n")
-        while True:
-            try:
-                level: dict[str, Any] = await asyncio.wait_for(updates.get(), timeout=15)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            if wanted and level["sku"] not in wanted:
-                continue
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(
-                    f"event: stock\ndata: {StockLevel(**level).model_dump_json()}\n\n".encode()
-                )
+    async with stock_feed.subscribe() as updates:
+        async for level in stream.relay(updates):
+            if not wanted or level["sku"] in wanted:
+                await stream.send("stock", StockLevel(**level).model_dump_json())
     return response

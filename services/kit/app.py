@@ -35,6 +35,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from services.kit import streams
 from services.kit.api import Api
 from services.kit.auth import REVOCATIONS, TOKENS, Tokens
 from services.kit.errors import Handler, error_middleware
@@ -140,6 +141,7 @@ def create_app(
     app[METRICS] = metrics or Metrics(settings.service_name)
     app[API] = api
     app[LIFECYCLE] = Lifecycle(readiness_timeout_s=readiness_timeout_s)
+    streams.install(app)  # open event streams end when the app shuts down
     app[DEPENDENCIES] = []
     if tokens is None and settings.jwt_secret_file is not None:
         tokens = Tokens.from_file(settings.jwt_secret_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -229,6 +230,7 @@ async def test_the_live_feed_streams_stock_changes(
     sku = await new_sku(platform, 6)
     feed = await client.get("/api/inventory/feed", params={"sku": sku})
     assert feed.status == 200 and feed.headers["Content-Type"].startswith("text/event-stream")
+    assert (await feed.content.readline()).startswith(b"retry: ")  # the reconnect hint
     assert (await feed.content.readline()) == b": connected\n"
     await asyncio.sleep(0.3)  # the instance's subscription is listening
     service = as_role(tokens, "service")
@@ -245,6 +247,20 @@ async def test_the_live_feed_streams_stock_changes(
     update = await asyncio.wait_for(next_event(), timeout=5)
     assert (update["sku"], update["available"], update["reserved"]) == (sku, 4, 2)
     feed.close()
+
+
+async def test_a_feed_ends_after_its_lifetime_and_tells_the_client_when_to_come_back(
+    aiohttp_client, settings_for
+) -> None:
+    """A stream is not pinned to one process for ever: it ends, and EventSource reconnects
+    after the `retry:` hint."""
+    settings = settings_for(InventorySettings, "inventory", FEED_LIFETIME_SECONDS="1")
+    client = await aiohttp_client(init_app(settings))
+    started = time.monotonic()
+    feed = await client.get("/api/inventory/feed")
+    body = await asyncio.wait_for(feed.read(), timeout=10)  # ends: the server closed it
+    assert 1 <= time.monotonic() - started < 5
+    assert body.startswith(b"retry: 2000\n: connected\n\n")
 
 
 @pytest.mark.parametrize(

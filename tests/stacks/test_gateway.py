@@ -27,9 +27,11 @@ from components.conf.haproxy import (
     RateLimit,
     Route,
     StaticServers,
+    Streams,
     haproxy_cfg,
 )
 from services.kit.auth import Tokens
+from services.kit.streams import KEEPALIVE_S
 from stacks.gateway import (
     JWT_KEY_ENV,
     SERVER_MAXCONN,
@@ -37,6 +39,7 @@ from stacks.gateway import (
     kubernetes_config,
     local_config,
 )
+from stacks.gateway import STREAMS as GATEWAY_STREAMS
 from stacks.local.ports import PortAllocator
 from stacks.services import SERVICE_TABLE
 
@@ -394,3 +397,153 @@ def test_every_service_pod_takes_a_bounded_number_of_requests() -> None:
     cfg = files["haproxy.cfg"]
     assert f"    default-server inter 2s fall 3 rise 2 maxconn {SERVER_MAXCONN}" in cfg.splitlines()
     assert "    timeout queue " in cfg
+
+
+# --- stream routes (Server-Sent Events) ----------------------------------------------------------
+
+# Small numbers, so the budgets and timeouts show in seconds: requests get 1 s to answer,
+# streams promise a beat every 0.6 s (dead after 2.4 s of silence), 2 requests in flight per
+# server, 3 open streams per client address.
+REQUEST_TIMEOUT_MS = 1000
+STREAMS = Streams(keepalive_ms=600, per_server=10, per_client=3)
+
+
+@dataclass
+class StreamingUpstream:
+    """One inventory process: ordinary requests, and a feed that beats every `beat` seconds
+    for `seconds` (or, with `silent`, says hello and then nothing)."""
+
+    port: int
+    open_streams: int = 0
+
+    async def feed(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self.open_streams += 1
+        try:
+            await response.write(b": connected\n\n")
+            if "silent" in request.query:
+                await asyncio.sleep(60)
+            beat, seconds = float(request.query["beat"]), float(request.query["seconds"])
+            for n in range(int(seconds / beat)):
+                await asyncio.sleep(beat)
+                await response.write(f"data: {n}\n\n".encode())
+        finally:
+            self.open_streams -= 1
+        return response
+
+    async def level(self, request: web.Request) -> web.Response:
+        return web.json_response({"sku": request.match_info["sku"]})
+
+    async def healthy(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+@pytest.fixture
+async def streaming(ports: dict[str, int], tmp_path: Path) -> AsyncIterator[Gateway]:
+    upstream = StreamingUpstream(ports["upstream"])
+    app = web.Application()
+    app.router.add_get("/api/inventory/feed", upstream.feed)
+    app.router.add_get("/api/inventory/{sku}", upstream.level)
+    app.router.add_get("/healthz", upstream.healthy)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", upstream.port).start()
+    servers = StaticServers((("127.0.0.1", upstream.port),))
+    cfg = haproxy_cfg(
+        [
+            Route("inventory", "inventory", servers, timeout_ms=REQUEST_TIMEOUT_MS),
+            Route("inventory", "inventory/feed", servers, stream=True),
+        ],
+        port=ports["gateway"],
+        metrics_port=ports["metrics"],
+        server_maxconn=2,
+        streams=STREAMS,
+    )
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    try:
+        async with running_haproxy(cfg, tmp_path, f"{url}/api/inventory/SKU-1"):
+            yield Gateway(url, ports["gateway"], upstream, Tokens(KEY.encode()))  # type: ignore[arg-type]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_stream_lives_past_the_request_timeout_while_it_beats(streaming: Gateway) -> None:
+    """Requests get 1 s to answer; a stream quiet for 1.5 s at a time (within its idle
+    timeout, past the request timeout) runs its 6 s, whole."""
+    async with aiohttp.ClientSession() as session:
+        started = asyncio.get_running_loop().time()
+        async with session.get(f"{streaming.url}/api/inventory/feed?beat=1.5&seconds=6") as r:
+            assert r.status == 200
+            body = await asyncio.wait_for(r.read(), timeout=20)
+        took = asyncio.get_running_loop().time() - started
+    assert body.count(b"data: ") == 4 and body.endswith(b"data: 3\n\n")
+    assert took >= 6
+
+
+async def test_a_silent_stream_is_cut_after_its_missed_beats(streaming: Gateway) -> None:
+    """A stream that stops beating is dead: the gateway frees its slot after 4 missed beats
+    (2.4 s here), not after the service's lifetime."""
+    async with aiohttp.ClientSession() as session:
+        started = asyncio.get_running_loop().time()
+        async with session.get(f"{streaming.url}/api/inventory/feed?silent=1") as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(r.read(), timeout=20)
+        took = asyncio.get_running_loop().time() - started
+    assert STREAMS.idle_ms / 1000 <= took < 10
+
+
+async def test_open_streams_never_take_a_requests_slot(streaming: Gateway) -> None:
+    """More streams are open than a server takes requests (3 > 2), and ordinary requests
+    still answer at once; a client's fourth stream is refused with a JSON 429; once one of
+    its streams ends, it may open another."""
+    upstream: StreamingUpstream = streaming.upstream  # type: ignore[assignment]
+    feed = f"{streaming.url}/api/inventory/feed?beat=0.4&seconds=30"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=40)) as session:
+        streams = [await session.get(feed) for _ in range(STREAMS.per_client)]
+        try:
+            assert [s.status for s in streams] == [200] * STREAMS.per_client
+            for _ in range(50):  # every stream has reached the service
+                if upstream.open_streams == STREAMS.per_client:
+                    break
+                await asyncio.sleep(0.05)
+            assert upstream.open_streams == STREAMS.per_client
+            levels = await asyncio.wait_for(
+                asyncio.gather(*(call(streaming, f"/api/inventory/SKU-{n}") for n in range(6))),
+                timeout=3,  # a request waiting for a slot would wait 5 s, then get a 503
+            )
+            assert [status for status, _, _ in levels] == [200] * 6
+
+            async with session.get(feed) as refused:
+                assert refused.status == 429
+                body = await refused.json()
+                assert body["error"] == "too_many_streams"
+                assert body["max_streams"] == STREAMS.per_client
+        finally:
+            for stream in streams[1:]:
+                stream.close()
+        streams[0].close()
+        for _ in range(50):  # the gateway has seen the streams go
+            if upstream.open_streams == 0:
+                break
+            await asyncio.sleep(0.05)
+        async with session.get(feed.replace("seconds=30", "seconds=1")) as again:
+            assert again.status == 200 and (await again.read()).count(b"data: ") == 2
+
+
+def test_every_stream_route_of_the_table_gets_its_own_backend() -> None:
+    """The service table's streams, rendered for GKE: exact paths, own budgets, a timeout from
+    the services' keep-alive (which the kit writes: services/kit/streams.py)."""
+    _, files = kubernetes_config()
+    sections = files["haproxy.cfg"].split("\n\n")
+    lines = files["haproxy.cfg"].splitlines()
+    for svc in SERVICE_TABLE:
+        for path in svc.streams:
+            name = path.replace("/", "_")
+            backend = next(s for s in sections if s.startswith(f"backend be_{name}\n"))
+            assert f"timeout server {Streams.IDLE_BEATS * int(KEEPALIVE_S * 1000)}ms" in backend
+            assert f"maxconn {GATEWAY_STREAMS.per_server} resolvers" in backend
+            assert f"    acl route_{name} path /api/{path}" in lines
+            assert f"    acl route_{name} path_beg /api/{path}/" not in lines
+    assert any(svc.streams for svc in SERVICE_TABLE)

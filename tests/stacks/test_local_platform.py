@@ -342,6 +342,58 @@ async def test_a_revoked_token_stops_working_on_every_service(platform: Platform
         assert await refused_everywhere(laptop) < 3
 
 
+FEED_MINUTES = 2.0  # the stream's life in the test: past every timeout on its way
+ORDER_EVERY_S = 25.0  # quiet gaps longer than the keep-alive (15 s) and the 5 s request timeout
+
+
+async def test_the_live_feed_streams_through_the_gateway_for_minutes(platform: Platform) -> None:
+    """A shopper's page holds `/api/inventory/feed` open through the gateway for minutes,
+    across quiet gaps longer than any request timeout: the one connection stays open, every
+    order's stock change arrives on it within seconds, and keep-alives fill the silences."""
+    g = platform.gateway
+    lines: list[tuple[float, bytes]] = []  # (when, line) as the page receives them
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        token = await shopper(http, g)
+        _, page = await call(http, "GET", f"{g}/api/products?page_size=1")
+        sku = page["items"][0]["sku"]
+        feed = await http.get(f"{g}/api/inventory/feed", params={"sku": sku})
+        assert feed.status == 200 and feed.headers["Content-Type"] == "text/event-stream"
+
+        async def read() -> None:
+            while line := await feed.content.readline():
+                lines.append((time.monotonic(), line))
+            lines.append((time.monotonic(), b"<closed>"))
+
+        reader = asyncio.create_task(read())
+        began, ordered = time.monotonic(), []
+        try:
+            await asyncio.sleep(1)  # subscribed
+            while time.monotonic() - began < FEED_MINUTES * 60:
+                status, body = await call(
+                    http,
+                    "POST",
+                    f"{g}/api/orders",
+                    token=token,
+                    json_body={"items": [{"sku": sku, "quantity": 1}], "payment_token": "tok_visa"},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
+                assert status in (200, 201), body
+                ordered.append(time.monotonic())
+                await asyncio.sleep(ORDER_EVERY_S)
+        finally:
+            reader.cancel()
+            feed.close()
+
+    assert b"<closed>" not in [line for _, line in lines], "the gateway cut the feed"
+    events = [when for when, line in lines if line.startswith(b"data: ") and sku.encode() in line]
+    for placed in ordered:  # each order's reservation reached the page within seconds
+        assert any(0 <= when - placed < 5 for when in events), (placed - began, lines[-5:])
+    keepalives = [when for when, line in lines if line == b": keep-alive\n"]
+    assert len(keepalives) >= len(ordered) - 1  # every 25 s gap has one
+    assert lines[-1][0] - began > FEED_MINUTES * 60 - 5
+
+
 def test_a_second_up_is_refused_while_it_runs(platform: Platform) -> None:
     result = cli("up", "--state-dir", str(platform.state_dir), "--port", "0")
     assert result.returncode == 1
