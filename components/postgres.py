@@ -31,7 +31,14 @@ from components.conf.pgpool import (
     pgpool_files,
     pgpool_secret_files,
 )
-from components.conf.postgres import PgMember, PgTopology, PgTuning, PgUsers, WalArchive
+from components.conf.postgres import (
+    PgMember,
+    PgTopology,
+    PgTuning,
+    PgUsers,
+    WalArchive,
+    member_zone,
+)
 from components.conf.scripts import (
     POSTGRES_START_SH,
     postgres_env,
@@ -118,14 +125,14 @@ class PostgresCluster(pulumi.ComponentResource):
         self.address = f"{ENDPOINT.host}:{ENDPOINT.port}"
         self.app_secret = APP_SECRET
 
-        # Member i lives in zone i mod n: the primary and each replica in its own zone.
+        # Member i lives in zone i mod n; commits wait for standbys in other zones.
         self.topology = PgTopology(
             members=tuple(
                 PgMember(
                     name=f"pg-{i}",
                     host=f"pg-{i}-0.{APP}.{NAMESPACE}.svc.cluster.local",
                     port=PORT,
-                    zone=args.zones[i % len(args.zones)],
+                    zone=member_zone(i, args.zones),
                 )
                 for i in range(cfg.replicas + 1)
             ),

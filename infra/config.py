@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from components.conf.pgpool import SPARE_CLIENTS, client_pool_size
+from components.conf.pgpool import SPARE_CLIENTS
+from components.conf.postgres import smallest_quorum
 from stacks.services import SERVICES, Dependency, NodePoolName, users_of
 
 PROJECT = "ecommerce"
@@ -359,28 +360,48 @@ class StackConfig(_Model):
                 raise KeyProblem(
                     f"services.{name}.minReplicas", f"expected <= maxReplicas ({high}), got {low}"
                 )
-        self._check_node_envelope()
-        if self.database_pool_per_pod() < 1:
-            pgpool = self.postgres.pgpool
+        members = self.postgres.replicas + 1
+        quorum = smallest_quorum(members, self.zones)
+        if self.postgres.synchronous_standbys > quorum:
             raise KeyProblem(
-                "postgres.pgpool.numInitChildren",
-                f"expected room for every service pod at its maxReplicas "
-                f"({self._database_pods()} pods, one connection each, plus {SPARE_CLIENTS} for "
-                f"jobs) in {pgpool.replicas} pgpool(s) x numInitChildren, got "
-                f"{pgpool.num_init_children}",
+                "postgres.synchronousStandbys",
+                f"expected <= {quorum}: a commit waits for standbys outside the primary's zone, "
+                f"and {members} members over zones {list(self.zones)} leave some member only "
+                f"{quorum} of those (add zones or replicas, or wait for fewer), got "
+                f"{self.postgres.synchronous_standbys}",
             )
+        self._check_node_envelope()
+        self._check_database_clients()
         return self
 
-    def _database_pods(self) -> int:
-        return sum(self.replicas_for(s.name)[1] for s in users_of(Dependency.POSTGRES))
+    def database_clients_at_max(self) -> dict[str, int]:
+        """PostgreSQL connections each service's pods hold at their HPA maximum (maxReplicas x
+        the service table's database_connections): what PgPool-II's children must take."""
+        return {
+            svc.name: self.replicas_for(svc.name)[1] * svc.database_connections
+            for svc in users_of(Dependency.POSTGRES)
+        }
 
-    def database_pool_per_pod(self) -> int:
-        """DATABASE_POOL_MAX of every service pod: what fits PgPool-II's children when every
-        service runs at its maxReplicas (services.kit.db's default, 10, at most)."""
+    def _check_database_clients(self) -> None:
+        """Every pooled connection pins one PgPool-II child; a client past the last child
+        waits for one to come free, which with pooled connections is for ever. So every pod
+        at its maximum, plus the jobs, must fit the children, on purpose and checked here."""
         pgpool = self.postgres.pgpool
-        return client_pool_size(
-            pgpool.replicas, pgpool.num_init_children, self._database_pods(), cap=10
+        clients = self.database_clients_at_max()
+        needed, offered = (
+            sum(clients.values()) + SPARE_CLIENTS,
+            pgpool.replicas * pgpool.num_init_children,
         )
+        if needed > offered:
+            biggest = max(clients, key=clients.__getitem__)
+            raise KeyProblem(
+                "postgres.pgpool.numInitChildren",
+                f"expected >= {-(-needed // pgpool.replicas)}: at their maxReplicas the service "
+                f"pods hold {sum(clients.values())} connections "
+                f"({', '.join(f'{n} {c}' for n, c in clients.items())}) plus {SPARE_CLIENTS} for "
+                f"jobs, and {pgpool.replicas} pgpool(s) x numInitChildren offer {offered}; raise "
+                f"it, or lower services.{biggest}.maxReplicas, got {pgpool.num_init_children}",
+            )
 
     def _check_node_envelope(self) -> None:
         floor = sum(pool.min_nodes for _, pool in self.node_pools.items())

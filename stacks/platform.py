@@ -186,7 +186,7 @@ class Platform:
                         addresses,
                         secret_files,
                         config.cache_ttl,
-                        database_pool=config.database_pool_per_pod(),
+                        database_pool=svc.database_connections,
                     ),
                     secrets=secrets_needed,
                     **gateway_files(svc, signing),

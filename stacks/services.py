@@ -76,6 +76,9 @@ class Service:
     resources: Resources
     callers: frozenset[str]
     needs: frozenset[Dependency] = frozenset()
+    # PostgreSQL connections one pod (process) holds at most (DATABASE_POOL_MAX). PgPool-II's
+    # children are sized for every pod at its HPA maximum (infra/config.py checks it).
+    database_connections: int = 4
     route: str | None = None  # the gateway serves it at /api/<route>
     # Paths under the route that answer with a long-lived stream (Server-Sent Events): the
     # gateway gives each its own timeouts and connection budget.
@@ -190,6 +193,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         resources=_APP_RESOURCES,
         callers=frozenset({"gateway"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        database_connections=6,  # 4 for the API, 2 for the saga's workers (split_pool)
         route="orders",
     ),
     Service(
@@ -208,6 +212,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         # Isolated: only the order service's saga reaches it, never the gateway.
         callers=frozenset({"order"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
+        database_connections=3,  # one write per payment step, provider calls between
         node_pool="payments",
         internet_egress=True,
     ),
@@ -252,6 +257,8 @@ def _check_table() -> None:
             raise ValueError(f"service {service.name}: unknown callers {sorted(unknown)}")
         if service.scaling.min_replicas > service.scaling.max_replicas:
             raise ValueError(f"service {service.name}: min_replicas > max_replicas")
+        if Dependency.POSTGRES in service.needs and service.database_connections < 1:
+            raise ValueError(f"service {service.name}: database_connections must be >= 1")
         for stream in service.streams:
             if service.route is None or not stream.startswith(f"{service.route}/"):
                 raise ValueError(

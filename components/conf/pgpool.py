@@ -130,14 +130,6 @@ def backend_connections_needed(settings: PgpoolSettings) -> int:
 SPARE_CLIENTS = 8
 
 
-def client_pool_size(pgpools: int, children: int, clients: int, cap: int) -> int:
-    """The connection pool each of `clients` processes may keep open so that all of them,
-    plus SPARE_CLIENTS, fit the pgpools' children: every open connection pins one child, and
-    a client beyond the last child waits for one to free up, which with pooled connections
-    is forever. 0 means they cannot fit at all. At most `cap`."""
-    return max(0, min(cap, (pgpools * children - SPARE_CLIENTS) // clients))
-
-
 def check_connection_budget(settings: PgpoolSettings, tuning: PgTuning) -> None:
     """Raise if pgpool could exhaust a backend's max_connections (the classic pgpool outage)."""
     usable = tuning.max_connections - tuning.superuser_reserved_connections

@@ -72,6 +72,33 @@ def render_settings(sections: Sequence[tuple[str, Mapping[str, Setting]]]) -> st
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def member_zone(index: int, zones: Sequence[str]) -> str:
+    """Member i lives in zone i mod n: the primary and each replica in its own zone, the
+    members past the n-th sharing zones in turn (4 members in 3 zones: pg-3 with pg-0)."""
+    return zones[index % len(zones)]
+
+
+def quorum_of(zones: Sequence[str | None], index: int) -> list[int]:
+    """Which members (by index) acknowledge the commits of member ``index`` as primary, the
+    members being in ``zones``: those in other zones (a member without a zone is a zone of
+    its own). A standby in the primary's zone would acknowledge a commit that the loss of the
+    zone then takes with it. In a single-zone stack (dev) a zone loss takes everything
+    anyway: there every other member counts, against the loss of a node."""
+    own, single_zone = zones[index], len(set(zones)) <= 1
+    return [
+        j
+        for j, zone in enumerate(zones)
+        if j != index and (single_zone or own is None or zone != own)
+    ]
+
+
+def smallest_quorum(members: int, zones: Sequence[str]) -> int:
+    """The smallest quorum of any of ``members`` placed by ``member_zone``: the most
+    ``synchronous_standbys`` can be."""
+    placed = [member_zone(i, zones) for i in range(members)]
+    return min(len(quorum_of(placed, i)) for i in range(members))
+
+
 @dataclass(frozen=True)
 class PgMember:
     """One PostgreSQL server. ``data_dir`` overrides the topology's (local: one per member)."""
@@ -185,7 +212,8 @@ class PgTopology:
     conf_dir: str = "/etc/postgresql/conf"  # postgresql.conf + pg_hba.conf (a ConfigMap)
     socket_dir: str = "/var/run/postgresql"
     listen_addresses: str = "*"
-    # Commits wait for this many standbys (ANY n): an acknowledged write survives the primary.
+    # Commits wait for this many standbys (ANY n) of the primary's quorum (`quorum`): the
+    # standbys in other zones, so an acknowledged write survives the loss of its zone.
     synchronous_standbys: int = 1
     extra: Mapping[str, Setting] = field(default_factory=dict)  # escape hatch, never overrides
 
@@ -200,11 +228,15 @@ class PgTopology:
             raise ValueError(f"duplicate member names: {names}")
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"duplicate member addresses: {addresses}")
-        standbys = len(self.members) - 1
-        if not 0 <= self.synchronous_standbys <= standbys:
-            raise ValueError(
-                f"synchronous_standbys={self.synchronous_standbys} but only {standbys} standbys"
-            )
+        if self.synchronous_standbys < 0:
+            raise ValueError(f"synchronous_standbys={self.synchronous_standbys} is negative")
+        for member in self.members if self.synchronous_standbys else ():
+            others = len(self.quorum(member))
+            if others < self.synchronous_standbys:
+                raise ValueError(
+                    f"synchronous_standbys={self.synchronous_standbys} but {member.name} has "
+                    f"only {others} standbys outside its zone ({member.zone}) to wait for"
+                )
 
     @property
     def primary(self) -> PgMember:
@@ -223,16 +255,22 @@ class PgTopology:
     def data_dir_of(self, member: PgMember) -> str:
         return member.data_dir or self.data_dir
 
+    def quorum(self, member: PgMember) -> tuple[PgMember, ...]:
+        """The standbys a commit on ``member``, as primary, waits for (``quorum_of``)."""
+        zones = [m.zone for m in self.members]
+        return tuple(self.members[j] for j in quorum_of(zones, self.members.index(member)))
 
-def synchronous_standby_names(topology: PgTopology) -> str:
-    """``ANY n (...)`` over *every* member name, not only today's standbys.
 
-    A member's own name is inert while it is primary, so the list stays right after any
-    failover without rewriting the file; standbys announce themselves by application_name.
+def synchronous_standby_names(topology: PgTopology, member: PgMember) -> str:
+    """``ANY n (...)`` over ``member``'s quorum, for when it is the primary.
+
+    Each member carries its own (postgres-start.sh passes it with ``-c``): the setting is
+    inert on a standby, so a member's value is right whatever role a failover gives it.
+    Standbys announce themselves by application_name (their member name).
     """
     if topology.synchronous_standbys == 0:
         return ""
-    names = ", ".join(f'"{m.name}"' for m in topology.members)
+    names = ", ".join(f'"{m.name}"' for m in topology.quorum(member))
     return f"ANY {topology.synchronous_standbys} ({names})"
 
 
@@ -304,8 +342,9 @@ def postgresql_conf(
                 {
                     "max_wal_senders": t.max_wal_senders,
                     "max_replication_slots": t.max_replication_slots,
+                    # synchronous_standby_names: per member, from postgres-start.sh
+                    # (synchronous_standby_names() above).
                     "synchronous_commit": "on",
-                    "synchronous_standby_names": synchronous_standby_names(topology),
                     "hot_standby": True,
                     "hot_standby_feedback": True,
                     # A promote request waits out this retry sleep of a standby whose

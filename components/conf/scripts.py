@@ -27,6 +27,7 @@ from components.conf.postgres import (
     pg_hba_conf,
     pgpass,
     postgresql_conf,
+    synchronous_standby_names,
 )
 
 FAILOVER_SH = "failover.sh"
@@ -41,6 +42,15 @@ FOLLOW_PRIMARY_ARGS = "%d %h %p %m %H %r"
 def members_value(topology: PgTopology) -> str:
     """``PG_MEMBERS``: ``name=host:port,...`` in pgpool node-id order."""
     return ",".join(f"{m.name}={m.address}" for m in topology.members)
+
+
+def quorums_value(topology: PgTopology) -> str:
+    """``PG_QUORUMS``: ``name:n:standby/standby,...``, for each member the quorum a commit
+    on it waits for when it is primary (``ANY n`` of those standbys)."""
+    n = topology.synchronous_standbys
+    return ",".join(
+        f"{m.name}:{n}:{'/'.join(q.name for q in topology.quorum(m))}" for m in topology.members
+    )
 
 
 def _common_env(topology: PgTopology, users: PgUsers, pgpassfile: str) -> dict[str, str]:
@@ -61,6 +71,7 @@ def postgres_env(
         raise ValueError(f"{member.name} is not a member of the topology")
     return _common_env(topology, users, pgpassfile) | {
         "PG_MEMBER": member.name,
+        "PG_SYNCHRONOUS_STANDBY_NAMES": synchronous_standby_names(topology, member),
         "PGDATA": topology.data_dir_of(member),
         "PG_CONF_DIR": topology.conf_dir,
         "PG_SOCKET_DIR": topology.socket_dir,
@@ -86,6 +97,7 @@ def failover_env(
     ``pcp_host`` may be pgpool's pcp socket directory.
     """
     env = _common_env(topology, users, pgpassfile) | {
+        "PG_QUORUMS": quorums_value(topology),
         "PCP_HOST": check_token(pcp_host, "pcp host"),
         "PCP_PORT": str(pcp_port),
         "PCP_USER": check_token(pcp_user, "pcp user"),
@@ -195,6 +207,15 @@ fi
 # Promote the standby holding the most WAL, not pgpool's proposal (lowest live node id):
 # with ANY n synchronous replication only the most advanced standby is sure to hold every
 # acknowledged commit. Ties go to pgpool's proposal.
+# Every acknowledged commit is on n of the failed primary's quorum (its standbys in other
+# zones, PG_QUORUMS): once q - n + 1 of its q answer, the most advanced of them holds them
+# all. With fewer, no standby is known to, and promoting one could lose acknowledged orders.
+failed_name=$(members | awk -v i="$failed_id" 'NR == i + 1 { print $1 }')
+quorum=$(printf '%s\n' "${PG_QUORUMS-}" | tr ',' '\n' | awk -F: -v n="$failed_name" '$1 == n')
+needed=$(printf '%s' "$quorum" | cut -d: -f2)
+quorum_names=" $(printf '%s' "$quorum" | cut -d: -f3 | tr '/' ' ') "
+quorum_size=$(printf '%s' "$quorum_names" | wc -w)
+answered=0 quorum_lsn=-1
 best_id='' best_host='' best_port='' best_lsn=-1 id=-1
 while read -r name host port; do
     id=$((id + 1))
@@ -218,6 +239,11 @@ while read -r name host port; do
         standby\ *)
             lsn=${state#standby }
             log "$name ($host:$port) has WAL up to byte $lsn"
+            case "$quorum_names" in
+                *" $name "*)
+                    answered=$((answered + 1))
+                    [ "$lsn" -le "$quorum_lsn" ] || quorum_lsn=$lsn ;;
+            esac
             if [ "$lsn" -gt "$best_lsn" ] \
                 || { [ "$lsn" -eq "$best_lsn" ] && [ "$id" = "$proposed_id" ]; }; then
                 best_id=$id best_host=$host best_port=$port best_lsn=$lsn
@@ -228,6 +254,15 @@ $(members)
 EOF
 
 [ -n "$best_id" ] || die "no standby answers; the cluster has no primary"
+if [ "${needed:-0}" -gt 0 ]; then
+    must=$((quorum_size - needed + 1))
+    [ "$answered" -ge "$must" ] || die "only $answered of the $quorum_size standbys that" \
+        "acknowledge $failed_name's commits answer, $must must: none is known to hold every" \
+        "acknowledged commit, so none is promoted (bring one back, or promote by hand)"
+    [ "$best_lsn" -ge "$quorum_lsn" ] || die "the chosen standby is behind the quorum"
+    log "$answered of $failed_name's $quorum_size quorum standbys answer: node $best_id" \
+        "holds every acknowledged commit"
+fi
 log "promoting node $best_id ($best_host:$best_port)"
 # A node fenced in an earlier failover carries read-only in postgresql.auto.conf: clear it.
 promoted=$(sql "$best_host" "$best_port" \
@@ -461,7 +496,8 @@ EOF
 fi
 
 exec "$(pgbin postgres)" -D "$PGDATA" -p "$self_port" \
-    -c config_file="$PG_CONF_DIR/postgresql.conf" -c cluster_name="$PG_MEMBER"
+    -c config_file="$PG_CONF_DIR/postgresql.conf" -c cluster_name="$PG_MEMBER" \
+    -c synchronous_standby_names="${PG_SYNCHRONOUS_STANDBY_NAMES-}"
 """
 
 

@@ -29,7 +29,7 @@ from components.conf.pgpool import (
     pgpool_files,
     pgpool_secret_files,
 )
-from components.conf.postgres import PgMember, PgTopology, PgTuning
+from components.conf.postgres import PgMember, PgTopology, PgTuning, member_zone
 from components.conf.scripts import (
     POSTGRES_START_SH,
     postgres_env,
@@ -51,6 +51,8 @@ from stacks.local.system import PG_BIN_DIR, PGPOOL, PGPOOL_BIN_DIR
 from stacks.wiring import USERS
 
 CLIENT_CIDRS = (f"{HOST}/32",)
+# The local members' zones: named like a region's, assigned as on GKE (member i in zone i mod 3).
+ZONES = ("zone-a", "zone-b", "zone-c")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class LocalPostgres:
                     f"pg-{i}",
                     HOST,
                     ports.take(f"postgres pg-{i}"),
+                    # Zones as on GKE, so commits wait for a standby in "another zone" here too.
+                    zone=member_zone(i, ZONES),
                     data_dir=str(root / "data" / f"pg-{i}"),
                 )
                 for i in range(replicas + 1)

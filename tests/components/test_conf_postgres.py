@@ -32,6 +32,8 @@ from components.conf.postgres import (
     pg_hba_conf,
     pgpass,
     postgresql_conf,
+    smallest_quorum,
+    synchronous_standby_names,
 )
 from components.conf.scripts import (
     FAILOVER_SH,
@@ -44,6 +46,7 @@ from components.conf.scripts import (
     postgres_files,
     postgres_secret_files,
     postgres_start_sh,
+    quorums_value,
 )
 
 USERS = PgUsers()
@@ -94,7 +97,8 @@ def settings_of(conf: str) -> dict[str, str]:
 
 def test_postgresql_conf_replication_settings() -> None:
     s = settings_of(postgresql_conf(gke_topology()))
-    assert s["synchronous_standby_names"] == 'ANY 1 ("pg-0", "pg-1", "pg-2", "pg-3")'
+    # Per member (zone-aware), from postgres-start.sh: never one list for every member.
+    assert "synchronous_standby_names" not in s
     assert s["synchronous_commit"] == "on"
     assert s["wal_level"] == "replica"
     assert s["wal_log_hints"] == "on"
@@ -126,12 +130,50 @@ def test_postgresql_conf_tuning_and_archiving() -> None:
     assert archived["restore_command"] == "wal-g wal-fetch %f %p"
 
 
-def test_synchronous_standbys_are_bounded() -> None:
-    asynchronous = settings_of(postgresql_conf(gke_topology(synchronous_standbys=0)))
-    assert asynchronous["synchronous_standby_names"] == ""
-    assert "ANY 3 (" in postgresql_conf(gke_topology(synchronous_standbys=3))
-    with pytest.raises(ValueError, match="synchronous_standbys"):
-        gke_topology(synchronous_standbys=4)
+def test_a_commit_waits_for_a_standby_in_another_zone() -> None:
+    """Four members in three zones: pg-3 shares pg-0's zone, so neither acknowledges the
+    other's commits; the others wait for any standby outside their own zone."""
+    topology = gke_topology()
+    zones = {m.name: m.zone for m in topology.members}
+    assert zones == {"pg-0": "zone-0", "pg-1": "zone-1", "pg-2": "zone-2", "pg-3": "zone-0"}
+    quorum = {m.name: [q.name for q in topology.quorum(m)] for m in topology.members}
+    assert quorum == {
+        "pg-0": ["pg-1", "pg-2"],
+        "pg-1": ["pg-0", "pg-2", "pg-3"],
+        "pg-2": ["pg-0", "pg-1", "pg-3"],
+        "pg-3": ["pg-1", "pg-2"],
+    }
+    for member in topology.members:
+        assert all(q.zone != member.zone for q in topology.quorum(member))
+    assert synchronous_standby_names(topology, topology.member("pg-0")) == 'ANY 1 ("pg-1", "pg-2")'
+    assert synchronous_standby_names(topology, topology.member("pg-3")) == 'ANY 1 ("pg-1", "pg-2")'
+    # Each member's own value reaches its server on the command line, and pgpool's failover
+    # script gets every member's quorum.
+    for member in topology.members:
+        env = postgres_env(topology, PgUsers(), member, "/pgpass")
+        assert env["PG_SYNCHRONOUS_STANDBY_NAMES"] == synchronous_standby_names(topology, member)
+    assert quorums_value(topology) == (
+        "pg-0:1:pg-1/pg-2,pg-1:1:pg-0/pg-2/pg-3,pg-2:1:pg-0/pg-1/pg-3,pg-3:1:pg-1/pg-2"
+    )
+
+
+def test_where_every_member_shares_one_zone_every_other_member_counts() -> None:
+    """A single-zone stack (dev) cannot survive its zone; its quorum guards against a node."""
+    members = tuple(PgMember(f"pg-{i}", f"pg-{i}", zone="zone-0") for i in range(2))
+    topology = PgTopology(members=members)
+    assert [q.name for q in topology.quorum(members[0])] == ["pg-1"]
+    assert smallest_quorum(2, ["zone-0"]) == 1
+    assert smallest_quorum(4, ["a", "b", "c"]) == 2  # pg-0 and pg-3: the two other zones
+    assert smallest_quorum(3, ["a", "b"]) == 1  # pg-0 and pg-2 in a: only pg-1 outside
+
+
+def test_synchronous_standbys_are_bounded_by_the_smallest_quorum() -> None:
+    asynchronous = gke_topology(synchronous_standbys=0)
+    assert synchronous_standby_names(asynchronous, asynchronous.members[0]) == ""
+    both = gke_topology(synchronous_standbys=2)
+    assert synchronous_standby_names(both, both.members[0]) == 'ANY 2 ("pg-1", "pg-2")'
+    with pytest.raises(ValueError, match="pg-0 has only 2 standbys outside its zone"):
+        gke_topology(synchronous_standbys=3)
 
 
 def test_extra_settings_cannot_override_rendered_ones() -> None:

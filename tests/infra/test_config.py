@@ -152,22 +152,33 @@ def test_even_pgpool_count_has_no_quorum(prod: dict[str, Any]) -> None:
     assert "ecommerce:postgres.pgpool.replicas: expected 1 or an odd number >= 3" in error_of(prod)
 
 
-def test_service_pools_are_sized_to_fit_pgpool_at_the_hpa_maxima(prod: dict[str, Any]) -> None:
-    # 3 pgpools x 50 children - 8 for jobs = 142 client slots over 65 pods at their maxima.
-    assert load(prod).database_pool_per_pod() == 2
-    prod["ecommerce:services"] = {"product": {"maxReplicas": 6}}  # 51 pods: 142 // 51
-    assert load(prod).database_pool_per_pod() == 2
-    prod["ecommerce:postgres"]["pgpool"]["numInitChildren"] = 200  # capped at the kit's 10
-    prod["ecommerce:postgres"]["pgpool"]["maxPool"] = 1
-    assert load(prod).database_pool_per_pod() == 10
+def test_pgpool_is_sized_for_every_pod_at_its_hpa_maximum(prod: dict[str, Any]) -> None:
+    """On purpose: the connections of every service's pods at maxReplicas, from the service
+    table, plus the jobs', fit PgPool-II's children (prod: 282 + 8 <= 3 x 100)."""
+    clients = load(prod).database_clients_at_max()
+    assert clients == {"user": 40, "product": 80, "order": 90, "payment": 24, "inventory": 48}
+    prod["ecommerce:services"] = {"product": {"maxReplicas": 22}}  # 290 + 8 = 298 <= 300
+    assert load(prod).database_clients_at_max()["product"] == 88
 
 
-def test_pgpool_without_room_for_every_pod_names_the_key(prod: dict[str, Any]) -> None:
-    prod["ecommerce:postgres"]["pgpool"]["numInitChildren"] = 20  # 60 - 8 slots, 65 pods
+def test_pods_at_their_maxima_beyond_pgpool_name_the_keys(prod: dict[str, Any]) -> None:
+    prod["ecommerce:services"] = {"order": {"maxReplicas": 18}}  # 300 + 8 > 300
     assert (
-        "ecommerce:postgres.pgpool.numInitChildren: expected room for every service pod at its "
-        "maxReplicas (65 pods, one connection each, plus 8 for jobs) in 3 pgpool(s) x "
-        "numInitChildren, got 20"
+        "ecommerce:postgres.pgpool.numInitChildren: expected >= 103: at their maxReplicas the "
+        "service pods hold 300 connections (user 40, product 80, order 108, payment 24, "
+        "inventory 48) plus 8 for jobs, and 3 pgpool(s) x numInitChildren offer 300; raise it, "
+        "or lower services.order.maxReplicas, got 100"
+    ) in error_of(prod)
+
+
+def test_synchronous_standbys_must_leave_a_quorum_outside_every_zone(
+    prod: dict[str, Any],
+) -> None:
+    """4 members over 3 zones: pg-0 and pg-3 share one, so each has 2 standbys outside it."""
+    prod["ecommerce:postgres"]["synchronousStandbys"] = 3
+    assert (
+        "ecommerce:postgres.synchronousStandbys: expected <= 2: a commit waits for standbys "
+        "outside the primary's zone"
     ) in error_of(prod)
 
 

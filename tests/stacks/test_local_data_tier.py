@@ -98,7 +98,7 @@ def test_replication_is_synchronous(data_tier: DataTier) -> None:
             )
             assert [tuple(r) for r in rows] == [("pg-1", "streaming", "quorum")]
             assert await primary.fetchval("SHOW synchronous_standby_names") == (
-                'ANY 1 ("pg-0", "pg-1")'
+                'ANY 1 ("pg-1")'  # pg-0's quorum: the standby in another zone
             )
             assert await primary.fetchval("SHOW synchronous_commit") == "on"
             assert await primary.fetchval("SELECT pg_is_in_recovery()") is False
@@ -266,3 +266,31 @@ def test_a_taken_port_is_named() -> None:
         port = sock.getsockname()[1]
         with pytest.raises(LocalPlatformError, match=f"port {port} on 127.0.0.1 \\(pgpool\\)"):
             PortAllocator(base=port).take("pgpool")
+
+
+def test_failover_never_promotes_a_standby_that_may_lack_acknowledged_commits() -> None:
+    """Three members in three zones: pg-0's commits wait for pg-1 or pg-2. With pg-1 gone
+    first and then pg-0, only pg-2 answers: it may lack a commit that pg-1 alone
+    acknowledged, so pgpool's failover script refuses to promote it (and says why) rather
+    than lose acknowledged orders."""
+    config = DataTierConfig(
+        pg_replicas=2, redis_masters=3, redis_replicas_per_master=0, memcached_nodes=1
+    )
+    with fresh_state_dir("data-tier-quorum-") as state, DataTier(state, config) as tier:
+        pg = tier.postgres
+        assert [m.zone for m in pg.topology.members] == ["zone-a", "zone-b", "zone-c"]
+        pgpool = pg.processes[-1]
+        pg.stop_member("pg-1")
+        pg.query(pg.primary, "CREATE TABLE acknowledged (n int)")  # pg-2 acknowledges it
+        pg.stop_member("pg-0")
+        deadline = time.monotonic() + 60
+        refusal = "none is known to hold every acknowledged commit"
+        while refusal not in pgpool.log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, pgpool.log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        assert "only 1 of the 2 standbys that acknowledge pg-0's commits answer" in (
+            pgpool.log.read_text(errors="replace")
+        )
+        standby = pg.topology.member("pg-2").address
+        rows = pg.query(standby, "SELECT pg_is_in_recovery() AS recovering")
+        assert rows == [{"recovering": "t"}]  # not promoted

@@ -2,8 +2,9 @@
 
 One platform for the module (started through the CLI, detached, with the default 10,000
 product catalog), used in order: a shopper's journey through the gateway only, the metrics
-showing that reads went to replicas and caches, the running platform refusing a second `up`,
-a failover of the primary while orders are placed, and last `down`, after which no process of
+showing that reads went to replicas and caches, revoked tokens, the live feed held open for
+minutes, the running platform refusing a second `up`, the loss of the primary's zone (the
+primary and the standby beside it) while orders are placed, and last `down`, after which no process of
 the platform may be alive and no port taken. The quick checks of bad local conditions need
 no platform.
 """
@@ -27,10 +28,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from components.conf.postgres import member_zone
 from stacks.alerts import CACHE_REQUESTS
 from stacks.local.platform import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
 from stacks.local.ports import is_taken
-from stacks.local.postgres import PoolNode, pool_nodes
+from stacks.local.postgres import ZONES, PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
 from tests.conftest import fresh_state_dir
 from tests.stacks.test_local_data_tier import group_pids
@@ -400,14 +402,22 @@ def test_a_second_up_is_refused_while_it_runs(platform: Platform) -> None:
     assert "already running" in result.stderr and "make down" in result.stderr
 
 
-async def test_failover_while_orders_are_placed(platform: Platform) -> None:
-    """SIGKILL the primary while shoppers place orders: pgpool promotes a standby, orders are
-    accepted again, every acknowledged order exists, and the old primary rejoins as a
-    standby. Each client retries a failed order with its Idempotency-Key, as a client
+async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
+    platform: Platform,
+) -> None:
+    """SIGKILL the primary and the standby in its zone together (pg-0 and pg-3 share zone-a,
+    as on GKE) while shoppers place orders: every commit was acknowledged by a standby in
+    another zone, so pgpool's failover finds one holding them all and promotes it; orders are
+    accepted again, every acknowledged order exists, and both lost members rejoin as
+    standbys. Each client retries a failed order with its Idempotency-Key, as a client
     should: a key never yields two orders."""
     g = platform.gateway
     primary = next(n for n in platform.pool_nodes() if n.role == "primary")
-    old = next(c for c in platform.of_kind("postgres") if c["address"] == primary.address)
+    members = platform.of_kind("postgres")
+    zone = {c["name"]: member_zone(int(c["name"].removeprefix("pg-")), ZONES) for c in members}
+    old = next(c for c in members if c["address"] == primary.address)
+    lost = [c for c in members if zone[c["name"]] == zone[old["name"]]]
+    assert len(lost) == 2, zone  # the primary and its zone's other member
     acknowledged: dict[str, int] = {}  # Idempotency-Key -> order id
     outcomes: list[tuple[float, int]] = []  # (time, status) of every attempt
     killed_at: list[float] = []
@@ -446,7 +456,9 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
         async def drill() -> None:
             await asyncio.sleep(3)
             killed_at.append(time.monotonic())
-            os.kill(platform.pids()[old["name"]], signal.SIGKILL)
+            pids = platform.pids()
+            for member in lost:  # the zone goes at once
+                os.kill(pids[member["name"]], signal.SIGKILL)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
@@ -461,7 +473,7 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
         after = [s for t, s in outcomes if t > killed_at[0]]
         ok_after = [t for t, s in outcomes if t > killed_at[0] and s in (200, 201)]
         print(
-            f"failover drill: {len(before)} attempts before the kill, {len(after)} after; "
+            f"zone-loss drill: {len(before)} attempts before the kill, {len(after)} after; "
             f"first acknowledged order {min(ok_after) - killed_at[0]:.1f} s after the kill"
             if ok_after
             else "no order after the kill"
@@ -469,15 +481,20 @@ async def test_failover_while_orders_are_placed(platform: Platform) -> None:
         assert before and all(s == 201 for s in before)
         assert len(ok_after) >= 20, f"orders after the failover: {after[-20:]}"
 
-        # The runner restarts the old primary once pgpool has detached it: it rewinds into a
-        # standby of the new primary and is attached again.
+        # The new primary is in another zone. The runner restarts both lost members once
+        # pgpool has detached them: the old primary rewinds into a standby of the new one,
+        # and both are attached again.
         new_primary = next(n for n in await nodes_now(platform) if n.role == "primary")
-        assert new_primary.address != primary.address
-        mine = await rejoined(platform, primary.address, timeout_s=90)
-        print(
-            f"old primary back as a standby {time.monotonic() - killed_at[0]:.1f} s after the kill"
-        )
-        assert (mine.role, mine.status) == ("standby", "up"), platform.logs(old["name"], "pgpool")
+        assert new_primary.address not in {c["address"] for c in lost}
+        for member in lost:
+            mine = await rejoined(platform, member["address"], timeout_s=90)
+            print(
+                f"{member['name']} back as a standby "
+                f"{time.monotonic() - killed_at[0]:.1f} s after the kill"
+            )
+            assert (mine.role, mine.status) == ("standby", "up"), platform.logs(
+                member["name"], "pgpool"
+            )
         assert sorted(n.role for n in await nodes_now(platform)) == ["primary"] + ["standby"] * 3
 
         # Every acknowledged order is there, on the new primary's timeline. (An attach makes

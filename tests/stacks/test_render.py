@@ -73,23 +73,34 @@ def test_prod_postgres_is_a_primary_and_three_zonal_replicas_behind_pgpool(
 ) -> None:
     members = [s for s in prod.objects("StatefulSet") if s["metadata"]["name"].startswith("pg-")]
     assert len(members) == 4
-    zones = []
+    zone_of, waits_for = {}, {}
     for member in members:
+        name = member["metadata"]["name"]
         term = pod_spec(member)["affinity"]["nodeAffinity"][
             "requiredDuringSchedulingIgnoredDuringExecution"
         ]
-        zones += term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        (zone_of[name],) = term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
         claim = member["spec"]["volumeClaimTemplates"][0]["spec"]
         assert claim["storageClassName"] == "postgres-ssd"
-    assert set(zones) == {"europe-west1-b", "europe-west1-c", "europe-west1-d"}
+        env = {e["name"]: e.get("value") for e in pod_spec(member)["containers"][0]["env"]}
+        quorum = re.fullmatch(r"ANY 1 \((.*)\)", env["PG_SYNCHRONOUS_STANDBY_NAMES"])
+        assert quorum, env["PG_SYNCHRONOUS_STANDBY_NAMES"]
+        waits_for[name] = {n.strip('" ') for n in quorum.group(1).split(",")}
+    assert set(zone_of.values()) == {"europe-west1-b", "europe-west1-c", "europe-west1-d"}
+    # Who is where, and whose acknowledgement a commit on each (as primary) waits for: any
+    # standby outside its zone, never the one beside it (pg-3 shares pg-0's zone).
+    assert zone_of["pg-3"] == zone_of["pg-0"]
+    for name, quorum in waits_for.items():
+        assert quorum == {m for m, zone in zone_of.items() if zone != zone_of[name]}, name
     ssd = prod.object("StorageClass", "postgres-ssd")
     assert ssd["parameters"] == {"type": "pd-ssd"}
 
     pgpool = prod.object("StatefulSet", "pgpool", "data")
     assert pgpool["spec"]["replicas"] == 3
     conf = prod.object("ConfigMap", "pgpool-config", "data")["data"]["pgpool.conf"]
-    assert conf_value(conf, "num_init_children") == "50"
-    assert conf_value(conf, "max_pool") == "4"
+    # Every service pod at its maxReplicas fits (infra/config.py), with room for the jobs.
+    assert conf_value(conf, "num_init_children") == "100"
+    assert conf_value(conf, "max_pool") == "2"
     assert conf_value(conf, "load_balance_mode") == "on"
     assert conf_value(conf, "use_watchdog") == "on"
     assert conf_value(conf, "auto_failback") == "off"
@@ -98,7 +109,7 @@ def test_prod_postgres_is_a_primary_and_three_zonal_replicas_behind_pgpool(
     assert "follow_primary.sh" in conf_value(conf, "follow_primary_command")
 
     postgresql = prod.object("ConfigMap", "postgres-config", "data")["data"]["postgresql.conf"]
-    assert conf_value(postgresql, "synchronous_standby_names").startswith("ANY 1 (")
+    assert not re.search(r"^synchronous_standby_names", postgresql, re.MULTILINE)  # per member
     assert conf_value(postgresql, "archive_mode") == "on"
     assert "archive-push" in conf_value(postgresql, "archive_command")
 
