@@ -122,6 +122,38 @@ def zone_spread(app: str) -> list[k8s.core.v1.TopologySpreadConstraintArgs]:
     ]
 
 
+def pinned_to_zone(zone: str | None, app: str, *, node_of_its_own: bool = True):
+    """In its zone (a member whose place in the quorum or the shard depends on it), and on a
+    node of its own: losing a zone or a node costs one member."""
+    spread = k8s.core.v1.PodAffinityTermArgs(
+        topology_key="kubernetes.io/hostname",
+        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app}),
+    )
+    return k8s.core.v1.AffinityArgs(
+        node_affinity=k8s.core.v1.NodeAffinityArgs(
+            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
+                node_selector_terms=[
+                    k8s.core.v1.NodeSelectorTermArgs(
+                        match_expressions=[
+                            k8s.core.v1.NodeSelectorRequirementArgs(
+                                key=ZONE_LABEL, operator="In", values=[zone]
+                            )
+                        ]
+                    )
+                ]
+            )
+        ),
+        pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[spread]
+            if node_of_its_own
+            else None,
+            preferred_during_scheduling_ignored_during_execution=None
+            if node_of_its_own
+            else [k8s.core.v1.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=spread)],
+        ),
+    )
+
+
 def empty_dir(name: str, size: str = "64Mi", memory: bool = False) -> k8s.core.v1.VolumeArgs:
     return k8s.core.v1.VolumeArgs(
         name=name,

@@ -23,7 +23,7 @@ import pulumi_random as random
 from components.backups import TLS_DIR as BACKUP_TLS_DIR
 from components.backups import TLS_SECRET as BACKUP_TLS_SECRET
 from components.backups import BackupsArgs, PostgresBackups
-from components.conf import pgbackrest
+from components.conf import pgbackrest, zone_of
 from components.conf.pgpool import (
     PgpoolNode,
     PgpoolSettings,
@@ -37,7 +37,6 @@ from components.conf.postgres import (
     PgTuning,
     PgUsers,
     WalArchive,
-    member_zone,
 )
 from components.conf.scripts import (
     POSTGRES_START_SH,
@@ -46,7 +45,6 @@ from components.conf.scripts import (
     postgres_secret_files,
 )
 from components.kube import (
-    ZONE_LABEL,
     Labels,
     config_map_volume,
     container,
@@ -59,6 +57,7 @@ from components.kube import (
     http_probe,
     meta,
     mount,
+    pinned_to_zone,
     pod,
     pod_monitor,
     secret_volume,
@@ -132,7 +131,7 @@ class PostgresCluster(pulumi.ComponentResource):
                     name=f"pg-{i}",
                     host=f"pg-{i}-0.{APP}.{NAMESPACE}.svc.cluster.local",
                     port=PORT,
-                    zone=member_zone(i, args.zones),
+                    zone=zone_of(i, args.zones),
                 )
                 for i in range(cfg.replicas + 1)
             ),
@@ -376,7 +375,7 @@ class PostgresCluster(pulumi.ComponentResource):
             "databases",
             service_account_name=account.metadata.name,
             termination_grace_period_seconds=120,  # time to checkpoint and stop cleanly
-            affinity=_pinned(member.zone),
+            affinity=pinned_to_zone(member.zone, APP),
         )
         return k8s.apps.v1.StatefulSet(
             f"{name}-{member.name}",
@@ -580,32 +579,6 @@ class PostgresCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-
-def _pinned(zone: str | None) -> k8s.core.v1.AffinityArgs:
-    """In its zone, on a node of its own: losing a zone or a node costs one member."""
-    return k8s.core.v1.AffinityArgs(
-        node_affinity=k8s.core.v1.NodeAffinityArgs(
-            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
-                node_selector_terms=[
-                    k8s.core.v1.NodeSelectorTermArgs(
-                        match_expressions=[
-                            k8s.core.v1.NodeSelectorRequirementArgs(
-                                key=ZONE_LABEL, operator="In", values=[zone]
-                            )
-                        ]
-                    )
-                ]
-            )
-        ),
-        pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
-            required_during_scheduling_ignored_during_execution=[
-                k8s.core.v1.PodAffinityTermArgs(
-                    topology_key="kubernetes.io/hostname",
-                    label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": APP}),
-                )
-            ]
-        ),
-    )
 
 
 def _tuning(memory: str) -> PgTuning:

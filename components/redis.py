@@ -1,8 +1,10 @@
 """The Redis cluster: sessions, carts, search results, event streams.
 
-Six nodes (3 masters + 3 replicas in prod) as one StatefulSet on the cache pool, spread over
-zones, each with its own SSD volume and its own rendered redis.conf; a bootstrap Job forms the
-cluster once (and is a no-op afterwards); a generated password, given to clients as a file.
+Six nodes (3 masters + 3 replicas in prod) on the cache pool, one StatefulSet each, pinned
+to zones (node i in zone i mod n) so that the bootstrap can give every master a replica in
+another zone (a zone loss leaves every shard a copy); each with its own SSD volume and its
+own rendered redis.conf; a bootstrap Job forms the cluster once (and is a no-op afterwards);
+a generated password, given to clients as a file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components.conf import zone_of
 from components.conf.redis import (
     RedisClusterSpec,
     RedisNode,
@@ -32,12 +35,12 @@ from components.kube import (
     http_probe,
     meta,
     mount,
+    pinned_to_zone,
     pod,
     pod_monitor,
     secret_volume,
     tcp_probe,
     volume_claim,
-    zone_spread,
 )
 from components.network_policy import MONITORING, Flow, Pods
 from infra.config import RedisConfig
@@ -57,6 +60,7 @@ class RedisArgs:
     image: pulumi.Input[str]
     labels: Labels
     client_namespaces: tuple[str, ...]
+    zones: tuple[str, ...]
     storage_class: str = "premium-rwo"  # GKE's SSD persistent disk class
 
 
@@ -73,7 +77,12 @@ class RedisCluster(pulumi.ComponentResource):
         count = args.config.masters * (args.config.replicas_per_master + 1)
         spec = RedisClusterSpec(
             nodes=tuple(
-                RedisNode(name=f"{app}-{i}", host=f"{app}-{i}.{ENDPOINT.host}", port=port)
+                RedisNode(
+                    name=f"{app}-{i}",
+                    host=f"{app}-{i}-0.{ENDPOINT.host}",  # pod 0 of StatefulSet redis-<i>
+                    port=port,
+                    zone=zone_of(i, args.zones),
+                )
                 for i in range(count)
             ),
             replicas_per_master=args.config.replicas_per_master,
@@ -151,37 +160,32 @@ class RedisCluster(pulumi.ComponentResource):
             empty_dir("tmp"),
         ]
         memory = f"{int(args.config.maxmemory_mb * 1.2) + 256}Mi"  # + replication buffers
-        redis = container(
-            "redis",
-            args.image,
-            ["redis-server"],
-            ("500m", memory, "2", memory),
-            [
-                mount("data", DATA_DIR),
-                mount("config", CONFIG_DIR, read_only=True),
-                mount("auth", AUTH_DIR, read_only=True),
-                mount("tmp", "/tmp"),
-            ],
-            args=[f"{CONFIG_DIR}/$(POD_NAME).conf"],  # each node its own rendered file
-            env=[
-                k8s.core.v1.EnvVarArgs(
-                    name="POD_NAME",
-                    value_from=k8s.core.v1.EnvVarSourceArgs(
-                        field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
-                    ),
-                )
-            ],
-            ports=[
-                k8s.core.v1.ContainerPortArgs(name="redis", container_port=port),
-                k8s.core.v1.ContainerPortArgs(name="bus", container_port=bus_port),
-            ],
-            liveness_probe=tcp_probe("redis", period_seconds=10, failure_threshold=3),
-            readiness_probe=exec_probe(
-                ["sh", "-c", f"{with_password} redis-cli -p {port} ping | grep -q PONG"],
-                period_seconds=5,
-                timeout_seconds=2,
-            ),
-        )
+
+        def redis(node: str) -> k8s.core.v1.ContainerArgs:
+            return container(
+                "redis",
+                args.image,
+                ["redis-server"],
+                ("500m", memory, "2", memory),
+                [
+                    mount("data", DATA_DIR),
+                    mount("config", CONFIG_DIR, read_only=True),
+                    mount("auth", AUTH_DIR, read_only=True),
+                    mount("tmp", "/tmp"),
+                ],
+                args=[f"{CONFIG_DIR}/{node}.conf"],  # each node its own rendered file
+                ports=[
+                    k8s.core.v1.ContainerPortArgs(name="redis", container_port=port),
+                    k8s.core.v1.ContainerPortArgs(name="bus", container_port=bus_port),
+                ],
+                liveness_probe=tcp_probe("redis", period_seconds=10, failure_threshold=3),
+                readiness_probe=exec_probe(
+                    ["sh", "-c", f"{with_password} redis-cli -p {port} ping | grep -q PONG"],
+                    period_seconds=5,
+                    timeout_seconds=2,
+                ),
+            )
+
         exporter = container(
             "exporter",
             args.image,
@@ -197,29 +201,36 @@ class RedisCluster(pulumi.ComponentResource):
             liveness_probe=http_probe("/health", "metrics"),
             readiness_probe=http_probe("/health", "metrics"),
         )
-        statefulset = k8s.apps.v1.StatefulSet(
-            f"{name}-statefulset",
-            metadata=meta(app, ns, labels),
-            spec=k8s.apps.v1.StatefulSetSpecArgs(
-                service_name=service.metadata.name,
-                replicas=count,
-                pod_management_policy="Parallel",
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app": app}),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=pod(
-                        [redis, exporter],
-                        volumes,
-                        "caches",
-                        topology_spread_constraints=zone_spread(app),
+        statefulsets = [
+            k8s.apps.v1.StatefulSet(
+                f"{name}-{node.name}",
+                metadata=meta(node.name, ns, labels),
+                spec=k8s.apps.v1.StatefulSetSpecArgs(
+                    service_name=service.metadata.name,
+                    replicas=1,
+                    selector=k8s.meta.v1.LabelSelectorArgs(
+                        match_labels={"app": app, "redis-node": node.name}
                     ),
+                    template=k8s.core.v1.PodTemplateSpecArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(
+                            labels={**labels, "redis-node": node.name}
+                        ),
+                        spec=pod(
+                            [redis(node.name), exporter],
+                            volumes,
+                            "caches",
+                            # Its zone decides whose replica it is (RedisClusterSpec.replica_of).
+                            affinity=pinned_to_zone(node.zone, app, node_of_its_own=False),
+                        ),
+                    ),
+                    volume_claim_templates=[
+                        volume_claim("data", args.storage_class, args.config.storage_gb, labels)
+                    ],
                 ),
-                volume_claim_templates=[
-                    volume_claim("data", args.storage_class, args.config.storage_gb, labels)
-                ],
-            ),
-            opts=child,
-        )
+                opts=child,
+            )
+            for node in spec.nodes
+        ]
         disruption_budget(f"{name}-pdb", app, ns, labels, child)
         pod_monitor(f"{name}-monitor", ns, labels, child)
 
@@ -247,6 +258,6 @@ class RedisCluster(pulumi.ComponentResource):
                     spec=pod([bootstrap], volumes, "caches", restart_policy="OnFailure"),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[statefulset]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=statefulsets),
         )
         self.register_outputs({"nodes": list(self.nodes)})

@@ -107,6 +107,7 @@ class Platform:
                 image=self.images.refs["redis"],
                 labels=labels,
                 client_namespaces=_namespaces_of(Dependency.REDIS),
+                zones=config.zones,
             ),
             in_cluster,
         )

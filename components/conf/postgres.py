@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
+from components.conf import zone_of
+
 # Role and database names are interpolated into SQL and shell by the scripts: keep them boring.
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Member names become application_name, synchronous_standby_names entries and pod names.
@@ -72,12 +74,6 @@ def render_settings(sections: Sequence[tuple[str, Mapping[str, Setting]]]) -> st
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def member_zone(index: int, zones: Sequence[str]) -> str:
-    """Member i lives in zone i mod n: the primary and each replica in its own zone, the
-    members past the n-th sharing zones in turn (4 members in 3 zones: pg-3 with pg-0)."""
-    return zones[index % len(zones)]
-
-
 def quorum_of(zones: Sequence[str | None], index: int) -> list[int]:
     """Which members (by index) acknowledge the commits of member ``index`` as primary, the
     members being in ``zones``: those in other zones (a member without a zone is a zone of
@@ -93,9 +89,9 @@ def quorum_of(zones: Sequence[str | None], index: int) -> list[int]:
 
 
 def smallest_quorum(members: int, zones: Sequence[str]) -> int:
-    """The smallest quorum of any of ``members`` placed by ``member_zone``: the most
+    """The smallest quorum of any of ``members`` placed by ``zone_of``: the most
     ``synchronous_standbys`` can be."""
-    placed = [member_zone(i, zones) for i in range(members)]
+    placed = [zone_of(i, zones) for i in range(members)]
     return min(len(quorum_of(placed, i)) for i in range(members))
 
 

@@ -53,6 +53,8 @@ class RedisNode:
     port: int = 6379
     # Cluster bus port; None means Redis' convention, port + 10000.
     bus_port: int | None = None
+    # Where it runs: a replica is never in its master's zone (RedisClusterSpec.replica_of).
+    zone: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -114,10 +116,38 @@ class RedisClusterSpec:
             raise ValueError(f"unknown maxmemory_policy {self.maxmemory_policy!r}")
         if self.node_timeout_ms < 100:
             raise ValueError("node_timeout_ms must be >= 100")
+        self.replica_of()  # a layout with a replica in its master's zone is refused here
 
     @property
     def masters(self) -> int:
         return len(self.nodes) // (self.replicas_per_master + 1)
+
+    def replica_of(self) -> dict[str, str]:
+        """Replica name -> master name, as the bootstrap forms the cluster: the first
+        ``masters`` nodes are the masters, and each other node replicates a master in
+        another zone (the next one round the ring, skipping its own zone), so losing a zone
+        leaves every shard a copy. Nodes without a zone are zones of their own; in a
+        single-zone stack (dev) zones cannot matter and only the ring does."""
+        masters, replicas = self.nodes[: self.masters], self.nodes[self.masters :]
+        zoned = len({n.zone for n in self.nodes}) > 1
+        load = dict.fromkeys((m.name for m in masters), 0)
+        layout = {}
+        for k, replica in enumerate(replicas):
+            ring = masters[(k + 1) % len(masters) :] + masters[: (k + 1) % len(masters)]
+            choices = [
+                m
+                for m in ring
+                if (not zoned or replica.zone is None or m.zone != replica.zone)
+                and load[m.name] < self.replicas_per_master
+            ]
+            if not choices:
+                raise ValueError(
+                    f"redis node {replica.name} ({replica.zone}): no master outside its zone "
+                    "has room for a replica; spread the nodes over more zones"
+                )
+            load[choices[0].name] += 1
+            layout[replica.name] = choices[0].name
+        return layout
 
 
 def _redis_quote(value: str) -> str:
@@ -274,10 +304,16 @@ def cluster_bootstrap_sh(
     if wait_seconds < 1:
         raise ValueError("wait_seconds must be >= 1")
     endpoints = " ".join(n.endpoint for n in spec.nodes)
+    by_name = {n.name: n for n in spec.nodes}
+    pairs = " ".join(
+        f"{by_name[replica].endpoint}={by_name[master].endpoint}"
+        for replica, master in spec.replica_of().items()
+    )
     return _BOOTSTRAP_TEMPLATE.format(
         redis_cli=shlex.quote(redis_cli),
         nodes=shlex.quote(endpoints),
-        replicas=spec.replicas_per_master,
+        masters=shlex.quote(" ".join(n.endpoint for n in spec.nodes[: spec.masters])),
+        pairs=shlex.quote(pairs),
         count=len(spec.nodes),
         replica_count=len(spec.nodes) - spec.masters,
         wait=wait_seconds,
@@ -294,8 +330,10 @@ set -eu
 
 REDIS_CLI=${{REDIS_CLI:-{redis_cli}}}
 NODES={nodes}
+# The masters, and each replica's master (replica=master): never in one zone.
+MASTERS={masters}
+PAIRS={pairs}
 NODE_COUNT={count}
-REPLICAS={replicas}
 REPLICA_COUNT={replica_count}
 WAIT_SECONDS={wait}
 RESOLVE_HOSTS={resolve}
@@ -358,15 +396,43 @@ for ep in $NODES; do
     fi
 done
 
+# master_id_for HOST:PORT -> the id of the node a replica planned for HOST:PORT's shard
+# follows: that node's own id while it is a master, else its master's (after a failover).
+master_id_for() {{
+    cli "$1" cluster nodes | tr -d '\r' | awk '$3 ~ /myself/ {{
+        if ($3 ~ /master/) print $1; else print $4 }}'
+}}
+
+# add_replica REPLICA MASTER: REPLICA joins as a replica of MASTER's shard.
+add_replica() {{
+    a=$(addr "$1") || die "cannot resolve $1"
+    m=$(addr "$2") || die "cannot resolve $2"
+    id=$(master_id_for "$2")
+    [ -n "$id" ] || die "$2 does not say which master its shard has"
+    log "adding $1 as a replica of $2's shard (master $id)"
+    "$REDIS_CLI" --cluster add-node "$a" "$m" --cluster-slave --cluster-master-id "$id"
+}}
+
+# planned_master REPLICA -> its master in PAIRS (empty if REPLICA is a master)
+planned_master() {{
+    for pair in $PAIRS; do
+        [ "${{pair%%=*}}" = "$1" ] && {{ printf '%s' "${{pair#*=}}"; return 0; }}
+    done
+    return 0
+}}
+
 if [ -z "$members" ]; then
     addrs=""
-    for ep in $NODES; do
+    for ep in $MASTERS; do
         a=$(addr "$ep") || die "cannot resolve $ep"
         addrs="$addrs $a"
     done
-    log "creating cluster:$addrs (replicas per master: $REPLICAS)"
+    log "creating cluster:$addrs, then each replica in another zone than its master"
     # shellcheck disable=SC2086  # word splitting of the address list is intended
-    "$REDIS_CLI" --cluster create $addrs --cluster-replicas "$REPLICAS" --cluster-yes
+    "$REDIS_CLI" --cluster create $addrs --cluster-replicas 0 --cluster-yes
+    for pair in $PAIRS; do
+        add_replica "${{pair%%=*}}" "${{pair#*=}}"
+    done
     changed=1
 elif [ -n "$blank" ]; then
     seed=""
@@ -380,9 +446,22 @@ elif [ -n "$blank" ]; then
         "inspect with: redis-cli --cluster check <node>"
     seed_addr=$(addr "$seed") || die "cannot resolve $seed"
     for ep in $blank; do
-        a=$(addr "$ep") || die "cannot resolve $ep"
-        log "adding blank node $ep as a replica via $seed"
-        "$REDIS_CLI" --cluster add-node "$a" "$seed_addr" --cluster-slave
+        planned=$(planned_master "$ep")
+        if [ -n "$planned" ]; then  # back into its planned shard: its master's zone is not its own
+            add_replica "$ep" "$planned"
+        else
+            # A planned master that lost its data: its replica was promoted; it replicates
+            # that shard again (the pair keeps its two zones).
+            a=$(addr "$ep") || die "cannot resolve $ep"
+            for pair in $PAIRS; do
+                [ "${{pair#*=}}" = "$ep" ] || continue
+                id=$(master_id_for "${{pair%%=*}}")
+                log "adding blank node $ep as a replica of its shard (master $id)"
+                "$REDIS_CLI" --cluster add-node "$a" "$seed_addr" --cluster-slave \
+                    --cluster-master-id "$id"
+                break
+            done
+        fi
     done
     changed=1
     # A blank node usually replaces one that lost its data: its old identity lingers as a

@@ -15,6 +15,9 @@ from pathlib import Path
 from stacks.local.process import LocalPlatformError
 
 HOST = "127.0.0.1"
+# Zones, as a region has: the local servers are placed in them as on GKE (components.conf
+# zone_of), so what depends on zones (commit quorums, Redis replicas) runs here too.
+ZONES = ("zone-a", "zone-b", "zone-c")
 _LOWEST = 10000
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
+from components.conf import zone_of
 from components.conf.pgpool import (
     PgpoolSettings,
     check_connection_budget,
@@ -29,14 +30,14 @@ from components.conf.pgpool import (
     pgpool_files,
     pgpool_secret_files,
 )
-from components.conf.postgres import PgMember, PgTopology, PgTuning, member_zone
+from components.conf.postgres import PgMember, PgTopology, PgTuning
 from components.conf.scripts import (
     POSTGRES_START_SH,
     postgres_env,
     postgres_files,
     postgres_secret_files,
 )
-from stacks.local.ports import HOST, PortAllocator
+from stacks.local.ports import HOST, ZONES, PortAllocator
 from stacks.local.process import (
     DEFAULT_PATH,
     LocalPlatformError,
@@ -51,8 +52,6 @@ from stacks.local.system import PG_BIN_DIR, PGPOOL, PGPOOL_BIN_DIR
 from stacks.wiring import USERS
 
 CLIENT_CIDRS = (f"{HOST}/32",)
-# The local members' zones: named like a region's, assigned as on GKE (member i in zone i mod 3).
-ZONES = ("zone-a", "zone-b", "zone-c")
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class LocalPostgres:
                     HOST,
                     ports.take(f"postgres pg-{i}"),
                     # Zones as on GKE, so commits wait for a standby in "another zone" here too.
-                    zone=member_zone(i, ZONES),
+                    zone=zone_of(i, ZONES),
                     data_dir=str(root / "data" / f"pg-{i}"),
                 )
                 for i in range(replicas + 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from components.conf import zone_of
 from components.conf.redis import (
     REDISCLI_AUTH_ENV,
     RedisClusterSpec,
@@ -22,7 +23,7 @@ from components.conf.redis import (
     redis_auth_conf,
     redis_conf,
 )
-from stacks.local.ports import HOST, PortAllocator
+from stacks.local.ports import HOST, ZONES, PortAllocator
 from stacks.local.process import (
     Process,
     Supervisor,
@@ -67,6 +68,7 @@ class LocalRedis:
                     port=ports.take(f"redis-{i}"),
                     # Explicit: port + 10000 may be taken, or beyond 65535.
                     bus_port=ports.take(f"redis-{i} cluster bus"),
+                    zone=zone_of(i, ZONES),  # as on GKE: no replica in its master's zone
                 )
                 for i in range(count)
             ),

@@ -141,8 +141,9 @@ def test_bootstrap_script_content() -> None:
     script = cluster_bootstrap_sh(spec, resolve_hosts=True, wait_seconds=120)
     assert script.startswith("#!/bin/sh\n")
     assert "redis-5.redis.cache.svc.cluster.local:6379" in script
-    assert '--cluster create $addrs --cluster-replicas "$REPLICAS" --cluster-yes' in script
-    assert "REPLICAS=1" in script
+    # The masters first, then each replica of a chosen master (never left to redis-cli).
+    assert "--cluster create $addrs --cluster-replicas 0 --cluster-yes" in script
+    assert '--cluster-slave --cluster-master-id "$id"' in script
     assert "WAIT_SECONDS=120" in script
     assert "RESOLVE_HOSTS=1" in script
     assert "getent ahostsv4" in script
@@ -158,6 +159,36 @@ def test_bootstrap_script_parses(shell: str, tmp_path: Path) -> None:
     path = tmp_path / "bootstrap.sh"
     path.write_text(cluster_bootstrap_sh(k8s_spec(), resolve_hosts=True))
     subprocess.run([shell, "-n", str(path)], check=True)
+
+
+def test_no_replica_shares_its_masters_zone() -> None:
+    """Nodes placed as on GKE (node i in zone i mod n): every master gets a replica in
+    another zone, with three zones as with two."""
+    for zones in (("a", "b", "c"), ("a", "b")):
+        nodes = tuple(
+            RedisNode(f"redis-{i}", f"redis-{i}", zone=zones[i % len(zones)]) for i in range(6)
+        )
+        spec = RedisClusterSpec(nodes=nodes)
+        zone = {n.name: n.zone for n in nodes}
+        layout = spec.replica_of()
+        assert sorted(layout) == ["redis-3", "redis-4", "redis-5"]
+        assert sorted(layout.values()) == ["redis-0", "redis-1", "redis-2"]  # one each
+        assert all(zone[r] != zone[m] for r, m in layout.items()), layout
+    three = RedisClusterSpec(
+        nodes=tuple(RedisNode(f"r-{i}", f"r-{i}", zone="abc"[i % 3]) for i in range(6))
+    )
+    assert three.replica_of() == {"r-3": "r-1", "r-4": "r-2", "r-5": "r-0"}
+    # And the bootstrap forms exactly that layout.
+    assert "PAIRS='r-3:6379=r-1:6379 r-4:6379=r-2:6379 r-5:6379=r-0:6379'" in (
+        cluster_bootstrap_sh(three)
+    )
+
+
+def test_a_layout_that_must_put_a_replica_beside_its_master_is_refused() -> None:
+    zones = "aaaaab"  # every master in zone a, and so is the first replica
+    nodes = tuple(RedisNode(f"r-{i}", f"r-{i}", zone=zones[i]) for i in range(6))
+    with pytest.raises(ValueError, match="r-3 \\(a\\): no master outside its zone"):
+        RedisClusterSpec(nodes=nodes)
 
 
 def test_bootstrap_rejects_bad_wait() -> None:
@@ -229,10 +260,16 @@ def run_bootstrap(stub: Path, states: list[str]) -> tuple[int, str, list[str]]:
 def test_bootstrap_creates_once_then_is_a_no_op(stub: Path) -> None:
     rc, err, calls = run_bootstrap(stub, ["blank"] * 6)
     assert rc == 0, err
-    creates = [c for c in calls if "--cluster create" in c]
-    assert creates == [
-        "--cluster create 127.0.0.1:17001 127.0.0.1:17002 127.0.0.1:17003 127.0.0.1:17004 "
-        "127.0.0.1:17005 127.0.0.1:17006 --cluster-replicas 1 --cluster-yes"
+    # The masters, then each replica of its planned master (spec.replica_of()).
+    assert [c for c in calls if "--cluster" in c] == [
+        "--cluster create 127.0.0.1:17001 127.0.0.1:17002 127.0.0.1:17003 "
+        "--cluster-replicas 0 --cluster-yes",
+        "--cluster add-node 127.0.0.1:17004 127.0.0.1:17002 --cluster-slave "
+        "--cluster-master-id aaa",
+        "--cluster add-node 127.0.0.1:17005 127.0.0.1:17003 --cluster-slave "
+        "--cluster-master-id aaa",
+        "--cluster add-node 127.0.0.1:17006 127.0.0.1:17001 --cluster-slave "
+        "--cluster-master-id aaa",
     ]
     rc, err, calls = run_bootstrap(stub, ["member-ok"] * 6)
     assert rc == 0, err
@@ -243,8 +280,10 @@ def test_bootstrap_creates_once_then_is_a_no_op(stub: Path) -> None:
 def test_bootstrap_joins_a_blank_node_as_replica_and_forgets_the_ghost(stub: Path) -> None:
     rc, err, calls = run_bootstrap(stub, ["member-ok"] * 5 + ["blank"])
     assert rc == 0, err
+    # Back into its planned shard, whose master is not in its zone.
     assert [c for c in calls if "--cluster" in c] == [
-        "--cluster add-node 127.0.0.1:17006 127.0.0.1:17001 --cluster-slave"
+        "--cluster add-node 127.0.0.1:17006 127.0.0.1:17001 --cluster-slave "
+        "--cluster-master-id aaa"
     ]
     assert len([c for c in calls if c.endswith("cluster forget ghost")]) == 6
 

@@ -176,6 +176,15 @@ def test_redis_cluster_of_three_masters_and_three_replicas(data_tier: DataTier) 
         assert sum("master" in f for f in flags) == 3
         assert sum("slave" in f for f in flags) == 3
         assert not [f for f in flags if "fail" in f]
+        # Zones as on GKE (node i in zone i mod 3): no replica beside its master.
+        zone_of_port = {n.port: n.zone for n in redis.spec.nodes}
+        zone_of_id = {
+            line.split()[0]: zone_of_port[int(line.split()[1].split("@")[0].rsplit(":", 1)[1])]
+            for line in nodes
+        }
+        pairs = [(line.split()[0], line.split()[3]) for line in nodes if "slave" in line.split()[2]]
+        assert len(pairs) == 3 and len(set(zone_of_id.values())) == 3
+        assert all(zone_of_id[replica] != zone_of_id[master] for replica, master in pairs), nodes
 
         cluster = RedisCluster(host=host, port=int(port), password=redis.password)
         try:

@@ -4,9 +4,9 @@ One platform for the module (started through the CLI, detached, with the default
 product catalog), used in order: a shopper's journey through the gateway only, the metrics
 showing that reads went to replicas and caches, revoked tokens, the live feed held open for
 minutes, the running platform refusing a second `up`, the loss of the primary's zone (the
-primary and the standby beside it) while orders are placed, and last `down`, after which no process of
-the platform may be alive and no port taken. The quick checks of bad local conditions need
-no platform.
+primary and the standby beside it) while orders are placed, and last `down`, after which no
+process of the platform may be alive and no port taken. The quick checks of bad local
+conditions need no platform.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.conf.postgres import member_zone
+from components.conf import zone_of
 from stacks.alerts import CACHE_REQUESTS
 from stacks.local.platform import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
-from stacks.local.ports import is_taken
-from stacks.local.postgres import ZONES, PoolNode, pool_nodes
+from stacks.local.ports import ZONES, is_taken
+from stacks.local.postgres import PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
 from tests.conftest import fresh_state_dir
 from tests.stacks.test_local_data_tier import group_pids
@@ -414,7 +414,7 @@ async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
     g = platform.gateway
     primary = next(n for n in platform.pool_nodes() if n.role == "primary")
     members = platform.of_kind("postgres")
-    zone = {c["name"]: member_zone(int(c["name"].removeprefix("pg-")), ZONES) for c in members}
+    zone = {c["name"]: zone_of(int(c["name"].removeprefix("pg-")), ZONES) for c in members}
     old = next(c for c in members if c["address"] == primary.address)
     lost = [c for c in members if zone[c["name"]] == zone[old["name"]]]
     assert len(lost) == 2, zone  # the primary and its zone's other member

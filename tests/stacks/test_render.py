@@ -142,14 +142,32 @@ def test_prod_backups_follow_the_seed(prod: StackRender) -> None:
 
 
 def test_prod_caches(prod: StackRender) -> None:
-    redis = prod.object("StatefulSet", "redis", "cache")
-    assert redis["spec"]["replicas"] == 6
+    nodes = [prod.object("StatefulSet", f"redis-{i}", "cache") for i in range(6)]
+    assert all(node["spec"]["replicas"] == 1 for node in nodes)
+    zone_of = {}
+    for i, node in enumerate(nodes):
+        term = pod_spec(node)["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        (zone_of[f"redis-{i}-0"],) = term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+    assert sorted(zone_of.values()) == sorted(
+        ["europe-west1-b", "europe-west1-c", "europe-west1-d"] * 2
+    )
     bootstrap = prod.object("ConfigMap", "redis-config", "cache")["data"]["bootstrap.sh"]
-    assert "--cluster-replicas" in bootstrap
+    # Who replicates whom, as the bootstrap forms it: never a replica in its master's zone.
+    (pairs,) = re.findall(r"^PAIRS='(.*)'$", bootstrap, re.MULTILINE)
+    replica_of = {
+        replica.split(".")[0]: master.split(".")[0]
+        for replica, master in (pair.split("=") for pair in pairs.split())
+    }
+    assert sorted(replica_of) == ["redis-3-0", "redis-4-0", "redis-5-0"]
+    assert sorted(replica_of.values()) == ["redis-0-0", "redis-1-0", "redis-2-0"]
+    for replica, master in replica_of.items():
+        assert zone_of[replica] != zone_of[master], (replica, master)
     assert prod.object("Job", "redis-bootstrap", "cache")
     memcached = prod.object("StatefulSet", "memcached", "cache")
     assert memcached["spec"]["replicas"] == 3
-    for workload in (redis, memcached):
+    for workload in (*nodes, memcached):
         assert pod_spec(workload)["nodeSelector"] == {"shop.platform/pool": "caches"}
 
 
