@@ -304,3 +304,27 @@ async def test_reservations_need_a_service_identity(client: TestClient, tokens: 
         )
     ).status == 403
     assert (await client.get("/api/inventory/not-a-sku")).status == 404
+
+
+async def test_a_request_that_waits_too_long_for_a_connection_gets_503_database_busy(
+    aiohttp_client, settings_for, platform: DataTier
+) -> None:
+    """The process's only pooled connection is held: a request waits the acquire timeout,
+    then answers 503 JSON `database_busy` with Retry-After, instead of hanging."""
+    settings = settings_for(
+        InventorySettings,
+        "inventory",
+        DATABASE_POOL_MAX="1",
+        DATABASE_ACQUIRE_TIMEOUT_SECONDS="0.5",
+    )
+    client = await aiohttp_client(init_app(settings))
+    sku = await new_sku(platform, 3)
+    async with client.app[STOCK].db.transaction():  # holds the one connection
+        started = time.monotonic()
+        response = await client.get(f"/api/inventory/{sku}")
+        waited = time.monotonic() - started
+        body = await response.json()
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert body["error"] == "database_busy"
+    assert 0.5 <= waited < 5
+    assert (await level(client, sku))["available"] == 3  # and once free, it answers
