@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.kit.auth import Tokens
 from services.payment.app import PaymentSettings, init_app
-from services.payment.simulators import DEFAULT_API_KEY, Simulator, build
+from services.payment.simulators import DEFAULT_CREDENTIALS, Simulator, build
 from stacks.local.data_tier import DataTier
 
 
@@ -29,15 +29,16 @@ async def providers(aiohttp_server) -> dict[str, tuple[Simulator, TestServer]]:
 
 @pytest.fixture
 async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> TestClient:
-    key_file = tmp_path / "provider-key"
-    key_file.write_text(DEFAULT_API_KEY)
+    key_files = {kind: tmp_path / f"{kind}-key" for kind in DEFAULT_CREDENTIALS}
+    for kind, path in key_files.items():
+        path.write_text(DEFAULT_CREDENTIALS[kind])
     settings = settings_for(
         PaymentSettings,
         "payment",
         STRIPE_URL=str(providers["stripe"][1].make_url("")).rstrip("/"),
-        STRIPE_API_KEY_FILE=str(key_file),
+        STRIPE_API_KEY_FILE=str(key_files["stripe"]),
         PAYPAL_URL=str(providers["paypal"][1].make_url("")).rstrip("/"),
-        PAYPAL_API_KEY_FILE=str(key_file),
+        PAYPAL_API_KEY_FILE=str(key_files["paypal"]),
         MAX_AMOUNT_CENTS="500000",
         PROVIDER_TIMEOUT_SECONDS="0.5",
         BREAKER_COOLDOWN_SECONDS="0.5",
