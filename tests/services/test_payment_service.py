@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.kit.auth import Tokens
+from services.kit.settings import SettingsError
 from services.payment.app import PaymentSettings, init_app
 from services.payment.simulators import DEFAULT_CREDENTIALS, Simulator, build
 from stacks.local.data_tier import DataTier
@@ -46,6 +47,26 @@ async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> Tes
         STRAY_PENDING_GRACE_SECONDS="60",
     )
     return await aiohttp_client(init_app(settings))
+
+
+def test_the_paypal_credentials_file_must_hold_client_id_and_secret(
+    settings_for, tmp_path: Path
+) -> None:
+    stripe_key, paypal_key = tmp_path / "stripe", tmp_path / "paypal"
+    stripe_key.write_text(DEFAULT_CREDENTIALS["stripe"])
+    paypal_key.write_text("a-bare-secret-value\n")
+    with pytest.raises(SettingsError) as error:
+        settings_for(
+            PaymentSettings,
+            "payment",
+            STRIPE_URL="http://127.0.0.1:9",
+            STRIPE_API_KEY_FILE=str(stripe_key),
+            PAYPAL_URL="http://127.0.0.1:9",
+            PAYPAL_API_KEY_FILE=str(paypal_key),
+        )
+    [(variable, problem)] = error.value.problems
+    assert variable == "PAYPAL_API_KEY_FILE" and "client_id:secret" in problem
+    assert "a-bare-secret-value" not in str(error.value)  # the secret is never echoed
 
 
 @pytest.fixture
