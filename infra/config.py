@@ -34,7 +34,7 @@ SECRET_KEYS = {
     "pagerdutyRoutingKey": "PagerDuty Events v2 routing key for critical alerts",
     "slackWebhookUrl": "Slack incoming-webhook URL for warning alerts",
     "stripeApiKey": "the primary payment provider's secret API key",
-    "paypalApiKey": "the secondary payment provider's API credentials",
+    "paypalApiKey": "the secondary payment provider's OAuth2 client credentials, client_id:secret",
 }
 
 PositiveInt = Annotated[int, Field(gt=0)]

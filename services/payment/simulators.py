@@ -24,10 +24,21 @@ no account anywhere:
     POST /v2/payments/authorizations/{id}/void
     POST /v2/payments/captures/{id}/refund             [amount]
 
-Both want `Authorization: Bearer <api key>` (`--api-key`, default `sim-secret`). A token that
-contains `declined` is declined, one that contains `insufficient` lacks funds; any other
-`tok_...` token pays. A body holding anything that looks like a card number is refused (and
-never echoed, logged or stored): the platform handles tokens only.
+Stripe wants `Authorization: Bearer <api key>` (`--api-key`, default `sim-secret`). PayPal
+wants an OAuth2 access token, got with the client credentials grant:
+
+    POST /v1/oauth2/token    HTTP Basic client_id:secret, form grant_type=client_credentials
+                             -> {"access_token", "token_type": "Bearer", "expires_in", ...}
+
+(`--api-key` is then `client_id:secret`, default `sim-client:sim-secret`). Wrong credentials
+answer 401 `{"error": "invalid_client", "error_description"}`; an API call without a live
+token (none, an unknown one, the client secret itself, an expired or a revoked one) answers
+401 `{"error": "invalid_token", "error_description"}`, as PayPal does. Access tokens live
+`token_ttl_s` (the behaviour's; PayPal's own live about 9 hours).
+
+A payment token that contains `declined` is declined, one that contains `insufficient` lacks
+funds; any other `tok_...` token pays. A body holding anything that looks like a card number
+is refused (and never echoed, logged or stored): the platform handles tokens only.
 
 A request repeated with the same idempotency key is answered with the first answer (marked
 `Idempotent-Replayed: true`) and changes nothing; the same key with a different body is an
@@ -36,16 +47,20 @@ error. Server errors are not remembered, so a retry after one is processed afres
 The admin endpoints, for tests and failure drills:
 
     POST /_sim/behaviour   {"mode": "ok"|"fail"|"slow"|"timeout"|"flaky"|"lost",
-                            "delay_ms": 0, "failure_rate": 0.0, "fail_next": 0, "seed": null}
+                            "delay_ms": 0, "failure_rate": 0.0, "fail_next": 0, "seed": null,
+                            "token_ttl_s": 32400}   (each POST replaces the whole behaviour)
     GET  /_sim/behaviour
     GET  /_sim/charges     every payment: amounts, status, how many captures/voids/refunds
                            were applied and the idempotency key of each operation
-    GET  /_sim/requests    every provider call received: method, path, idempotency key, status
-    POST /_sim/reset       forget everything, behave normally
+    GET  /_sim/requests    every provider call received, token exchanges included: method,
+                           path, idempotency key, status
+    POST /_sim/revoke_tokens   (paypal) every access token issued so far stops working
+    POST /_sim/reset       forget everything (tokens too), behave normally
 
 Modes (before processing unless said): `fail` answers 500; `slow` waits `delay_ms` then
 processes; `timeout` hangs (until the behaviour changes or the simulator stops) and then
-answers 504 without processing; `flaky` answers 503 to a `failure_rate` share of calls;
+answers 504 without processing; `flaky` answers 503 to a `failure_rate` share of calls
+(token exchanges are calls too: an unwell provider issues no tokens either);
 `lost` processes the call and then answers 502, as when a response is lost on the way back
 (a retry with the same key then gets the original result). `fail_next: n` makes the next n
 calls answer 503, whatever the mode. `delay_ms` also delays every mode but `timeout`.
@@ -57,25 +72,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.kit.tasks import finish_even_if_cancelled
 from services.payment.money import contains_pan, format_amount, parse_amount
+from services.payment.providers import paypal_credentials
 
 Kind = Literal["stripe", "paypal"]
 HANG_S = 300.0  # a `timeout` call hangs this long at most
-DEFAULT_API_KEY = "sim-secret"
+DEFAULT_API_KEY = "sim-secret"  # Stripe's key, and the PayPal client's secret
+DEFAULT_CLIENT_ID = "sim-client"
+DEFAULT_CREDENTIALS: dict[str, str] = {
+    "stripe": DEFAULT_API_KEY,
+    "paypal": f"{DEFAULT_CLIENT_ID}:{DEFAULT_API_KEY}",
+}
+PAYPAL_TOKEN_TTL_S = 32_400  # what PayPal's expires_in says: 9 hours
 REQUEST_LOG = 10_000  # the last calls /_sim/requests lists
 
 Json = dict[str, Any]
@@ -90,6 +114,8 @@ class Behaviour(BaseModel):
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     fail_next: int = Field(default=0, ge=0)
     seed: int | None = None
+    # paypal: how long access tokens issued from now on live (short, to test renewal).
+    token_ttl_s: int = Field(default=PAYPAL_TOKEN_TTL_S, ge=1, le=86_400)
 
 
 @dataclass
@@ -133,8 +159,8 @@ class Simulator:
     kind: Kind
     key_header: str
 
-    def __init__(self, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> None:
-        self.api_key = api_key
+    def __init__(self, *, api_key: str | None = None, seed: int | None = None) -> None:
+        self.api_key = DEFAULT_CREDENTIALS[self.kind] if api_key is None else api_key
         self.behaviour = Behaviour(seed=seed)
         self.rng = random.Random(seed)
         self.payments: dict[str, Payment] = {}
@@ -170,6 +196,12 @@ class Simulator:
 
     def idempotency_scope(self, path: str) -> str:
         return ""  # Stripe: keys are global to the account
+
+    def authenticate(self, request: web.Request) -> Answer | None:
+        """None when the call may proceed, else the answer refusing it."""
+        if request.headers.get(hdrs.AUTHORIZATION) != f"Bearer {self.api_key}":
+            return self.error(401, "unauthorized", "invalid API key")
+        return None
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -234,8 +266,8 @@ class Simulator:
         request: web.Request,
         operation: Callable[[Json, Mapping[str, str], str | None], Answer],
     ) -> tuple[int, Json, dict[str, str]]:
-        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return (*self.error(401, "unauthorized", "invalid API key"), {})
+        if (refusal := self.authenticate(request)) is not None:
+            return (*refusal, {})
         try:
             body = await self.read_body(request)
         except BadBody as error:
@@ -487,10 +519,91 @@ class PayPalSimulator(Simulator):
     kind: Kind = "paypal"
     key_header = "PayPal-Request-Id"
 
-    def __init__(self, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> None:
+    def __init__(self, *, api_key: str | None = None, seed: int | None = None) -> None:
         super().__init__(api_key=api_key, seed=seed)
+        self.client_id, self.client_secret = paypal_credentials(self.api_key)
         self.orders: dict[str, _Order] = {}
         self.captures: dict[str, str] = {}  # capture id -> authorization (payment) id
+        self.tokens: dict[str, float] = {}  # access token -> when it expires (monotonic)
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_post("/v1/oauth2/token", self.token_endpoint)
+        app.router.add_post("/_sim/revoke_tokens", self.revoke_tokens)
+        return app
+
+    # --- OAuth2: client credentials for access tokens -----------------------------------------
+
+    async def token_endpoint(self, request: web.Request) -> web.Response:
+        entry: Json = {"method": request.method, "path": request.path, "idempotency_key": None}
+        self.requests.append(entry)
+        status, body = await finish_even_if_cancelled(self._exchange(request))
+        entry["status"] = status
+        return web.json_response(body, status=status)
+
+    async def _exchange(self, request: web.Request) -> Answer:
+        scheme, _, encoded = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        try:
+            login, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            login = password = ""
+        if scheme != "Basic" or not (
+            secrets.compare_digest(login.encode(), self.client_id.encode())
+            and secrets.compare_digest(password.encode(), self.client_secret.encode())
+        ):
+            return 401, {
+                "error": "invalid_client",
+                "error_description": "Client Authentication failed",
+            }
+        form = (
+            await request.post()
+            if request.content_type == "application/x-www-form-urlencoded"
+            else {}
+        )
+        if form.get("grant_type") != "client_credentials":
+            return 400, {
+                "error": "unsupported_grant_type",
+                "error_description": "grant_type must be client_credentials",
+            }
+        failure = await self._misbehave()
+        if failure is not None:
+            return failure
+        now = time.monotonic()
+        self.tokens = {t: expires for t, expires in self.tokens.items() if expires > now}
+        ttl = self.behaviour.token_ttl_s
+        token = f"A21AA{secrets.token_urlsafe(32)}"
+        self.tokens[token] = now + ttl
+        if self.behaviour.mode == "lost":
+            return self.error(502, "bad_gateway", "upstream answer lost")
+        return 200, {
+            "scope": "https://uri.paypal.com/services/payments/payment",
+            "access_token": token,
+            "token_type": "Bearer",
+            "app_id": "APP-SIMULATOR",
+            "expires_in": ttl,
+            "nonce": secrets.token_hex(16),
+        }
+
+    def authenticate(self, request: web.Request) -> Answer | None:
+        scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        expires = self.tokens.get(token) if scheme == "Bearer" else None
+        if expires is None:
+            # The client secret (or anything else) is not a token: PayPal says the same.
+            return 401, {
+                "error": "invalid_token",
+                "error_description": "Token signature verification failed",
+            }
+        if expires <= time.monotonic():
+            return 401, {
+                "error": "invalid_token",
+                "error_description": "the access token has expired",
+            }
+        return None
+
+    async def revoke_tokens(self, _request: web.Request) -> web.Response:
+        revoked = len(self.tokens)
+        self.tokens.clear()
+        return web.json_response({"revoked": revoked})
 
     def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
         return {
@@ -507,6 +620,7 @@ class PayPalSimulator(Simulator):
     async def reset(self, request: web.Request) -> web.Response:
         self.orders.clear()
         self.captures.clear()
+        self.tokens.clear()
         return await super().reset(request)
 
     async def read_body(self, request: web.Request) -> Json:
@@ -670,7 +784,7 @@ class PayPalSimulator(Simulator):
 SIMULATORS: dict[str, type[Simulator]] = {"stripe": StripeSimulator, "paypal": PayPalSimulator}
 
 
-def build(kind: Kind, *, api_key: str = DEFAULT_API_KEY, seed: int | None = None) -> Simulator:
+def build(kind: Kind, *, api_key: str | None = None, seed: int | None = None) -> Simulator:
     return SIMULATORS[kind](api_key=api_key, seed=seed)
 
 
@@ -679,7 +793,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=sorted(SIMULATORS), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"stripe: the secret key (default {DEFAULT_CREDENTIALS['stripe']}); paypal: "
+        f"client_id:secret (default {DEFAULT_CREDENTIALS['paypal']})",
+    )
     parser.add_argument("--seed", type=int, default=None, help="for `flaky`: repeatable draws")
     args = parser.parse_args(argv)
     simulator = build(args.kind, api_key=args.api_key, seed=args.seed)

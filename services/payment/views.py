@@ -11,7 +11,7 @@ from services.kit.api import Api, json_response
 from services.kit.auth import Principal
 from services.kit.errors import ApiError, Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from services.kit.tasks import finish_even_if_cancelled
-from services.payment.fraud import FraudRules
+from services.payment.fraud import FraudRules, VelocityUnavailable
 from services.payment.ledger import Ledger
 from services.payment.providers import PermanentError, TransientError
 from services.payment.resilience import PaymentRouter
@@ -64,8 +64,8 @@ class PaymentPath(BaseModel):
 async def charge(request: web.Request, body: Charge, user: Principal) -> web.Response:
     """Authorize and capture, once per `Idempotency-Key` (a retry resumes, never re-charges).
 
-    402 when declined (by a provider or the fraud rules); 503 when no provider answers: retry
-    later with the same key."""
+    402 when declined (by a provider or the fraud rules); 503 when no provider answers or the
+    fraud rules cannot be checked: retry later with the same key."""
     key = request.headers.get(KEY_HEADER, "")
     if not 8 <= len(key) <= 128 or not key.isascii():
         raise ValidationFailed.field(f"header.{KEY_HEADER}", "expected 8 to 128 ASCII characters")
@@ -83,7 +83,15 @@ async def _settle(app: web.Application, key: str, body: Charge) -> dict[str, Any
     if not same:
         raise Conflict(f"{KEY_HEADER} was used for a different payment")
     if payment["status"] == "pending":
-        decision = await app[FRAUD].check(body.user_id, body.amount_cents, body.currency)
+        try:
+            decision = await app[FRAUD].check(
+                body.user_id, str(payment["id"]), body.amount_cents, body.currency
+            )
+        except VelocityUnavailable:
+            # Fail closed (services.payment.fraud): the row stays pending for the retry.
+            raise ServiceUnavailable(
+                "the fraud rules cannot be checked now; retry with the same key", retry_after_s=1
+            ) from None
         if not decision.allowed:
             payment = await ledger.update(
                 payment["id"], status="failed", failure_reason=decision.reason

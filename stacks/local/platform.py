@@ -338,8 +338,12 @@ class LocalPlatform:
         secrets = self.tier.state_dir / "secrets"
         python = [sys.executable, "-u", "-m"]
 
-        # The payment providers' stand-ins, each with its own API key.
-        self.provider_keys = {kind: new_password() for kind in ("stripe", "paypal")}
+        # The payment providers' stand-ins, each with its own credentials: Stripe's secret
+        # key, PayPal's OAuth2 client_id:secret (services.payment.providers).
+        self.provider_keys = {
+            "stripe": new_password(),
+            "paypal": f"{new_password(16)}:{new_password()}",
+        }
         self.provider_key_files = {kind: secrets / f"{kind}-api-key" for kind in self.provider_keys}
         self.simulators: dict[str, AppProcess] = {}
         for kind, key in self.provider_keys.items():

@@ -42,7 +42,7 @@ from services.kit.app import OPS_PATHS
 from services.kit.auth import Tokens
 from services.kit.errors import ErrorBody
 from services.kit.settings import Settings
-from services.payment.simulators import DEFAULT_API_KEY, build
+from services.payment.simulators import DEFAULT_CREDENTIALS, build
 from stacks.local.data_tier import DataTier
 from stacks.services import SERVICES
 
@@ -133,10 +133,10 @@ PROVIDERS = ("stripe", "paypal")
 
 
 def provider_settings(tmp_path: Path, urls: dict[str, str]) -> dict[str, str]:
-    key_file = tmp_path / "provider-key"
-    key_file.write_text(DEFAULT_API_KEY)
     found = {}
     for kind, url in urls.items():
+        key_file = tmp_path / f"{kind}-key"
+        key_file.write_text(DEFAULT_CREDENTIALS[kind])
         found[f"{kind.upper()}_URL"] = url
         found[f"{kind.upper()}_API_KEY_FILE"] = str(key_file)
     return found

@@ -22,7 +22,7 @@ from services.order.app import OrderSettings
 from services.order.app import init_app as order_app
 from services.payment.app import PaymentSettings
 from services.payment.app import init_app as payment_app
-from services.payment.simulators import DEFAULT_API_KEY, Behaviour, build
+from services.payment.simulators import DEFAULT_CREDENTIALS, Behaviour, build
 from stacks.local.data_tier import DataTier
 from tests.services.test_inventory_service import new_sku
 
@@ -43,17 +43,18 @@ async def payment_with_simulators(
         await aiohttp_server(stripe.app()),
         await aiohttp_server(paypal.app()),
     )
-    key_file = tmp_path / "provider-key"
-    key_file.write_text(DEFAULT_API_KEY)
+    key_files = {kind: tmp_path / f"{kind}-key" for kind in DEFAULT_CREDENTIALS}
+    for kind, path in key_files.items():
+        path.write_text(DEFAULT_CREDENTIALS[kind])
     payment = await aiohttp_server(
         payment_app(
             settings_for(
                 PaymentSettings,
                 "payment",
                 STRIPE_URL=url(stripe_server),
-                STRIPE_API_KEY_FILE=str(key_file),
+                STRIPE_API_KEY_FILE=str(key_files["stripe"]),
                 PAYPAL_URL=url(paypal_server),
-                PAYPAL_API_KEY_FILE=str(key_file),
+                PAYPAL_API_KEY_FILE=str(key_files["paypal"]),
                 **env,
             )
         )

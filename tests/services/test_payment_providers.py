@@ -1,6 +1,6 @@
 """The payment provider layer against the shipped provider simulators, run in-process on
-ephemeral ports: adapters, retries with one idempotency key, breakers, failover, refunds,
-fraud rules. No database; nothing of our own is mocked."""
+ephemeral ports: adapters, PayPal's OAuth2 access tokens, retries with one idempotency key,
+breakers, failover, refunds. No database; nothing of our own is mocked."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.payment.fraud import FraudRules
 from services.payment.money import contains_pan, format_amount, parse_amount
 from services.payment.providers import (
     Declined,
@@ -37,7 +36,7 @@ from services.payment.resilience import (
     ProvidersUnavailable,
     RetryPolicy,
 )
-from services.payment.simulators import DEFAULT_API_KEY, Simulator, build
+from services.payment.simulators import DEFAULT_CREDENTIALS, Simulator, build
 
 COOLDOWN_S = 0.3
 CALL_TIMEOUT_S = 0.3
@@ -103,8 +102,12 @@ async def setup() -> AsyncIterator[Setup]:
     registry = CollectorRegistry()
     router = PaymentRouter(
         [
-            StripeProvider(sims["stripe"].url, DEFAULT_API_KEY, timeout_s=CALL_TIMEOUT_S),
-            PayPalProvider(sims["paypal"].url, DEFAULT_API_KEY, timeout_s=CALL_TIMEOUT_S),
+            StripeProvider(
+                sims["stripe"].url, DEFAULT_CREDENTIALS["stripe"], timeout_s=CALL_TIMEOUT_S
+            ),
+            PayPalProvider(
+                sims["paypal"].url, DEFAULT_CREDENTIALS["paypal"], timeout_s=CALL_TIMEOUT_S
+            ),
         ],
         breaker=BREAKER,
         retry=FAST_RETRY,
@@ -153,9 +156,14 @@ async def test_the_secondary_works_the_same_way_with_its_own_api(setup: Setup) -
     assert refund.amount_cents == 50
     [charge] = await setup.paypal.charges()
     assert (charge["captures"], charge["refunded_cents"]) == (1, 50)
-    # PayPal's shape: JSON with decimal strings; the order and its authorization share the key.
+    # PayPal's shape: an access token first; JSON with decimal strings; the order and its
+    # authorization share the key.
     paths = [(r["path"].split("/")[2], r["idempotency_key"]) for r in await setup.paypal.requests()]
-    assert paths[:2] == [("checkout", "p-1:authorize"), ("checkout", "p-1:authorize")]
+    assert paths[:3] == [
+        ("oauth2", None),
+        ("checkout", "p-1:authorize"),
+        ("checkout", "p-1:authorize"),
+    ]
 
 
 # --- retries, idempotency -------------------------------------------------------------------
@@ -419,30 +427,144 @@ async def test_refunds_partial_then_the_rest_and_never_more(setup: Setup, provid
     assert (charge["refunded_cents"], charge["refunds"]) == (5000, 2)
 
 
-# --- fraud rules ----------------------------------------------------------------------------
+# --- PayPal's OAuth2 access tokens ---------------------------------------------------------
+
+TOKEN_PATH = "/v1/oauth2/token"
 
 
-async def test_fraud_amount_limit_names_the_amount_and_the_limit() -> None:
-    rules = FraudRules(max_amount_cents={"USD": 100_000, "JPY": 150_000})
-    assert (await rules.check("u1", 100_000, "usd")).allowed
-    refused = await rules.check("u1", 100_001, "USD")
-    assert (refused.allowed, refused.rule) == (False, "amount_limit")
-    assert refused.reason == "amount 1000.01 USD exceeds the limit of 1000.00 USD per payment"
-    assert (await rules.check("u1", 100, "GBP")).reason == "payments in GBP are not accepted"
+def exchanges(requests: list[dict[str, Any]]) -> list[int]:
+    """The statuses of the token exchanges among a simulator's requests."""
+    return [r["status"] for r in requests if r["path"] == TOKEN_PATH]
 
 
-async def test_fraud_velocity_counts_allowed_payments_per_user_per_window() -> None:
-    now = [1000.0]
-    rules = FraudRules(velocity_limit=3, velocity_window_s=60, clock=lambda: now[0])
-    for _ in range(3):
-        assert (await rules.check("u1", 100, "USD")).allowed
-    refused = await rules.check("u1", 100, "USD")
-    assert (refused.allowed, refused.rule) == (False, "velocity")
-    assert refused.reason == "user u1 made 3 payments in the last 60 s; the limit is 3"
-    assert (await rules.check("u2", 100, "USD")).allowed  # per user
-    assert not (await rules.check("u1", 10**9, "USD")).allowed  # over the amount: not counted
-    now[0] += 60
-    assert (await rules.check("u1", 100, "USD")).allowed  # the window moved on
+def paypal_of(setup: Setup, credentials: str = DEFAULT_CREDENTIALS["paypal"]) -> PayPalProvider:
+    return PayPalProvider(setup.paypal.url, credentials, setup.paypal.session, timeout_s=1.0)
+
+
+async def test_one_access_token_serves_many_calls(setup: Setup) -> None:
+    paypal = paypal_of(setup)
+    for n in range(3):
+        auth = await paypal.authorize(1000, "USD", "tok_visa", f"t-{n}:authorize")
+        capture = await paypal.capture(auth.reference, f"t-{n}:capture")
+        await paypal.refund(capture.reference, 100, "USD", f"t-{n}:refund")
+
+    requests = await setup.paypal.requests()
+    assert exchanges(requests) == [200]  # one exchange, first
+    assert requests[0]["path"] == TOKEN_PATH
+    assert [r["status"] for r in requests[1:]] == [201] * 12  # no call was refused
+
+
+async def test_the_simulator_refuses_the_client_secret_and_expired_tokens(setup: Setup) -> None:
+    session, url = setup.paypal.session, setup.paypal.url
+    order = {"intent": "AUTHORIZE"}
+    for header in ({"Authorization": "Bearer sim-secret"}, {}):
+        async with session.post(f"{url}/v2/checkout/orders", json=order, headers=header) as r:
+            assert r.status == 401
+            assert (await r.json())["error"] == "invalid_token"
+    await setup.paypal.behave(token_ttl_s=1)
+    wrong = {"Authorization": aiohttp.encode_basic_auth("sim-client", "not-the-secret")}
+    form = {"grant_type": "client_credentials"}
+    async with session.post(f"{url}{TOKEN_PATH}", data=form, headers=wrong) as r:
+        assert (r.status, (await r.json())["error"]) == (401, "invalid_client")
+    right = {"Authorization": aiohttp.encode_basic_auth("sim-client", "sim-secret")}
+    async with session.post(
+        f"{url}{TOKEN_PATH}", data={"grant_type": "password"}, headers=right
+    ) as r:
+        assert (r.status, (await r.json())["error"]) == (400, "unsupported_grant_type")
+    async with session.post(f"{url}{TOKEN_PATH}", data=form, headers=right) as r:
+        token = await r.json()
+    assert (token["token_type"], token["expires_in"]) == ("Bearer", 1)
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    async with session.post(f"{url}/v2/checkout/orders", json={}, headers=bearer) as r:
+        assert r.status == 422  # past authentication: the body is what is wrong
+    await asyncio.sleep(1.05)
+    async with session.post(f"{url}/v2/checkout/orders", json={}, headers=bearer) as r:
+        assert r.status == 401
+        assert (await r.json())["error"] == "invalid_token"
+
+
+async def test_a_token_is_renewed_before_it_expires(setup: Setup) -> None:
+    await setup.paypal.behave(token_ttl_s=1)
+    paypal = paypal_of(setup)
+    await paypal.authorize(1000, "USD", "tok_visa", "e-1:authorize")
+    await asyncio.sleep(1.0)  # renewed a tenth of its life before it ends, so: renewed now
+
+    await paypal.authorize(1000, "USD", "tok_visa", "e-2:authorize")
+
+    requests = await setup.paypal.requests()
+    assert exchanges(requests) == [200, 200]
+    assert 401 not in [r["status"] for r in requests]  # renewed in time, never refused
+
+
+async def test_a_refused_token_is_renewed_once_and_the_call_proceeds(setup: Setup) -> None:
+    paypal = paypal_of(setup)
+    auth = await paypal.authorize(1000, "USD", "tok_visa", "rv-1:authorize")
+    async with setup.paypal.session.post(f"{setup.paypal.url}/_sim/revoke_tokens") as response:
+        assert (await response.json())["revoked"] == 1
+
+    capture = await paypal.capture(auth.reference, "rv-1:capture")
+
+    assert capture.amount_cents == 1000
+    calls = [(r["path"].rsplit("/", 1)[-1], r["status"]) for r in await setup.paypal.requests()]
+    assert calls[-3:] == [("capture", 401), ("token", 200), ("capture", 201)]
+    [charge] = await setup.paypal.charges()
+    assert charge["captures"] == 1
+
+
+async def test_credentials_revoked_in_flight_stop_after_one_renewal(setup: Setup) -> None:
+    paypal = paypal_of(setup)
+    auth = await paypal.authorize(1000, "USD", "tok_visa", "rot-1:authorize")
+    # The secret is rotated at PayPal and the old tokens revoked, but not our file yet.
+    setup.paypal.simulator.client_secret = "rotated"
+    setup.paypal.simulator.tokens.clear()
+
+    with pytest.raises(PermanentError) as refused:
+        await paypal.capture(auth.reference, "rot-1:capture")
+
+    assert refused.value.code == "invalid_client"
+    calls = [(r["path"].rsplit("/", 1)[-1], r["status"]) for r in await setup.paypal.requests()]
+    assert calls[-2:] == [("capture", 401), ("token", 401)]  # one renewal tried, no loop
+    assert len(calls) == 5  # token, order, authorize, then those two
+
+
+async def test_wrong_credentials_are_a_clear_permanent_error(setup: Setup) -> None:
+    paypal = paypal_of(setup, "sim-client:not-the-secret")
+    for n in range(2):
+        with pytest.raises(PermanentError) as refused:
+            await paypal.authorize(1000, "USD", "tok_visa", f"w-{n}:authorize")
+        assert not isinstance(refused.value, TransientError)
+        assert (refused.value.code, refused.value.status) == ("invalid_client", 401)
+        assert "client_id:secret" in str(refused.value)
+        assert "not-the-secret" not in str(refused.value)
+    requests = await setup.paypal.requests()
+    assert exchanges(requests) == [401, 401] and len(requests) == 2  # no API call went out
+    for malformed in ("no-colon", ":secret", "id:", "id:se cret"):
+        with pytest.raises(ValueError, match="client_id:secret"):
+            paypal_of(setup, malformed)
+
+
+async def test_concurrent_calls_share_one_exchange_and_its_outcome(setup: Setup) -> None:
+    await setup.paypal.behave(fail_next=1, delay_ms=100)  # the exchange is slow, then fails
+    paypal = paypal_of(setup)
+    failed = await asyncio.gather(
+        *(paypal.authorize(100, "USD", "tok_visa", f"c-{n}:authorize") for n in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, TransientError) for error in failed), failed
+    assert exchanges(await setup.paypal.requests()) == [503]  # one exchange, one answer for all
+
+    # A caller that gives up waiting does not take the exchange down with it.
+    impatient = asyncio.create_task(
+        asyncio.wait_for(paypal.authorize(100, "USD", "tok_visa", "c-a:authorize"), 0.02)
+    )
+    results = await asyncio.gather(
+        *(paypal.authorize(100, "USD", "tok_visa", f"c-{n}:authorize") for n in range(5, 15))
+    )
+    with pytest.raises(TimeoutError):
+        await impatient
+    assert len({auth.reference for auth in results}) == 10
+    assert exchanges(await setup.paypal.requests()) == [503, 200]
+    await paypal.close()
 
 
 # --- small pieces ---------------------------------------------------------------------------
@@ -485,7 +607,9 @@ async def test_the_simulator_runs_as_a_command() -> None:
                     await asyncio.sleep(0.05)
             else:
                 pytest.fail("the simulator did not start")
-            provider = PayPalProvider(f"http://127.0.0.1:{port}", DEFAULT_API_KEY, session)
+            provider = PayPalProvider(
+                f"http://127.0.0.1:{port}", DEFAULT_CREDENTIALS["paypal"], session
+            )
             auth = await provider.authorize(100, "USD", "tok_visa", "cli-1")
             assert auth.reference.startswith("AUTH_")
     finally:

@@ -13,8 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.kit.auth import Tokens
+from services.kit.settings import SettingsError
 from services.payment.app import PaymentSettings, init_app
-from services.payment.simulators import DEFAULT_API_KEY, Simulator, build
+from services.payment.simulators import DEFAULT_CREDENTIALS, Simulator, build
 from stacks.local.data_tier import DataTier
 
 
@@ -29,15 +30,16 @@ async def providers(aiohttp_server) -> dict[str, tuple[Simulator, TestServer]]:
 
 @pytest.fixture
 async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> TestClient:
-    key_file = tmp_path / "provider-key"
-    key_file.write_text(DEFAULT_API_KEY)
+    key_files = {kind: tmp_path / f"{kind}-key" for kind in DEFAULT_CREDENTIALS}
+    for kind, path in key_files.items():
+        path.write_text(DEFAULT_CREDENTIALS[kind])
     settings = settings_for(
         PaymentSettings,
         "payment",
         STRIPE_URL=str(providers["stripe"][1].make_url("")).rstrip("/"),
-        STRIPE_API_KEY_FILE=str(key_file),
+        STRIPE_API_KEY_FILE=str(key_files["stripe"]),
         PAYPAL_URL=str(providers["paypal"][1].make_url("")).rstrip("/"),
-        PAYPAL_API_KEY_FILE=str(key_file),
+        PAYPAL_API_KEY_FILE=str(key_files["paypal"]),
         MAX_AMOUNT_CENTS="500000",
         PROVIDER_TIMEOUT_SECONDS="0.5",
         BREAKER_COOLDOWN_SECONDS="0.5",
@@ -45,6 +47,26 @@ async def client(aiohttp_client, settings_for, providers, tmp_path: Path) -> Tes
         STRAY_PENDING_GRACE_SECONDS="60",
     )
     return await aiohttp_client(init_app(settings))
+
+
+def test_the_paypal_credentials_file_must_hold_client_id_and_secret(
+    settings_for, tmp_path: Path
+) -> None:
+    stripe_key, paypal_key = tmp_path / "stripe", tmp_path / "paypal"
+    stripe_key.write_text(DEFAULT_CREDENTIALS["stripe"])
+    paypal_key.write_text("a-bare-secret-value\n")
+    with pytest.raises(SettingsError) as error:
+        settings_for(
+            PaymentSettings,
+            "payment",
+            STRIPE_URL="http://127.0.0.1:9",
+            STRIPE_API_KEY_FILE=str(stripe_key),
+            PAYPAL_URL="http://127.0.0.1:9",
+            PAYPAL_API_KEY_FILE=str(paypal_key),
+        )
+    [(variable, problem)] = error.value.problems
+    assert variable == "PAYPAL_API_KEY_FILE" and "client_id:secret" in problem
+    assert "a-bare-secret-value" not in str(error.value)  # the secret is never echoed
 
 
 @pytest.fixture
