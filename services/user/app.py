@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from email.utils import parseaddr
@@ -182,9 +183,18 @@ def init_app(settings: UserSettings) -> web.Application:
 def _consume(consumer: Consumer) -> Callable[[web.Application], AsyncIterator[None]]:
     """The mailer's consumer as a background task of the app (after Redis has started)."""
 
+    async def run(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                return await consumer.run(stop)
+            except Exception as error:  # its group could not be made (Redis away): again
+                log.warning("mailer could not start", group=consumer.group, error=str(error))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
     async def context(_app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(stop), name=f"consumer-{consumer.group}")
+        task = asyncio.create_task(run(stop), name=f"consumer-{consumer.group}")
         yield
         stop.set()
         await finish_or_cancel([task], FINISH_S)
