@@ -8,7 +8,7 @@ Delivery is at least once. An SMTP failure (refused, timed out, a 4xx/5xx answer
 event pending: the group retries it after MAIL_RETRY_SECONDS, five times, then it rests in the
 dead-letter stream and is re-driven every minute, 30 times (`services.kit.events.Consumer`):
 about as long as the token lives, after which the mailer drops it as expired. A crash between
-the relay's acceptance of the message and the mark (or a database failure there) sends the
+the mail relay's acceptance of the message and the mark (or a database failure there) sends the
 e-mail twice; its Message-ID is the reset's, so a mail client shows one. One attempt, with
 its wait for a free connection, is bounded by SMTP_TIMEOUT_SECONDS, which the settings keep
 below MAIL_RETRY_SECONDS: no other member retries an event while it is being sent.

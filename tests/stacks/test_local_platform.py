@@ -2,7 +2,8 @@
 
 One platform for the module (started through the CLI, detached, with the default 10,000
 product catalog), used in order: a shopper's journey through the gateway only, the metrics
-showing that reads went to replicas and caches, the running platform refusing a second `up`,
+showing that reads went to replicas and caches, revoked tokens, a password reset whose
+e-mail lands in the mail sink, the running platform refusing a second `up`,
 a failover of the primary while orders are placed, and last `down`, after which no process of
 the platform may be alive and no port taken. The quick checks of bad local conditions need
 no platform.
