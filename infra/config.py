@@ -15,6 +15,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
+from email.utils import parseaddr
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +36,7 @@ SECRET_KEYS = {
     "slackWebhookUrl": "Slack incoming-webhook URL for warning alerts",
     "stripeApiKey": "the primary payment provider's secret API key",
     "paypalApiKey": "the secondary payment provider's OAuth2 client credentials, client_id:secret",
+    "smtpPassword": "the mail relay's password for smtp.user (password-reset e-mails)",
 }
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -302,6 +304,34 @@ class PaymentProvidersConfig(_Model):
     paypal: str = Field(default="https://api-m.paypal.com", pattern=r"^https://\S+$")
 
 
+class SmtpConfig(_Model):
+    """The outside relay the user service sends password-reset e-mails through.
+
+    GKE blocks outbound port 25, so: a submission port with authentication (SendGrid's
+    relay by default: user `apikey`, the API key as the password, `smtpPassword`)."""
+
+    host: str = Field(
+        default="smtp.sendgrid.net",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    # starttls: plain connection upgraded with STARTTLS (587); tls: TLS from the start (465).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    # The From of the e-mails; the service checks it again (SMTP_FROM).
+    sender: str = Field(default="Shop <no-reply@shop.example.com>", alias="from")
+    user: str | None = Field(default="apikey", min_length=1)
+
+    @field_validator("sender")
+    @classmethod
+    def _mailbox(cls, value: str) -> str:
+        local, at, domain = parseaddr(value)[1].rpartition("@")
+        if not (local and at and "." in domain) or "\n" in value or "\r" in value:
+            raise ValueError(
+                f"expected an address such as 'Shop <no-reply@shop.example.com>', got {value!r}"
+            )
+        return value
+
+
 class AlertingConfig(_Model):
     slack_channel: str = "#shop-alerts"
 
@@ -323,6 +353,7 @@ class StackConfig(_Model):
     images: ImagesConfig = ImagesConfig()
     alerting: AlertingConfig = AlertingConfig()
     payment_providers: PaymentProvidersConfig = PaymentProvidersConfig()
+    smtp: SmtpConfig = SmtpConfig()
     # Advisory budget for the estimated monthly node cost (policy pack).
     monthly_budget_usd: PositiveInt | None = None
 
@@ -348,6 +379,12 @@ class StackConfig(_Model):
                         "expected a specific range in prod "
                         "(the control plane is never open to 0.0.0.0/0)",
                     )
+        if self.environment != "dev" and self.smtp.security == "none":
+            raise KeyProblem(
+                "smtp.security",
+                f"expected starttls or tls in {self.environment} (the relay's password and the "
+                "reset tokens would cross the internet in clear), got none",
+            )
         for name, override in self.services.items():
             if name not in SERVICES:
                 raise KeyProblem(

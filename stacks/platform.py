@@ -150,10 +150,23 @@ class Platform:
             ),
             in_cluster,
         )
+        # The reset key and the relay's password: only where the mail senders run (the reset
+        # key is what keeps every other workload from rebuilding reset tokens from events).
+        senders = tuple(dict.fromkeys(s.namespace for s in SERVICE_TABLE if s.sends_mail))
+        reset_key = SharedSecret(
+            "password-reset-key", SharedSecretArgs(namespaces=senders, labels=labels), in_cluster
+        )
+        smtp = SecretCopies(
+            "smtp",
+            SecretCopiesArgs({"password": secrets["smtpPassword"]}, senders, labels),
+            in_cluster,
+        ).name
         secret_files = SecretFiles(
             database_password=f"{SECRETS_DIR}/{self.postgres.app_secret}/password",
             redis_password=f"{SECRETS_DIR}/{self.redis.auth_secret}/password",
             jwt_secret=f"{SECRETS_DIR}/{signing.name}/{signing.key}",
+            reset_key=f"{SECRETS_DIR}/{reset_key.name}/{reset_key.key}",
+            smtp_password=f"{SECRETS_DIR}/{smtp}/password",
             external_keys={
                 name: f"{SECRETS_DIR}/{providers}/{name}" for name in addresses.external
             },
@@ -172,6 +185,7 @@ class Platform:
                 )
                 + ((signing.name,) if svc.image == "service" else ())
                 + ((providers,) if svc.internet_egress else ())
+                + ((reset_key.name, smtp) if svc.sends_mail else ())
             )
             self.services[svc.name] = Microservice(
                 svc.name,
@@ -188,6 +202,7 @@ class Platform:
                         secret_files,
                         config.cache_ttl,
                         database_pool=svc.database_connections,
+                        smtp=config.smtp,
                     ),
                     secrets=secrets_needed,
                     **gateway_files(svc, signing),
@@ -201,7 +216,7 @@ class Platform:
             NetworkPoliciesArgs(
                 namespaces=namespaces(),
                 flows=[
-                    *service_flows(),
+                    *service_flows(mail_port=config.smtp.port),
                     *self.postgres.flows,
                     *self.redis.flows,
                     *self.memcached.flows,

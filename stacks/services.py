@@ -86,6 +86,9 @@ class Service:
     node_pool: NodePoolName = "apps"
     # Egress to the public internet on 443 (payment providers), nothing else leaves the VPC.
     internet_egress: bool = False
+    # Sends e-mail (password resets) through the stack's SMTP relay (infra.config SmtpConfig):
+    # it gets the SMTP_* settings, the reset key and egress to the relay's port.
+    sends_mail: bool = False
     port: int = SERVICE_PORT
     metrics_port: int = SERVICE_PORT
     # The build target of services/Dockerfile this workload runs.
@@ -146,6 +149,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         callers=frozenset({"gateway"}),
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
         route="users",
+        sends_mail=True,
     ),
     Service(
         name="product",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from components.conf.postgres import PgUsers
-from infra.config import CacheTtls
+from infra.config import CacheTtls, SmtpConfig
 from stacks.services import Dependency, Service, callees
 
 USERS = PgUsers()
@@ -35,6 +35,8 @@ class SecretFiles:
     database_password: str
     redis_password: str
     jwt_secret: str  # the access-token signing key
+    reset_key: str | None = None  # the password-reset tokens' key (mail senders only)
+    smtp_password: str | None = None  # the mail relay's password, where smtp.user is set
     external_keys: dict[str, str] = field(default_factory=dict)  # outside APIs' keys, by name
 
 
@@ -45,9 +47,11 @@ def service_environment(
     secrets: SecretFiles,
     ttl: CacheTtls,
     database_pool: int | None = None,
+    smtp: SmtpConfig | None = None,
 ) -> dict[str, str]:
     """``database_pool``: each process's connection pool (DATABASE_POOL_MAX), sized by the
-    caller so that every process fits PgPool-II's children."""
+    caller so that every process fits PgPool-II's children. ``smtp``: the relay mail senders
+    use (None: they send none)."""
     env = {
         "SERVICE_NAME": service.name,
         "ENVIRONMENT": environment,
@@ -63,6 +67,11 @@ def service_environment(
         for name, url in addresses.external.items():
             env[f"{name.upper()}_URL"] = url
             env[f"{name.upper()}_API_KEY_FILE"] = secrets.external_keys[name]
+    if service.sends_mail:
+        if secrets.reset_key is not None:
+            env["RESET_KEY_FILE"] = secrets.reset_key
+        if smtp is not None:
+            env |= mail_environment(smtp, secrets.smtp_password)
     if Dependency.POSTGRES in service.needs:
         env |= database_environment(addresses.database, secrets.database_password)
         if database_pool is not None:
@@ -95,6 +104,21 @@ def database_environment(address: str, password_file: str) -> dict[str, str]:
         "DATABASE_USER": USERS.app,
         "DATABASE_PASSWORD_FILE": password_file,
     }
+
+
+def mail_environment(smtp: SmtpConfig, password_file: str | None) -> dict[str, str]:
+    """How a mail sender reaches the relay (`services.user.app.UserSettings`)."""
+    env = {
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_SECURITY": smtp.security,
+        "SMTP_FROM": smtp.sender,
+    }
+    if smtp.user is not None:
+        if password_file is None:
+            raise ValueError(f"smtp.user is {smtp.user!r} but no password file is given")
+        env |= {"SMTP_USER": smtp.user, "SMTP_PASSWORD_FILE": password_file}
+    return env
 
 
 def job_environment(job: str, environment: str, database: dict[str, str]) -> dict[str, str]:

@@ -16,6 +16,9 @@ process; services add their own metrics to `metrics.registry`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,7 +31,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from stacks.alerts import CACHE_REQUESTS, HTTP_LATENCY, HTTP_REQUESTS
+from stacks.alerts import CACHE_REQUESTS, EVENTS_DEAD_LETTERS, HTTP_LATENCY, HTTP_REQUESTS
 
 DB_QUERY_SECONDS = "db_query_duration_seconds"  # labels: service, kind (read|write)
 DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # labels: service, pool
@@ -109,3 +112,20 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in the registry."""
         return generate_latest(self.registry)
+
+
+class _Group(Protocol):
+    group: str
+    dead_letters: int
+
+
+def watch_dead_letters(metrics: Metrics, consumers: Iterable[_Group]) -> None:
+    """The consumer groups' dead letters as the alerts' gauge (one per registry)."""
+    gauge = Gauge(
+        EVENTS_DEAD_LETTERS,
+        "Events a consumer group gave up on, even after re-drives",
+        ["group"],
+        registry=metrics.registry,
+    )
+    for consumer in consumers:
+        gauge.labels(consumer.group).set_function(lambda c=consumer: c.dead_letters)

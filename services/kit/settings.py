@@ -29,7 +29,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from services.kit.db import DatabaseConfig, Endpoint
 
-JWT_SECRET_MIN_BYTES = 32  # HS256 keys shorter than the hash output weaken it (RFC 7518 3.2)
+# HMAC-SHA256 keys (the JWT signing key, the reset key) shorter than the hash output weaken it
+# (RFC 7518 3.2, RFC 2104 3).
+KEY_MIN_BYTES = 32
+JWT_SECRET_MIN_BYTES = KEY_MIN_BYTES
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,12 @@ Nodes = Annotated[
 SecretFile = Annotated[
     Path, AfterValidator(_readable), Expect("the path of a readable file holding the secret")
 ]
-JwtSecretFile = Annotated[
+KeyFile = Annotated[
     Path,
-    AfterValidator(lambda path: _readable(path, JWT_SECRET_MIN_BYTES)),
-    Expect(f"the path of a readable file holding at least {JWT_SECRET_MIN_BYTES} bytes"),
+    AfterValidator(lambda path: _readable(path, KEY_MIN_BYTES)),
+    Expect(f"the path of a readable file holding at least {KEY_MIN_BYTES} bytes"),
 ]
+JwtSecretFile = KeyFile
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error"],
     BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value),

@@ -1,5 +1,10 @@
 """User accounts in PostgreSQL: registration, credentials, profiles and password resets.
 
+A reset token is never stored, in clear, anywhere: `password_resets` holds its SHA-256, and
+the outbox event (then the Redis stream) carries only a random reset id. The token is
+HMAC-SHA256(reset key, reset id), so only a holder of the reset key (the user service's own
+secret file, RESET_KEY_FILE) can rebuild it from the event to mail it (`services.user.mailer`).
+
 An e-mail address is normalised once, by `normalize_email` (through the `Email` type of every
 request model), and stored, looked up and throttled in that one form: Unicode NFKC, then full
 case folding. Spellings a person would call the same address (`Ann@Example.com`,
@@ -8,7 +13,9 @@ case folding. Spellings a person would call the same address (`Ann@Example.com`,
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import secrets
 import unicodedata
@@ -22,6 +29,7 @@ from pydantic import AfterValidator, EmailStr
 from services.kit.db import Database
 
 RESET_TTL = timedelta(minutes=30)
+RESET_TOPIC = "user.password_reset"  # the outbox topic of a requested reset
 PROFILE = "id, email, full_name, role, created_at, updated_at"
 MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit; the users table checks it too
 
@@ -56,9 +64,27 @@ def profile(row: asyncpg.Record) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class ResetMail:
+    """What a reset e-mail carries: the token rebuilt from its reset id, to the account's
+    address."""
+
+    reset_id: str
+    email: str
+    token: str
+    expires_at: datetime
+
+
+def reset_token(key: bytes, reset_id: str) -> str:
+    """The token of a reset: HMAC-SHA256(key, reset id), URL-safe base64 (43 characters)."""
+    digest = hmac.new(key, reset_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 class Accounts:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, reset_key: bytes):
         self.db = db
+        self.reset_key = reset_key
 
     async def register(self, email: str, password_hash: str, full_name: str) -> int | None:
         """The new account's id, or None when the address has one already (left as it was)."""
@@ -111,11 +137,12 @@ class Accounts:
         )
 
     async def start_reset(self, email: str) -> None:
-        """Record a single-use reset token and queue the e-mail that carries it (outbox).
+        """Record a single-use reset and queue the e-mail that carries its token (outbox).
 
         Unknown addresses do nothing, and the caller answers the same either way, so the
-        endpoint does not reveal who has an account."""
-        token = secrets.token_urlsafe(32)
+        endpoint does not reveal who has an account. The event names the reset by a random id
+        (the mailer rebuilds the token from it); it holds neither the token nor the address."""
+        reset_id = secrets.token_urlsafe(16)
         expires = datetime.now(UTC) + RESET_TTL
         async with self.db.transaction() as connection:
             user_id = await connection.fetchval("SELECT id FROM users WHERE email = $1", email)
@@ -123,23 +150,41 @@ class Accounts:
                 return
             await connection.execute(
                 "INSERT INTO password_resets (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-                _hash(token),
+                _hash(reset_token(self.reset_key, reset_id)),
                 user_id,
                 expires,
             )
             await connection.execute(
                 """INSERT INTO outbox (topic, key, payload)
-                   VALUES ('user.password_reset', $1, $2::jsonb)""",
+                   VALUES ($1, $2, $3::jsonb)""",
+                RESET_TOPIC,
                 str(user_id),
                 json.dumps(
-                    {
-                        "user_id": user_id,
-                        "email": email,
-                        "token": token,
-                        "expires_at": expires.isoformat(),
-                    }
+                    {"reset_id": reset_id, "user_id": user_id, "expires_at": expires.isoformat()}
                 ),
             )
+
+    async def reset_to_mail(self, reset_id: str) -> ResetMail | None:
+        """The e-mail a reset still needs, or None: already mailed, used, expired, or unknown
+        (its account deleted, or the reset key changed since: the token can't be rebuilt)."""
+        token = reset_token(self.reset_key, reset_id)
+        row = await self.db.fetchrow(
+            """SELECT u.email, r.expires_at FROM password_resets r JOIN users u ON u.id = r.user_id
+               WHERE r.token_hash = $1 AND r.mailed_at IS NULL AND r.used_at IS NULL
+                 AND r.expires_at > now()""",
+            _hash(token),
+            fresh=True,
+        )
+        if row is None:
+            return None
+        return ResetMail(reset_id, row["email"], token, row["expires_at"])
+
+    async def reset_mailed(self, mail: ResetMail) -> None:
+        """Remember that the e-mail went out, so a redelivered event does not send it again."""
+        await self.db.execute(
+            "UPDATE password_resets SET mailed_at = now() WHERE token_hash = $1",
+            _hash(mail.token),
+        )
 
     async def reset_is_open(self, token: str) -> bool:
         """Whether a reset token could be used now (checked again, atomically, when used)."""

@@ -81,6 +81,8 @@ class DataTier:
         secrets = self.state_dir / "secrets"
         # The key the user service signs access tokens with and every service verifies.
         self.jwt_secret_file = secrets / "jwt-secret"
+        # The key the user service makes password-reset tokens with (its own: no other reads it).
+        self.reset_key_file = secrets / "reset-key"
         self.postgres = LocalPostgres(
             self.state_dir / "postgres",
             secrets,
@@ -123,6 +125,7 @@ class DataTier:
             database_password=str(self.postgres.app_password_file),
             redis_password=str(self.redis.password_file),
             jwt_secret=str(self.jwt_secret_file),
+            reset_key=str(self.reset_key_file),
         )
 
     def service_environment(
@@ -238,6 +241,7 @@ class DataTier:
         make_dir(self.state_dir / "logs")
         make_dir(self.state_dir / "secrets")
         write_file(self.jwt_secret_file, new_password(64), mode=0o600)
+        write_file(self.reset_key_file, new_password(64), mode=0o600)
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ and configuration renderers as the GKE stacks:
 1. the data tier (``DataTier``): PostgreSQL primary + replicas with synchronous replication
    behind PgPool-II, the Redis cluster, the Memcached nodes, sized like the stack config's
    defaults (``infra.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
-2. the payment-provider simulators the payment service calls;
+2. the payment-provider simulators the payment service calls, and the mail sink
+   (``services.mailsink``, a real SMTP server) the user service sends reset e-mails to;
 3. the jobs GKE runs as Jobs / CronJobs: migrations, the partition maintenance (then again
    every ``partition_interval_s`` from the runner, as the CronJob would), the demo catalog;
 4. every service of ``SERVICE_TABLE`` (``Service.argv``, environment from
@@ -64,7 +65,7 @@ from typing import Any
 from components.conf.haproxy import RateLimit
 from components.conf.pgpool import SPARE_CLIENTS
 from components.conf.postgres import PgTuning
-from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig
+from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig, SmtpConfig
 from services.kit.settings import Settings
 from stacks.gateway import (
     DEFAULT_RATE_LIMIT,
@@ -130,6 +131,7 @@ DEMO_USERS = (
     ("bob@example.com", "Bob Demo"),
     ("carol@example.com", "Carol Demo"),
 )
+MAIL_SINK_USER = "shop"  # the sink wants SMTP AUTH, as a real relay does
 RESTART_WINDOW_S = 60.0
 PARTITION_RETRY_S = 60.0  # after a failed partition run (e.g. during a failover)
 MEMBER_CHECK_S = 5.0  # how often pgpool's view of the members is read when all seems well
@@ -240,7 +242,7 @@ class AppProcess:
     """A simulator, service process or the gateway: how to (re)start it and when it is ready."""
 
     name: str
-    kind: str  # simulator | service | gateway
+    kind: str  # simulator | sink | service | gateway
     argv: list[str]
     env: dict[str, str]
     port: int
@@ -361,6 +363,27 @@ class LocalPlatform:
                 ready_url=f"http://{HOST}:{port}/_sim/behaviour",
             )
 
+        # The mail relay's stand-in: the reset e-mails land in its mailbox (GET /messages).
+        self.smtp_password = new_password()
+        self.smtp_password_file = secrets / "smtp-password"
+        smtp_port, mailbox_port = ports.take("mail sink"), ports.take("mail sink http")
+        self.smtp = SmtpConfig().model_copy(
+            update={"host": HOST, "port": smtp_port, "security": "none", "user": MAIL_SINK_USER}
+        )
+        self.mail_sink = AppProcess(
+            name="mail-sink",
+            kind="sink",
+            argv=[
+                *python,
+                "services.mailsink",
+                *("--port", str(smtp_port), "--http-port", str(mailbox_port)),
+                *("--user", MAIL_SINK_USER, "--password-file", str(self.smtp_password_file)),
+            ],
+            env={"PYTHONUNBUFFERED": "1"},
+            port=smtp_port,
+            ready_url=f"http://{HOST}:{mailbox_port}/messages",
+        )
+
         # Every service of the table, n processes each on ports of their own.
         service_ports = {
             svc.name: [ports.take(f"{svc.name}-{i}") for i in range(c.processes_of(svc))]
@@ -418,7 +441,7 @@ class LocalPlatform:
 
     def apps(self) -> list[AppProcess]:
         """Every process the runner adds to the data tier, in start order."""
-        found = list(self.simulators.values())
+        found = [*self.simulators.values(), self.mail_sink]
         for processes in self.services.values():
             found += processes
         return [*found, self.gateway]
@@ -450,6 +473,7 @@ class LocalPlatform:
         secrets: SecretFiles = replace(
             self.tier.secret_files(),
             external_keys={kind: str(path) for kind, path in self.provider_key_files.items()},
+            smtp_password=str(self.smtp_password_file),
         )
         # The pool size connection_budget sized pgpool for.
         env = service_environment(
@@ -459,6 +483,7 @@ class LocalPlatform:
             secrets,
             CacheTtls(),
             database_pool=self.config.pool_max_of(svc),
+            smtp=self.smtp,
         )
         env["PORT"] = str(port)
         env["PYTHONUNBUFFERED"] = "1"  # logs reach logs/<process>.log as they happen
@@ -494,6 +519,7 @@ class LocalPlatform:
             )
             for kind, path in self.provider_key_files.items():
                 write_file(path, self.provider_keys[kind], mode=0o600)
+            write_file(self.smtp_password_file, self.smtp_password, mode=0o600)
             self._phase(
                 "migrations", lambda: self.run_job("migrate", ["services.kit.migrate"]), progress
             )
@@ -533,7 +559,13 @@ class LocalPlatform:
         progress(f"  {what}: ready in {took} s")
 
     def _service_apps(self) -> list[AppProcess]:
-        return [*self.simulators.values(), *(p for ps in self.services.values() for p in ps)]
+        """The services and the outside parties' stand-ins (the sink starts with them, once
+        its password file is written)."""
+        return [
+            *self.simulators.values(),
+            self.mail_sink,
+            *(p for ps in self.services.values() for p in ps),
+        ]
 
     def _start_apps(self, apps: Sequence[AppProcess]) -> None:
         for app in apps:
@@ -1006,6 +1038,8 @@ def summary(state: Mapping[str, Any], state_dir: Path) -> str:
     ready = state.get("timings", {}).get("total")
     lines.append(f"gateway:  {url}" + (f"   (ready in {ready} s)" if ready else ""))
     lines.append(f"metrics:  {state['gateway_metrics']}   logs: {state['logs']}")
+    for sink in (c for c in state["components"] if c["kind"] == "sink"):
+        lines.append(f"mail:     {sink['url']}   (what the services sent, e.g. reset e-mails)")
     lines += [
         "try:",
         f"  curl -s '{url}/api/products?category=laptops&page_size=3'",

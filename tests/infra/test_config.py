@@ -222,3 +222,42 @@ def test_every_problem_is_reported_at_once(prod: dict[str, Any]) -> None:
 def test_replicas_for_narrows_the_table_by_the_stack() -> None:
     assert load(stack_file("prod")).replicas_for("product") == (5, 20)
     assert load(stack_file("dev"), "dev").replicas_for("product") == (1, 2)
+
+
+def test_the_mail_relay_has_defaults_and_a_stack_may_set_it(prod: dict[str, Any]) -> None:
+    smtp = load(prod).smtp
+    assert (smtp.host, smtp.port, smtp.security, smtp.user) == (
+        "smtp.sendgrid.net",
+        587,
+        "starttls",
+        "apikey",
+    )
+    prod["ecommerce:smtp"] = {"host": "smtp.mailgun.org", "port": 465, "security": "tls"}
+    prod["ecommerce:smtp"] |= {"from": "Acme Shop <shop@acme.example>", "user": "postmaster"}
+    smtp = load(prod).smtp
+    assert (smtp.host, smtp.port, smtp.sender) == (
+        "smtp.mailgun.org",
+        465,
+        "Acme Shop <shop@acme.example>",
+    )
+
+
+@pytest.mark.parametrize(
+    ("smtp", "says"),
+    [
+        ({"from": "nobody"}, "ecommerce:smtp.from: expected an address such as"),
+        ({"port": 0}, "ecommerce:smtp.port: Input should be greater than or equal to 1"),
+        ({"security": "ssl"}, "ecommerce:smtp.security: Input should be 'starttls', 'tls' or"),
+        ({"security": "none"}, "ecommerce:smtp.security: expected starttls or tls in prod"),
+        # The password is secret config (smtpPassword), never a key of the stack file.
+        ({"password": "hunter2"}, "ecommerce:smtp.password: unknown key; expected one of host,"),
+    ],
+)
+def test_a_bad_mail_relay_names_the_key(prod: dict[str, Any], smtp: dict, says: str) -> None:
+    prod["ecommerce:smtp"] = smtp
+    assert says in error_of(prod)
+
+
+def test_plain_smtp_is_allowed_in_dev_only() -> None:
+    dev = copy.deepcopy(stack_file("dev")) | {"ecommerce:smtp": {"security": "none"}}
+    assert load(dev, "dev").smtp.security == "none"

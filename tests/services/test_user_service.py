@@ -12,8 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.kit.auth import Tokens
+from services.mailsink import MailSink
 from services.user.app import UserSettings, init_app
 from stacks.local.data_tier import DataTier
+from tests.services.mail import mails_to, token_of
 
 PASSWORD = "correct-horse-42"
 
@@ -198,8 +200,11 @@ async def test_password_change_ends_every_session(client: TestClient) -> None:
 
 
 async def test_password_reset_is_single_use_and_expires(
-    client: TestClient, platform: DataTier
+    aiohttp_client, settings_for, mail_sink: MailSink, mail_env, outbox_relay, platform: DataTier
 ) -> None:
+    client = await aiohttp_client(
+        init_app(settings_for(UserSettings, "user", BCRYPT_ROUNDS="4", **mail_env))
+    )
     address = email()
     user = await register(client, address)
     session = await login(client, address)
@@ -207,37 +212,30 @@ async def test_password_reset_is_single_use_and_expires(
     assert (
         await client.post("/api/users/password-reset", json={"email": email()})
     ).status == 202  # no leak
+    token = token_of((await mails_to(mail_sink, address))[0])
+    confirm = {"token": token, "new_password": "after-reset-99"}
+    assert (await client.post("/api/users/password-reset/confirm", json=confirm)).status == 204
+    again = await client.post("/api/users/password-reset/confirm", json=confirm)
+    assert again.status == 400  # single use
+    me = await client.get("/api/users/me", headers=bearer(session["access_token"]))
+    assert me.status == 401  # every session ended
+    await login(client, address, "after-reset-99")
+
+    await client.post("/api/users/password-reset", json={"email": address})
+    late = token_of((await mails_to(mail_sink, address, count=2))[1])
     connection = await asyncpg.connect(platform.postgres.primary_dsn)
     try:
-        token = await connection.fetchval(
-            "SELECT payload->>'token' FROM outbox WHERE topic = 'user.password_reset' AND key = $1",
-            str(user["id"]),
-        )
-        confirm = {"token": token, "new_password": "after-reset-99"}
-        assert (await client.post("/api/users/password-reset/confirm", json=confirm)).status == 204
-        again = await client.post("/api/users/password-reset/confirm", json=confirm)
-        assert again.status == 400  # single use
-        assert (
-            await client.get("/api/users/me", headers=bearer(session["access_token"]))
-        ).status == 401
-        await login(client, address, "after-reset-99")
-
-        await client.post("/api/users/password-reset", json={"email": address})
-        late = await connection.fetchval(
-            """SELECT payload->>'token' FROM outbox WHERE topic = 'user.password_reset' AND key = $1
-               ORDER BY id DESC LIMIT 1""",
-            str(user["id"]),
-        )
         await connection.execute(
-            "UPDATE password_resets SET expires_at = now() - interval '1 minute'"
+            "UPDATE password_resets SET expires_at = now() - interval '1 min' WHERE user_id = $1",
+            user["id"],
         )
-        expired = await client.post(
-            "/api/users/password-reset/confirm",
-            json={"token": late, "new_password": "too-late-123"},
-        )
-        assert expired.status == 400
     finally:
         await connection.close()
+    expired = await client.post(
+        "/api/users/password-reset/confirm",
+        json={"token": late, "new_password": "too-late-123"},
+    )
+    assert expired.status == 400
 
 
 async def test_profile_update(client: TestClient) -> None:

@@ -2,11 +2,11 @@
 
 One platform for the module (started through the CLI, detached, with the default 10,000
 product catalog), used in order: a shopper's journey through the gateway only, the metrics
-showing that reads went to replicas and caches, revoked tokens, the live feed held open for
-minutes, the running platform refusing a second `up`, the loss of the primary's zone (the
-primary and the standby beside it) while orders are placed, and last `down`, after which no
-process of the platform may be alive and no port taken. The quick checks of bad local
-conditions need no platform.
+showing that reads went to replicas and caches, revoked tokens, a password reset whose
+e-mail lands in the mail sink, the live feed held open for minutes, the running platform
+refusing a second `up`, the loss of the primary's zone (the primary and the standby beside it)
+while orders are placed, and last `down`, after which no process of the platform may be alive
+and no port taken. The quick checks of bad local conditions need no platform.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -188,6 +190,7 @@ def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> Non
         "redis-5",
         "memcached-2",
         "stripe-simulator",
+        "mail-sink",
         "user-0",
         "product-1",
         "order-0",
@@ -206,6 +209,8 @@ def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> Non
     assert status.returncode == 0, status.stderr
     rows = {r["component"]: r["state"] for r in json.loads(status.stdout)["rows"]}
     assert rows["gateway"] == "ready" and rows["product-1"] == "ready"
+    assert rows["mail-sink"] == "ready"
+    assert f"mail:     {platform.component('mail-sink')['url']}" in out
     assert sorted(rows[f"redis-{i}"] for i in range(6)) == ["master"] * 3 + ["replica"] * 3
     assert sum(rows[f"pg-{i}"].startswith("standby") for i in range(4)) == 3
     assert "orders_" in rows["partition maintenance"]
@@ -394,6 +399,40 @@ async def test_the_live_feed_streams_through_the_gateway_for_minutes(platform: P
     keepalives = [when for when, line in lines if line == b": keep-alive\n"]
     assert len(keepalives) >= len(ordered) - 1  # every 25 s gap has one
     assert lines[-1][0] - began > FEED_MINUTES * 60 - 5
+
+
+async def test_a_reset_through_the_gateway_arrives_in_the_sinks_mailbox(
+    platform: Platform,
+) -> None:
+    """The user service's mailer sends the reset e-mail over SMTP (with AUTH) to the mail
+    sink; its token, and only it, resets the password."""
+    g, mailbox = platform.gateway, platform.component("mail-sink")["url"]
+    email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
+    account = {"email": email, "password": "journey-pass-42"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        assert (await call(http, "POST", f"{g}/api/users/register", json_body=account))[0] == 202
+        asked = {"email": email}
+        status, _ = await call(http, "POST", f"{g}/api/users/password-reset", json_body=asked)
+        assert status == 202
+        deadline = time.monotonic() + 30  # the order service's relay, then the mailer
+        while not (
+            mails := (await call(http, "GET", f"{mailbox}?to={quote(email)}"))[1]["messages"]
+        ):
+            assert time.monotonic() < deadline, "no reset e-mail in the sink after 30 s\n" + (
+                platform.logs("user-0", "order-0", "mail-sink")
+            )
+            await asyncio.sleep(0.2)
+        (mail,) = mails
+        assert mail["subject"] == "Reset your password"
+        token = re.search(r"^Reset token: (\S+)$", mail["text"], re.MULTILINE)
+        assert token, mail["text"]
+        confirm = {"token": token.group(1), "new_password": "after-reset-42"}
+        status, _ = await call(
+            http, "POST", f"{g}/api/users/password-reset/confirm", json_body=confirm
+        )
+        assert status == 204
+        account["password"] = "after-reset-42"
+        assert (await call(http, "POST", f"{g}/api/users/login", json_body=account))[0] == 200
 
 
 def test_a_second_up_is_refused_while_it_runs(platform: Platform) -> None:

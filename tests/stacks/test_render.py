@@ -540,3 +540,39 @@ def test_the_payment_service_reaches_its_providers_with_keys_from_secret_config(
     # Only the service allowed out to the internet gets them.
     order = pod_spec(prod.object("Deployment", "order", "shop"))
     assert "STRIPE_URL" not in {e["name"] for e in order["containers"][0]["env"]}
+
+
+def test_the_user_service_mails_through_the_stacks_relay_with_keys_only_it_holds(
+    prod: StackRender,
+) -> None:
+    user = pod_spec(prod.object("Deployment", "user", "shop"))["containers"][0]
+    env = {e["name"]: e.get("value") for e in user["env"]}
+    assert (env["SMTP_HOST"], env["SMTP_PORT"], env["SMTP_SECURITY"]) == (
+        "smtp.sendgrid.net",
+        "587",
+        "starttls",
+    )
+    assert env["SMTP_USER"] == "apikey" and env["SMTP_FROM"].endswith(">")
+    assert env["SMTP_PASSWORD_FILE"] == "/var/run/secrets/shop/smtp/password"
+    assert env["RESET_KEY_FILE"] == "/var/run/secrets/shop/password-reset-key/key"
+    mounted = {m["mountPath"] for m in user["volumeMounts"]}
+    assert {"/var/run/secrets/shop/smtp", "/var/run/secrets/shop/password-reset-key"} <= mounted
+    # The reset key exists where the user service runs and nowhere else, and no other
+    # workload mounts it (it is what rebuilds a token from an event).
+    assert {
+        s["metadata"]["namespace"]
+        for s in prod.objects("Secret")
+        if s["metadata"]["name"] == "password-reset-key"
+    } == {"shop"}
+    for workload in workloads(prod):
+        if workload["metadata"]["name"] != "user":
+            volumes = pod_spec(workload).get("volumes", [])
+            secrets = {v.get("secret", {}).get("secretName") for v in volumes}
+            assert not secrets & {"password-reset-key", "smtp"}, workload["metadata"]["name"]
+    # Out to the relay's port on the public internet, from the user pods only.
+    egress = prod.object("NetworkPolicy", "allow-user", "shop")["spec"]["egress"]
+    assert any(
+        rule["ports"] == [{"protocol": "TCP", "port": 587}]
+        and rule["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
+        for rule in egress
+    )

@@ -82,6 +82,18 @@ def test_every_namespace_is_listed_once() -> None:
     assert namespaces() == ["shop", "payments", "data", "cache", "monitoring"]
 
 
+def test_only_the_mail_senders_reach_the_mail_relay_on_its_port() -> None:
+    user = Pods(SERVICES["user"].namespace, "user")
+    outside = {f for f in service_flows(mail_port=2525) if f.dest == PUBLIC_INTERNET}
+    assert Flow(user, PUBLIC_INTERNET, (2525,)) in outside
+    assert (
+        {f.source for f in outside if f.ports == (2525,)}
+        == {Pods(s.namespace, s.name) for s in SERVICE_TABLE if s.sends_mail}
+        == {user}
+    )
+    assert not any(f.ports == (2525,) for f in service_flows())  # no relay, no way out
+
+
 def test_flows_follow_the_caller_graph_and_dependencies() -> None:
     flows = set(service_flows())
     gateway, order, payment = (
