@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from infra.config import SmtpConfig
 from services.kit import backends
@@ -35,6 +36,17 @@ async def _prepare(dsn: str) -> None:
         await seed(connection, products=SEEDED_PRODUCTS)
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def redis(platform: DataTier) -> AsyncIterator[RedisCluster]:
+    """A cluster client on the session's Redis, closed after the test."""
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(*n.rsplit(":", 1)) for n in platform.redis.nodes],
+        password=platform.redis.password,
+    )
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from services.kit.api import Api, Operation
 from services.kit.app import OPS_PATHS
@@ -216,15 +216,6 @@ async def snapshot(platform: DataTier, redis: RedisCluster) -> Snapshot:
     # KEYS goes to one node unless told: every master holds its share of the key space.
     return Snapshot(tables, set(await redis.keys("*", target_nodes=RedisCluster.PRIMARIES)))
 
-
-@pytest.fixture
-async def redis(platform: DataTier) -> Any:
-    client = RedisCluster(
-        startup_nodes=[ClusterNode(*n.rsplit(":", 1)) for n in platform.redis.nodes],
-        password=platform.redis.password,
-    )
-    yield client
-    await client.aclose()
 
 
 # --- schemas: valid examples, and what is wrong with them -------------------------------------

@@ -10,21 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from services.kit.db import Database, DatabaseConfig, Endpoint
 from services.kit.events import DEAD_LETTER_SUFFIX, Consumer, Event, OutboxRelay, publish, stream
 from stacks.local.data_tier import DataTier
-
-
-@pytest.fixture
-async def redis(platform: DataTier) -> AsyncIterator[RedisCluster]:
-    client = RedisCluster(
-        startup_nodes=[ClusterNode(*n.rsplit(":", 1)) for n in platform.redis.nodes],
-        password=platform.redis.password,
-    )
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from services.kit.events import stream
 from services.kit.settings import SettingsError
@@ -66,15 +65,6 @@ async def mail_counts(client: TestClient) -> dict[str, float]:
         )
     }
 
-
-@pytest.fixture
-async def redis(platform: DataTier) -> Any:
-    client = RedisCluster(
-        startup_nodes=[ClusterNode(*n.rsplit(":", 1)) for n in platform.redis.nodes],
-        password=platform.redis.password,
-    )
-    yield client
-    await client.aclose()
 
 
 async def test_a_reset_mails_one_token_that_works_and_is_stored_nowhere_in_clear(
