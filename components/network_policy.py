@@ -69,8 +69,9 @@ def service_flows(
     table: Iterable[Service] = SERVICE_TABLE, mail_port: int | None = None
 ) -> list[Flow]:
     """The paths the seed allows for the services: callers on 8080, PgPool on 5432, Redis on
-    6379, Memcached on 11211, Prometheus scrapes, HTTPS out for the payment providers, and
-    out to the mail relay's `mail_port` (the stack's smtp.port) for the mail senders."""
+    6379, Memcached on 11211, Prometheus scrapes, HTTPS out for the outside parties they call
+    (the payment providers, the warehouse), and out to the mail relay's `mail_port` (the
+    stack's smtp.port) for the mail senders."""
     flows: list[Flow] = []
     for svc in table:
         me = Pods(svc.namespace, svc.name)
@@ -81,7 +82,7 @@ def service_flows(
         for dependency in sorted(svc.needs):
             endpoint = DATA_ENDPOINTS[dependency]
             flows.append(Flow(me, Pods(endpoint.namespace, endpoint.app), (endpoint.port,)))
-        if svc.internet_egress:
+        if svc.outside:
             flows.append(Flow(me, PUBLIC_INTERNET, (443,)))
         if svc.sends_mail and mail_port is not None:
             flows.append(Flow(me, PUBLIC_INTERNET, (mail_port,)))

@@ -580,7 +580,6 @@ class PostgresCluster(pulumi.ComponentResource):
         )
 
 
-
 def _tuning(memory: str) -> PgTuning:
     """Size PostgreSQL's memory settings to the pod's memory (25 % shared buffers)."""
     units = {"Gi": 1024, "Mi": 1, "G": 1000, "M": 1}

@@ -36,6 +36,7 @@ SECRET_KEYS = {
     "slackWebhookUrl": "Slack incoming-webhook URL for warning alerts",
     "stripeApiKey": "the primary payment provider's secret API key",
     "paypalApiKey": "the secondary payment provider's OAuth2 client credentials, client_id:secret",
+    "warehouseApiKey": "the warehouse's API key (fulfilment hands confirmed orders to it)",
     "smtpPassword": "the mail relay's password for smtp.user (password-reset e-mails)",
 }
 
@@ -304,6 +305,12 @@ class PaymentProvidersConfig(_Model):
     paypal: str = Field(default="https://api-m.paypal.com", pattern=r"^https://\S+$")
 
 
+class WarehouseConfig(_Model):
+    """The fulfilment partner confirmed orders are handed to (services.order.fulfilment)."""
+
+    url: str = Field(pattern=r"^https://\S+$")
+
+
 class SmtpConfig(_Model):
     """The outside relay the user service sends password-reset e-mails through.
 
@@ -353,6 +360,7 @@ class StackConfig(_Model):
     images: ImagesConfig = ImagesConfig()
     alerting: AlertingConfig = AlertingConfig()
     payment_providers: PaymentProvidersConfig = PaymentProvidersConfig()
+    warehouse: WarehouseConfig
     smtp: SmtpConfig = SmtpConfig()
     # Advisory budget for the estimated monthly node cost (policy pack).
     monthly_budget_usd: PositiveInt | None = None
@@ -467,6 +475,10 @@ class StackConfig(_Model):
                     f"nodePools.{name}.minNodes",
                     f"expected >= {len(self.zones)} (one per zone), got {pool.min_nodes}",
                 )
+
+    def outside_urls(self) -> dict[str, str]:
+        """Every outside party's base URL, by its name in the service table."""
+        return {**self.payment_providers.model_dump(), "warehouse": self.warehouse.url}
 
     def replicas_for(self, service: str) -> tuple[int, int]:
         """The HPA bounds of a service in this stack: the table's, narrowed by the stack file."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from services.order.fulfilment import ORDERS_AWAITING_SHIPMENT, WAREHOUSE_BREAKER_STATE
+
 Severity = Literal["critical", "warning", "info"]
 
 # Metric names the services export (see services/ kit).
@@ -112,6 +114,20 @@ ALERTS: tuple[Alert, ...] = (
         f"max by (provider) ({PAYMENT_BREAKER_STATE}) == 2",
         "5m",
         "A payment provider's circuit breaker has stayed open: checkouts run on the fallback",
+    ),
+    Alert(
+        "WarehouseUnreachable",
+        "warning",
+        f"max({WAREHOUSE_BREAKER_STATE}) == 2",
+        "10m",
+        "The warehouse's circuit breaker has stayed open: confirmed orders wait to be shipped",
+    ),
+    Alert(
+        "OrdersAwaitingShipment",
+        "warning",
+        f"max({ORDERS_AWAITING_SHIPMENT}) > 0",
+        "15m",
+        "Confirmed orders the warehouse has not taken for 15 minutes (refused, or it is down)",
     ),
     Alert(
         "EventsDeadLettered",

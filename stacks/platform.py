@@ -26,7 +26,15 @@ from components.redis import RedisArgs, RedisCluster
 from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
 from infra.config import StackConfig
 from stacks.gateway import JWT_KEY_ENV, kubernetes_config
-from stacks.services import SERVICE_TABLE, Dependency, Service, namespaces, users_of
+from stacks.services import (
+    OUTSIDE_PARTIES,
+    SERVICE_TABLE,
+    Dependency,
+    Service,
+    callers_of,
+    namespaces,
+    users_of,
+)
 from stacks.wiring import Addresses, SecretFiles, service_environment
 
 NAME = "shop"
@@ -127,20 +135,21 @@ class Platform:
                 s.name: f"http://{s.name}.{s.namespace}.svc.cluster.local:{s.port}"
                 for s in SERVICE_TABLE
             },
-            external=config.payment_providers.model_dump(),
+            external=config.outside_urls(),
         )
-        # The providers' keys, where the services that may call them run.
-        providers = SecretCopies(
-            "payment-providers",
-            SecretCopiesArgs(
-                values={name: secrets[f"{name}ApiKey"] for name in addresses.external},
-                namespaces=tuple(
-                    dict.fromkeys(s.namespace for s in SERVICE_TABLE if s.internet_egress)
+        # Each outside party's key, only where the services that call it run.
+        outside_keys = {
+            party: SecretCopies(
+                f"{party}-api-key",
+                SecretCopiesArgs(
+                    values={"key": secrets[f"{party}ApiKey"]},
+                    namespaces=tuple(dict.fromkeys(s.namespace for s in callers_of(party))),
+                    labels=labels,
                 ),
-                labels=labels,
-            ),
-            in_cluster,
-        ).name
+                in_cluster,
+            ).name
+            for party in OUTSIDE_PARTIES
+        }
         # Every workload checks access tokens: the services and the gateway.
         signing = SharedSecret(
             "jwt-signing",
@@ -168,7 +177,7 @@ class Platform:
             reset_key=f"{SECRETS_DIR}/{reset_key.name}/{reset_key.key}",
             smtp_password=f"{SECRETS_DIR}/{smtp}/password",
             external_keys={
-                name: f"{SECRETS_DIR}/{providers}/{name}" for name in addresses.external
+                party: f"{SECRETS_DIR}/{secret}/key" for party, secret in outside_keys.items()
             },
         )
         self.services: dict[str, Microservice] = {}
@@ -184,7 +193,7 @@ class Platform:
                     if dependency in svc.needs
                 )
                 + ((signing.name,) if svc.image == "service" else ())
-                + ((providers,) if svc.internet_egress else ())
+                + tuple(outside_keys[party] for party in svc.outside)
                 + ((reset_key.name, smtp) if svc.sends_mail else ())
             )
             self.services[svc.name] = Microservice(

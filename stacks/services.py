@@ -25,6 +25,13 @@ class Dependency(StrEnum):
     MEMCACHED = "memcached"
 
 
+# The outside parties services call over HTTPS on the public internet. The stack config gives
+# each one's URL (infra.config StackConfig.outside_urls), the secret config its key
+# (`<name>ApiKey`); a service gets <NAME>_URL and <NAME>_API_KEY_FILE for each it calls.
+OutsideParty = Literal["stripe", "paypal", "warehouse"]
+OUTSIDE_PARTIES: tuple[OutsideParty, ...] = ("stripe", "paypal", "warehouse")
+
+
 @dataclass(frozen=True)
 class ScalePolicy:
     """One HPA behaviour direction: change by `percent` at most every `period_seconds`."""
@@ -84,8 +91,8 @@ class Service:
     # gateway gives each its own timeouts and connection budget.
     streams: tuple[str, ...] = ()
     node_pool: NodePoolName = "apps"
-    # Egress to the public internet on 443 (payment providers), nothing else leaves the VPC.
-    internet_egress: bool = False
+    # The outside parties it calls (egress to the internet on 443: nothing else leaves the VPC).
+    outside: tuple[OutsideParty, ...] = ()
     # Sends e-mail (password resets) through the stack's SMTP relay (infra.config SmtpConfig):
     # it gets the SMTP_* settings, the reset key and egress to the relay's port.
     sends_mail: bool = False
@@ -199,6 +206,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
         database_connections=6,  # 4 for the API, 2 for the saga's workers (split_pool)
         route="orders",
+        outside=("warehouse",),  # fulfilment hands confirmed orders to it
     ),
     Service(
         name="payment",
@@ -218,7 +226,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
         needs=frozenset({Dependency.POSTGRES, Dependency.REDIS}),
         database_connections=3,  # one write per payment step, provider calls between
         node_pool="payments",
-        internet_egress=True,
+        outside=("stripe", "paypal"),  # the primary first: it fails over to the second
     ),
     Service(
         name="inventory",
@@ -246,6 +254,11 @@ SERVICES: dict[str, Service] = {service.name: service for service in SERVICE_TAB
 def callees(name: str) -> list[Service]:
     """The services `name` may call: the caller graph read the other way round."""
     return [service for service in SERVICE_TABLE if name in service.callers]
+
+
+def callers_of(party: OutsideParty) -> list[Service]:
+    """The services that call an outside party (where its key is copied to)."""
+    return [service for service in SERVICE_TABLE if party in service.outside]
 
 
 def users_of(dependency: Dependency) -> list[Service]:

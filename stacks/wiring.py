@@ -24,7 +24,7 @@ class Addresses:
     memcached_nodes: tuple[str, ...]
     # Base URLs of the services others call (`http://host:port`), by service name.
     services: dict[str, str] = field(default_factory=dict)
-    # Outside APIs (the payment providers) by name, for services allowed to reach them.
+    # The outside parties' base URLs by name (stacks.services.OUTSIDE_PARTIES).
     external: dict[str, str] = field(default_factory=dict)
 
 
@@ -63,10 +63,11 @@ def service_environment(
         for callee in callees(service.name):
             if callee.name in addresses.services:
                 env[f"{callee.name.upper()}_URL"] = addresses.services[callee.name]
-    if service.internet_egress:  # the payment providers: STRIPE_URL, STRIPE_API_KEY_FILE, ...
-        for name, url in addresses.external.items():
-            env[f"{name.upper()}_URL"] = url
-            env[f"{name.upper()}_API_KEY_FILE"] = secrets.external_keys[name]
+    for party in service.outside:  # STRIPE_URL, STRIPE_API_KEY_FILE, WAREHOUSE_URL, ...
+        if party not in addresses.external:
+            continue  # a partial platform (the data tier's tests) has no outside parties
+        env[f"{party.upper()}_URL"] = addresses.external[party]
+        env[f"{party.upper()}_API_KEY_FILE"] = secrets.external_keys[party]
     if service.sends_mail:
         if secrets.reset_key is not None:
             env["RESET_KEY_FILE"] = secrets.reset_key

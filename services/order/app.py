@@ -9,6 +9,7 @@ from typing import Annotated
 import aiohttp
 from aiohttp import web
 from prometheus_client import Gauge
+from pydantic import Field
 
 from services.kit import backends
 from services.kit.app import METRICS, TOKENS, Dependency, create_app
@@ -17,9 +18,14 @@ from services.kit.db import Database
 from services.kit.events import Consumer, OutboxRelay
 from services.kit.metrics import Metrics
 from services.kit.redis import RedisStore
-from services.kit.settings import Expect, Settings, SettingsError
+from services.kit.settings import Expect, SecretFile, Settings, SettingsError, read_secret
 from services.kit.tasks import FINISH_S, every, finish_or_cancel
 from services.order.carts import Carts
+from services.order.fulfilment import (
+    AWAITING_SHIPMENT_AFTER_S,
+    ORDERS_AWAITING_SHIPMENT,
+    Warehouse,
+)
 from services.order.orders import Orders
 from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
 from services.order.soldout import SoldOut
@@ -36,6 +42,10 @@ class OrderSettings(Settings):
     # Whom the saga calls (stacks.wiring sets them from the caller graph).
     inventory_url: Annotated[str | None, Expect("an http(s) URL")] = None
     payment_url: Annotated[str | None, Expect("an http(s) URL")] = None
+    # The warehouse fulfilment hands confirmed orders to (an outside party, stacks.wiring).
+    warehouse_url: Annotated[str | None, Expect("an http(s) URL")] = None
+    warehouse_api_key_file: SecretFile | None = None
+    warehouse_timeout_seconds: Annotated[float, Field(gt=0, le=30), Expect("seconds")] = 5.0
     # Run the outbox relay and the saga and fulfilment consumers in this process (a separate
     # worker Deployment can take them over with RUN_WORKERS=false on the API pods).
     run_workers: bool = True
@@ -76,29 +86,52 @@ def init_app(settings: OrderSettings) -> web.Application:
         QUEUE_DEPTH, "Orders whose checkout saga has not finished", registry=metrics.registry
     )
 
+    awaiting = Gauge(
+        ORDERS_AWAITING_SHIPMENT,
+        f"Confirmed orders the warehouse has not taken after {AWAITING_SHIPMENT_AFTER_S} s",
+        registry=metrics.registry,
+    )
+
     async def measure() -> None:
         depth.set(await orders.queue_depth())
+        awaiting.set(await orders.awaiting_shipment(AWAITING_SHIPMENT_AFTER_S))
 
     app.cleanup_ctx.append(every(5, measure, "order-queue-depth"))
     if settings.run_workers:
-        if not (settings.inventory_url and settings.payment_url):
-            raise SettingsError(
-                [("INVENTORY_URL", "missing; the checkout saga calls inventory and payment")],
-                settings.service_name,
+        missing = [
+            (name.upper(), problem)
+            for name, problem in (
+                ("inventory_url", "missing; the checkout saga calls inventory"),
+                ("payment_url", "missing; the checkout saga calls payment"),
+                ("warehouse_url", "missing; fulfilment hands orders to the warehouse"),
+                ("warehouse_api_key_file", "missing; the warehouse wants its API key"),
             )
-        app.cleanup_ctx.append(
-            _workers(workers_database, redis, Peers(settings.inventory_url, settings.payment_url))
-        )
+            if getattr(settings, name) is None
+        ]
+        if missing:
+            raise SettingsError(missing, settings.service_name)
+        app.cleanup_ctx.append(_workers(settings, workers_database, redis))
     return app
 
 
-def _workers(database: Database, redis: RedisStore, peers: Peers):  # type: ignore[no-untyped-def]
+def _workers(settings: OrderSettings, database: Database, redis: RedisStore):  # type: ignore[no-untyped-def]
     """The outbox relay, the checkout saga and fulfilment, as background tasks of the app."""
+    assert settings.inventory_url and settings.payment_url and settings.warehouse_url
+    assert settings.warehouse_api_key_file is not None
+    peers = Peers(settings.inventory_url, settings.payment_url)
+    warehouse_url, warehouse_key = settings.warehouse_url, settings.warehouse_api_key_file
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         tokens = app[TOKENS]
         async with aiohttp.ClientSession() as http:
-            checkout = Checkout(database, http, peers, ServiceToken(tokens, "order"))
+            warehouse = Warehouse(
+                warehouse_url,
+                read_secret(warehouse_key),
+                http,
+                app[METRICS].registry,
+                timeout_s=settings.warehouse_timeout_seconds,
+            )
+            checkout = Checkout(database, http, peers, ServiceToken(tokens, "order"), warehouse)
             stop = asyncio.Event()
             consumers = [
                 Consumer(redis.client, "order-saga", SAGA_TOPICS, checkout.handle),

@@ -40,7 +40,7 @@ SELECT EXISTS (SELECT 1 FROM claim) AS claimed, p.id, p.sku, p.price_cents, p.cu
 PLACE = """
 WITH o AS (
     INSERT INTO orders (user_id, total_cents) VALUES ($1, $2)
-    RETURNING id, status, total_cents, currency, created_at, updated_at
+    RETURNING id, status, total_cents, currency, created_at, updated_at, shipment_id
 ), lines AS (
     INSERT INTO order_items
         (order_id, order_created_at, sku, product_id, quantity, unit_price_cents)
@@ -109,6 +109,7 @@ def _order(row: asyncpg.Record, items: list[asyncpg.Record]) -> dict[str, Any]:
         "currency": row["currency"],
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
+        "shipment_id": row["shipment_id"],
         "items": [
             {"sku": i["sku"], "quantity": i["quantity"], "unit_price_cents": i["unit_price_cents"]}
             for i in items
@@ -210,7 +211,7 @@ class Orders:
         """Newest first, across monthly partitions; plain reads (replicas)."""
         rows = await self.db.fetch(
             """SELECT o.id, o.status, o.total_cents, o.currency, o.created_at, o.updated_at,
-                      coalesce(jsonb_agg(jsonb_build_object(
+                      o.shipment_id, coalesce(jsonb_agg(jsonb_build_object(
                           'sku', i.sku, 'quantity', i.quantity,
                           'unit_price_cents', i.unit_price_cents) ORDER BY i.sku)
                         FILTER (WHERE i.sku IS NOT NULL), '[]') AS items
@@ -225,7 +226,7 @@ class Orders:
         )
         return [
             {
-                **{k: row[k] for k in ("id", "status", "total_cents", "currency")},
+                **{k: row[k] for k in ("id", "status", "total_cents", "currency", "shipment_id")},
                 "created_at": row["created_at"].isoformat(),
                 "updated_at": row["updated_at"].isoformat(),
                 "items": json.loads(row["items"])
@@ -241,13 +242,21 @@ class Orders:
             "SELECT count(*) FROM orders WHERE status = ANY($1::text[])", list(ACTIVE)
         )
 
+    async def awaiting_shipment(self, older_than_s: float) -> int:
+        """Confirmed orders the warehouse has not taken `older_than_s` after confirmation."""
+        return await self.db.fetchval(
+            """SELECT count(*) FROM orders WHERE status = 'confirmed'
+               AND updated_at < now() - make_interval(secs => $1)""",
+            older_than_s,
+        )
+
     @staticmethod
     async def _load(
         connection: asyncpg.Connection, order_id: int, created_at: datetime
     ) -> dict[str, Any]:
         row = await connection.fetchrow(
-            """SELECT id, status, total_cents, currency, created_at, updated_at FROM orders
-               WHERE id = $1 AND created_at = $2""",
+            """SELECT id, status, total_cents, currency, created_at, updated_at, shipment_id
+               FROM orders WHERE id = $1 AND created_at = $2""",
             order_id,
             created_at,
         )

@@ -6,7 +6,7 @@ as the order's state change:
     order.placed          -> reserve the stock       -> stock_reserved  (or cancelled)
     order.stock_reserved  -> charge the payment      -> paid            (or release, cancelled)
     order.paid            -> commit the reservation  -> confirmed
-    order.confirmed       -> hand over to fulfilment -> shipped          (the fulfilment worker)
+    order.confirmed       -> hand to the warehouse   -> shipped          (the fulfilment worker)
 
 Every step is idempotent: the calls it makes are keyed by the order (the reservation by order
 id, the charge by `checkout-order-<id>`), and a state change only applies from the state it
@@ -28,6 +28,8 @@ from services.kit.auth import ServiceToken
 from services.kit.db import Database
 from services.kit.events import Event
 from services.kit.logs import get_logger
+from services.kit.resilience import Transient
+from services.order.fulfilment import Refused, Warehouse
 
 log = get_logger(__name__)
 
@@ -50,6 +52,27 @@ WITH moved AS (
 SELECT count(*) > 0 FROM moved
 """
 
+# The warehouse took the order: $1 id, $2 created_at, $3 its shipment id, $4 the
+# order.shipped payload. Answers whether the order moved (False: it had already).
+SHIP = """
+WITH shipped AS (
+    UPDATE orders SET status = 'shipped', shipment_id = $3, shipment_error = NULL,
+                      updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND status = 'confirmed'
+ RETURNING id
+), event AS (
+    INSERT INTO outbox (topic, key, payload)
+    SELECT 'order.shipped', id::text, $4::jsonb FROM shipped
+)
+SELECT count(*) > 0 FROM shipped
+"""
+
+# The warehouse refused the order for good: it stays confirmed, with the reason, for people.
+REFUSED = """
+UPDATE orders SET shipment_error = $3, updated_at = now()
+ WHERE id = $1 AND created_at = $2 AND status = 'confirmed'
+"""
+
 
 class Retry(Exception):
     """A peer did not answer usefully: leave the event pending, it will be redelivered."""
@@ -68,11 +91,13 @@ class Checkout:
         http: aiohttp.ClientSession,
         peers: Peers,
         service_token: ServiceToken,
+        warehouse: Warehouse,
         timeout_s: float = 10.0,
     ):
         self.db = db
         self.http = http
         self.peers = peers
+        self.warehouse = warehouse
         self.service_token = service_token
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
@@ -138,8 +163,23 @@ class Checkout:
         await self._move(order, "paid", "confirmed", "order.confirmed")
 
     async def ship(self, order: dict[str, Any]) -> None:
-        """Fulfilment: hand the confirmed order to the warehouse (simulated) and mark it."""
-        await self._move(order, "confirmed", "shipped", None)
+        """Fulfilment: hand the confirmed order to the warehouse; `shipped` once it took it.
+        Idempotent per order (services.order.fulfilment): a redelivered event, or a worker
+        that crashed after the handover, gets the same shipment back."""
+        created_at = datetime.fromisoformat(order["created_at"])
+        try:
+            shipment = await self.warehouse.hand_over(order)
+        except Refused as refusal:
+            await self.db.execute(REFUSED, order["id"], created_at, str(refusal))
+            log.error("warehouse refused the order", order=order["id"], code=refusal.code)
+            return
+        except Transient as error:
+            raise Retry(f"warehouse: {error}") from error
+        payload = {**order, "status": "shipped", "shipment_id": shipment}
+        if await self.db.write_fetchval(
+            SHIP, order["id"], created_at, shipment, json.dumps(payload)
+        ):
+            log.info("order moved", order=order["id"], status="shipped", shipment_id=shipment)
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -48,6 +48,9 @@ class Order(BaseModel):
     currency: str
     created_at: str
     updated_at: str
+    shipment_id: str | None = Field(
+        default=None, description="the warehouse's shipment, once the order is shipped"
+    )
     items: list[OrderLine]
 
 

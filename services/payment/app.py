@@ -12,12 +12,13 @@ from pydantic import AfterValidator, Field
 from services.kit import backends
 from services.kit.app import create_app
 from services.kit.metrics import Metrics
+from services.kit.resilience import BreakerConfig
 from services.kit.settings import Expect, SecretFile, Settings, read_secret
 from services.kit.tasks import every
 from services.payment.fraud import FraudRules, RedisVelocityStore
 from services.payment.ledger import Ledger
 from services.payment.providers import PayPalProvider, StripeProvider, paypal_credentials
-from services.payment.resilience import BreakerConfig, PaymentMetrics, PaymentRouter
+from services.payment.resilience import PaymentMetrics, PaymentRouter
 from services.payment.strays import sweep_strays
 from services.payment.views import FRAUD, LEDGER, ROUTER, api
 

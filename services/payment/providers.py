@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from services.kit.logs import get_logger
+from services.kit.resilience import Transient
 from services.payment.money import format_amount, parse_amount
 
 log = get_logger(__name__)
@@ -55,7 +56,7 @@ class PaymentError(Exception):
         super().__init__(f"{provider}: {code}: {message}")
 
 
-class TransientError(PaymentError):
+class TransientError(PaymentError, Transient):
     """Worth retrying with the same idempotency key, or on another provider."""
 
 

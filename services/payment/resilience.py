@@ -6,15 +6,13 @@
     capture = await router.capture(auth.provider, auth.reference, f"{order_id}:capture")
     await router.refund(capture.provider, capture.reference, 2599, "USD", f"{order_id}:refund:1")
 
+Each provider is called through its own `services.kit.resilience.Guard` (the breaker, the
+retries with backoff and full jitter, the time budget; the warehouse handover uses the same):
+
 - **Retries**: a transient error (`providers.TransientError`: timeout, connection, 5xx, 429)
-  is retried on the same provider with exponential backoff and full jitter, *always with the
-  caller's idempotency key*, so a call whose answer was lost is never applied twice. A
-  permanent error (a decline, an invalid request) is raised at once.
-- **Breaker** per provider: it opens after `consecutive_failures` transient failures in a
-  row, or when at least `min_calls` of the last `window` calls include a `failure_rate`
-  share of failures. While open, calls to the provider fail at once. After `cooldown_s` it
-  is half-open: exactly one trial call goes through; success closes it, failure re-opens it.
-  Declines count as successes: the provider answered.
+  is retried on the same provider, *always with the caller's idempotency key*, so a call
+  whose answer was lost is never applied twice. A permanent error (a decline, an invalid
+  request) is raised at once, and counts as a success for the breaker.
 - **Failover** (authorizations only): when the primary's breaker is open or the primary fails
   transiently through its retries, the next provider is tried. Captures, voids and refunds go
   to the provider holding the money, or fail with a `TransientError` for the caller (the
@@ -29,22 +27,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
 from functools import partial
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.kit import resilience
 from services.kit.logs import get_logger
+from services.kit.resilience import (
+    DEFAULT_BREAKER,
+    DEFAULT_RETRY,
+    BreakerConfig,
+    CircuitBreaker,
+    Guard,
+    Outcome,
+    RetryPolicy,
+)
 from services.payment.providers import (
     Authorization,
     Capture,
     Declined,
     PaymentError,
-    PermanentError,
     Provider,
     Refund,
     TransientError,
@@ -62,117 +66,6 @@ PAYMENT_BREAKER_STATE = (
 )  # labels: provider; 0 closed, 1 half-open, 2 open
 # result label values of PAYMENT_ATTEMPTS: each HTTP-level attempt, or a call the breaker refused
 RESULTS = ("success", "declined", "rejected", "error", "breaker_open")
-
-
-class BreakerState(IntEnum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-@dataclass(frozen=True)
-class BreakerConfig:
-    consecutive_failures: int = 5
-    failure_rate: float = 0.5
-    window: int = 20  # the last N calls judged for the failure rate
-    min_calls: int = 10  # ... once there are at least this many
-    cooldown_s: float = 30.0
-
-
-class CircuitBreaker:
-    """One provider's breaker. Not thread-safe; one event loop is all it serves."""
-
-    def __init__(
-        self,
-        name: str,
-        config: BreakerConfig = BreakerConfig(),  # frozen: shared safely
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.clock = clock
-        self._state = BreakerState.CLOSED
-        self._opened_at = 0.0
-        self._consecutive = 0
-        self._outcomes: deque[bool] = deque(maxlen=config.window)  # True: failure
-        self._trial_in_flight = False
-
-    @property
-    def state(self) -> BreakerState:
-        if (
-            self._state is BreakerState.OPEN
-            and self.clock() - self._opened_at >= self.config.cooldown_s
-        ):
-            self._move(BreakerState.HALF_OPEN)
-        return self._state
-
-    def try_acquire(self) -> bool:
-        """Whether a call may go now. In half-open, only one trial at a time may: its outcome
-        must be recorded (`record_success`/`record_failure`) or the permit `release`d."""
-        state = self.state
-        if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
-        return False
-
-    def record_success(self) -> None:
-        self._trial_in_flight = False
-        if self._state is BreakerState.HALF_OPEN:
-            self._move(BreakerState.CLOSED)
-            return
-        self._consecutive = 0
-        self._outcomes.append(False)
-
-    def record_failure(self) -> None:
-        self._trial_in_flight = False
-        if self._state is BreakerState.HALF_OPEN:
-            self._open()
-            return
-        if self._state is BreakerState.OPEN:
-            return  # a call that started before the breaker opened
-        self._consecutive += 1
-        self._outcomes.append(True)
-        failures = sum(self._outcomes)
-        over_rate = (
-            len(self._outcomes) >= self.config.min_calls
-            and failures / len(self._outcomes) >= self.config.failure_rate
-        )
-        if self._consecutive >= self.config.consecutive_failures or over_rate:
-            self._open()
-
-    def release(self) -> None:
-        """A call ended without a verdict (cancelled): let another trial through."""
-        self._trial_in_flight = False
-
-    def _open(self) -> None:
-        self._opened_at = self.clock()
-        self._move(BreakerState.OPEN)
-
-    def _move(self, state: BreakerState) -> None:
-        if state is not self._state:
-            log.warning("payment breaker", provider=self.name, state=state.name.lower())
-        self._state = state
-        if state is BreakerState.CLOSED:
-            self._consecutive = 0
-            self._outcomes.clear()
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Attempts per provider and operation; the waits between them grow exponentially and are
-    drawn uniformly below that bound ("full jitter"), so retries from many pods spread out."""
-
-    attempts: int = 3
-    base_delay_s: float = 0.1
-    max_delay_s: float = 2.0
-    multiplier: float = 2.0
-
-    def backoff(self, retry: int, rng: random.Random) -> float:
-        """The wait before retry number `retry` (0 for the first retry)."""
-        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * self.multiplier**retry))
 
 
 class PaymentMetrics:
@@ -220,8 +113,8 @@ class PaymentRouter:
         self,
         providers: Sequence[Provider],
         *,
-        breaker: BreakerConfig = BreakerConfig(),  # frozen
-        retry: RetryPolicy = RetryPolicy(),  # frozen
+        breaker: BreakerConfig = DEFAULT_BREAKER,
+        retry: RetryPolicy = DEFAULT_RETRY,
         budget_s: float = 10.0,
         metrics: PaymentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -233,12 +126,23 @@ class PaymentRouter:
         if len(set(names)) != len(names):
             raise ValueError(f"provider names must be unique: {names}")
         self.providers = {provider.name: provider for provider in providers}
-        self.breakers = {name: CircuitBreaker(name, breaker, clock=clock) for name in names}
-        self.retry = retry
-        self.budget_s = budget_s
         self.metrics = metrics or PaymentMetrics()
-        self.clock = clock
-        self.rng = rng or random.Random()
+        self.guards = {
+            name: Guard(
+                name,
+                breaker=breaker,
+                retry=retry,
+                budget_s=budget_s,
+                observe=partial(self._count, name),
+                clock=clock,
+                rng=rng,
+            )
+            for name in names
+        }
+        self.breakers: dict[str, CircuitBreaker] = {
+            name: guard.breaker for name, guard in self.guards.items()
+        }
+        self.budget_s = budget_s
         for circuit in self.breakers.values():
             self.metrics.watch(circuit)
 
@@ -305,47 +209,19 @@ class PaymentRouter:
         return await self._call(provider, call)
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call` on provider `name` with retries, within the budget, through its breaker.
-        The idempotency key is bound into `call`: every attempt sends the same one."""
-        breaker = self.breakers[name]
-        deadline = self.clock() + self.budget_s
-        last: TransientError | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                delay = self.retry.backoff(attempt - 1, self.rng)
-                if self.clock() + delay >= deadline:
-                    break
-                await asyncio.sleep(delay)
-            if deadline - self.clock() <= 0:
-                break
-            if not breaker.try_acquire():
-                self._count(name, "breaker_open")
-                raise BreakerOpen(name, "breaker_open", "the provider's breaker is open") from last
-            try:
-                async with asyncio.timeout(deadline - self.clock()):
-                    result = await call()
-            except TimeoutError:  # our budget, not the adapter's per-call timeout
-                breaker.record_failure()
-                self._count(name, "error")
-                last = TransientError(name, "timeout", f"no answer within {self.budget_s} s")
-                break
-            except TransientError as error:
-                breaker.record_failure()
-                self._count(name, "error")
-                last = error
-                log.info("payment attempt failed", provider=name, attempt=attempt, code=error.code)
-                continue
-            except PermanentError as error:
-                breaker.record_success()  # the provider is healthy: it answered
-                self._count(name, "declined" if isinstance(error, Declined) else "rejected")
-                raise
-            except BaseException:
-                breaker.release()
-                raise
-            breaker.record_success()
-            self._count(name, "success")
-            return result
-        raise last or TransientError(name, "timeout", f"no time left of {self.budget_s} s")
+        """`call` on provider `name` through its guard (breaker, retries, budget). The
+        idempotency key is bound into `call`: every attempt sends the same one."""
+        try:
+            return await self.guards[name].call(call)
+        except resilience.BreakerOpen as refused:
+            raise BreakerOpen(
+                name, "breaker_open", "the provider's breaker is open"
+            ) from refused.__cause__
+        except resilience.OutOfTime as error:
+            raise TransientError(name, "timeout", str(error)) from None
 
-    def _count(self, provider: str, result: str) -> None:
+    def _count(self, provider: str, outcome: Outcome, error: BaseException | None) -> None:
+        result = outcome.value
+        if outcome is Outcome.ANSWERED:
+            result = "declined" if isinstance(error, Declined) else "rejected"
         self.metrics.attempts.labels(provider, result).inc()

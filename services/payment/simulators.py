@@ -40,59 +40,38 @@ A payment token that contains `declined` is declined, one that contains `insuffi
 funds; any other `tok_...` token pays. A body holding anything that looks like a card number
 is refused (and never echoed, logged or stored): the platform handles tokens only.
 
-A request repeated with the same idempotency key is answered with the first answer (marked
-`Idempotent-Replayed: true`) and changes nothing; the same key with a different body is an
-error. Server errors are not remembered, so a retry after one is processed afresh.
+Idempotent replays, the request log and the failure modes are every simulator's
+(services.kit.simulator); the payment ones add:
 
-The admin endpoints, for tests and failure drills:
-
-    POST /_sim/behaviour   {"mode": "ok"|"fail"|"slow"|"timeout"|"flaky"|"lost",
-                            "delay_ms": 0, "failure_rate": 0.0, "fail_next": 0, "seed": null,
-                            "token_ttl_s": 32400}   (each POST replaces the whole behaviour)
-    GET  /_sim/behaviour
     GET  /_sim/charges     every payment: amounts, status, how many captures/voids/refunds
                            were applied and the idempotency key of each operation
-    GET  /_sim/requests    every provider call received, token exchanges included: method,
-                           path, idempotency key, status
     POST /_sim/revoke_tokens   (paypal) every access token issued so far stops working
-    POST /_sim/reset       forget everything (tokens too), behave normally
 
-Modes (before processing unless said): `fail` answers 500; `slow` waits `delay_ms` then
-processes; `timeout` hangs (until the behaviour changes or the simulator stops) and then
-answers 504 without processing; `flaky` answers 503 to a `failure_rate` share of calls
-(token exchanges are calls too: an unwell provider issues no tokens either);
-`lost` processes the call and then answers 502, as when a response is lost on the way back
-(a retry with the same key then gets the original result). `fail_next: n` makes the next n
-calls answer 503, whatever the mode. `delay_ms` also delays every mode but `timeout`.
-A call whose idempotency key is still being processed by an earlier call answers 409
-(`idempotency_key_in_use`), as Stripe does; a call finishes even when its caller hangs up.
+and `token_ttl_s` (paypal: how long the access tokens issued from then on live, default
+32400) in `POST /_sim/behaviour`. Token exchanges are calls too: an unwell provider issues
+no tokens either. `/_sim/reset` forgets the tokens as well.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import contextlib
-import hashlib
-import json
-import random
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from aiohttp import hdrs, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from services.kit import simulator
+from services.kit.simulator import Answer, BadBody, Json, Operation
 from services.kit.tasks import finish_even_if_cancelled
 from services.payment.money import contains_pan, format_amount, parse_amount
 from services.payment.providers import paypal_credentials
 
 Kind = Literal["stripe", "paypal"]
-HANG_S = 300.0  # a `timeout` call hangs this long at most
 DEFAULT_API_KEY = "sim-secret"  # Stripe's key, and the PayPal client's secret
 DEFAULT_CLIENT_ID = "sim-client"
 DEFAULT_CREDENTIALS: dict[str, str] = {
@@ -100,20 +79,9 @@ DEFAULT_CREDENTIALS: dict[str, str] = {
     "paypal": f"{DEFAULT_CLIENT_ID}:{DEFAULT_API_KEY}",
 }
 PAYPAL_TOKEN_TTL_S = 32_400  # what PayPal's expires_in says: 9 hours
-REQUEST_LOG = 10_000  # the last calls /_sim/requests lists
-
-Json = dict[str, Any]
-Answer = tuple[int, Json]
 
 
-class Behaviour(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["ok", "fail", "slow", "timeout", "flaky", "lost"] = "ok"
-    delay_ms: int = Field(default=0, ge=0, le=600_000)
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    fail_next: int = Field(default=0, ge=0)
-    seed: int | None = None
+class Behaviour(simulator.Behaviour):
     # paypal: how long access tokens issued from now on live (short, to test renewal).
     token_ttl_s: int = Field(default=PAYPAL_TOKEN_TTL_S, ge=1, le=86_400)
 
@@ -142,212 +110,35 @@ class Payment:
         )
 
 
-@dataclass
-class Stored:
-    fingerprint: str
-    status: int
-    body: Json
-
-
-class BadBody(Exception):
-    pass
-
-
-class Simulator:
-    """What both providers share: auth, behaviour, idempotency, the PAN check, the ledger."""
+class Simulator(simulator.Simulator):
+    """What both providers share: their credentials, the PAN check, the ledger."""
 
     kind: Kind
-    key_header: str
+    behaviour_model = Behaviour
+    behaviour: Behaviour
 
     def __init__(self, *, api_key: str | None = None, seed: int | None = None) -> None:
-        self.api_key = DEFAULT_CREDENTIALS[self.kind] if api_key is None else api_key
-        self.behaviour = Behaviour(seed=seed)
-        self.rng = random.Random(seed)
+        super().__init__(
+            api_key=DEFAULT_CREDENTIALS[self.kind] if api_key is None else api_key, seed=seed
+        )
         self.payments: dict[str, Payment] = {}
-        self.idempotency: dict[tuple[str, str], Stored] = {}
-        self.in_flight: set[tuple[str, str]] = set()  # (key, scope) being processed now
-        self.requests: deque[Json] = deque(maxlen=REQUEST_LOG)
-        self._release: asyncio.Event | None = None
-
-    # --- the app ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/_sim/behaviour", self.set_behaviour)
-        app.router.add_get("/_sim/behaviour", self.get_behaviour)
+        app = super().app()
         app.router.add_get("/_sim/charges", self.charges)
-        app.router.add_get("/_sim/requests", self.list_requests)
-        app.router.add_post("/_sim/reset", self.reset)
-        for path, operation in self.operations().items():
-            app.router.add_post(path, self._endpoint(operation))
-        app.on_shutdown.append(self._on_shutdown)
         return app
 
-    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
-        raise NotImplementedError
-
-    # --- provider-specific shapes -----------------------------------------------------------
-
-    async def read_body(self, request: web.Request) -> Json:
-        raise NotImplementedError
-
-    def error(self, status: int, code: str, message: str, **extra: Any) -> Answer:
-        raise NotImplementedError
-
-    def idempotency_scope(self, path: str) -> str:
-        return ""  # Stripe: keys are global to the account
-
-    def authenticate(self, request: web.Request) -> Answer | None:
-        """None when the call may proceed, else the answer refusing it."""
-        if request.headers.get(hdrs.AUTHORIZATION) != f"Bearer {self.api_key}":
-            return self.error(401, "unauthorized", "invalid API key")
+    def screen(self, body: Json) -> Answer | None:
+        if contains_pan(body):  # never echoed, logged or stored: refused outright
+            return self.error(400, "card_number_rejected", "raw card numbers are not accepted")
         return None
-
-    # --- admin ------------------------------------------------------------------------------
-
-    async def set_behaviour(self, request: web.Request) -> web.Response:
-        try:
-            behaviour = Behaviour.model_validate(await request.json())
-        except (ValidationError, ValueError) as error:
-            return web.json_response({"error": str(error)}, status=400)
-        self.behaviour = behaviour
-        if behaviour.seed is not None:
-            self.rng = random.Random(behaviour.seed)
-        self._wake_hung()
-        return web.json_response(self.behaviour.model_dump())
-
-    async def get_behaviour(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.behaviour.model_dump())
 
     async def charges(self, _request: web.Request) -> web.Response:
         return web.json_response({"charges": [asdict(p) for p in self.payments.values()]})
 
-    async def list_requests(self, _request: web.Request) -> web.Response:
-        return web.json_response({"requests": list(self.requests)})
-
-    async def reset(self, _request: web.Request) -> web.Response:
-        self.behaviour = Behaviour()
+    async def reset(self, request: web.Request) -> web.Response:
         self.payments.clear()
-        self.idempotency.clear()
-        self.requests.clear()
-        self._wake_hung()
-        return web.json_response({"status": "reset"})
-
-    def _wake_hung(self) -> None:
-        if self._release is not None:
-            self._release.set()
-        self._release = None
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self._wake_hung()
-
-    # --- every provider call ----------------------------------------------------------------
-
-    def _endpoint(
-        self, operation: Callable[[Json, Mapping[str, str], str | None], Answer]
-    ) -> Callable[[web.Request], Any]:
-        async def handler(request: web.Request) -> web.Response:
-            entry: Json = {
-                "method": request.method,
-                "path": request.path,
-                "idempotency_key": request.headers.get(self.key_header),
-            }
-            self.requests.append(entry)
-            # A real provider finishes what it started when the caller hangs up (a client
-            # timeout): that is how authorizations get stranded, and what callers must handle.
-            status, body, headers = await finish_even_if_cancelled(self._serve(request, operation))
-            entry["status"] = status
-            return web.json_response(body, status=status, headers=headers)
-
-        return handler
-
-    async def _serve(
-        self,
-        request: web.Request,
-        operation: Callable[[Json, Mapping[str, str], str | None], Answer],
-    ) -> tuple[int, Json, dict[str, str]]:
-        if (refusal := self.authenticate(request)) is not None:
-            return (*refusal, {})
-        try:
-            body = await self.read_body(request)
-        except BadBody as error:
-            return (*self.error(400, "invalid_request", str(error)), {})
-        if contains_pan(body):
-            # Never echoed, logged or stored: refused outright.
-            return (
-                *self.error(400, "card_number_rejected", "raw card numbers are not accepted"),
-                {},
-            )
-        key = request.headers.get(self.key_header)
-        slot = (key, self.idempotency_scope(request.path)) if key else None
-        if slot is not None and slot in self.in_flight:
-            # As Stripe does: a retry that overtakes the first request with its key (the
-            # caller timed out while this one is still being processed) must not act twice.
-            return (
-                *self.error(
-                    409, "idempotency_key_in_use", "a request with this key is in progress"
-                ),
-                {},
-            )
-        if slot is not None:
-            self.in_flight.add(slot)
-        try:
-            return await self._act(request, operation, body, key, slot)
-        finally:
-            if slot is not None:
-                self.in_flight.discard(slot)
-
-    async def _act(
-        self,
-        request: web.Request,
-        operation: Callable[[Json, Mapping[str, str], str | None], Answer],
-        body: Json,
-        key: str | None,
-        slot: tuple[str, str] | None,
-    ) -> tuple[int, Json, dict[str, str]]:
-        failure = await self._misbehave()
-        if failure is not None:
-            return (*failure, {})
-        fingerprint = hashlib.sha256(
-            json.dumps([request.path, body], sort_keys=True).encode()
-        ).hexdigest()
-        if slot is not None and (stored := self.idempotency.get(slot)) is not None:
-            if stored.fingerprint != fingerprint:
-                return (
-                    *self.error(
-                        422 if self.kind == "paypal" else 400,
-                        "idempotency_key_reused",
-                        "this idempotency key was used with a different request",
-                    ),
-                    {},
-                )
-            return stored.status, stored.body, {"Idempotent-Replayed": "true"}
-        # No await between here and the store below: concurrent repeats cannot both process.
-        status, answer = operation(body, request.match_info, key)
-        if slot is not None and status < 500:
-            self.idempotency[slot] = Stored(fingerprint, status, answer)
-        if self.behaviour.mode == "lost":
-            return (*self.error(502, "bad_gateway", "upstream answer lost"), {})
-        return status, answer, {}
-
-    async def _misbehave(self) -> Answer | None:
-        behaviour = self.behaviour
-        if behaviour.mode == "timeout":
-            if self._release is None:
-                self._release = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), HANG_S)
-            return self.error(504, "timeout", "the request timed out")
-        if behaviour.delay_ms:
-            await asyncio.sleep(behaviour.delay_ms / 1000)
-        if behaviour.fail_next > 0:
-            self.behaviour = behaviour.model_copy(update={"fail_next": behaviour.fail_next - 1})
-            return self.error(503, "unavailable", "temporarily unavailable")
-        if behaviour.mode == "fail":
-            return self.error(500, "internal", "an error occurred on the provider's side")
-        if behaviour.mode == "flaky" and self.rng.random() < behaviour.failure_rate:
-            return self.error(503, "unavailable", "temporarily unavailable")
-        return None
+        return await super().reset(request)
 
     def new_payment(
         self, prefix: str, key: str | None, amount_cents: int, currency: str
@@ -371,7 +162,7 @@ class StripeSimulator(Simulator):
     kind: Kind = "stripe"
     key_header = "Idempotency-Key"
 
-    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
+    def operations(self) -> Mapping[str, Operation]:
         return {
             "/v1/payment_intents": self.create_intent,
             "/v1/payment_intents/{id}/capture": self.capture,
@@ -518,6 +309,7 @@ class _Order:
 class PayPalSimulator(Simulator):
     kind: Kind = "paypal"
     key_header = "PayPal-Request-Id"
+    reused_key_status = 422
 
     def __init__(self, *, api_key: str | None = None, seed: int | None = None) -> None:
         super().__init__(api_key=api_key, seed=seed)
@@ -565,7 +357,7 @@ class PayPalSimulator(Simulator):
                 "error": "unsupported_grant_type",
                 "error_description": "grant_type must be client_credentials",
             }
-        failure = await self._misbehave()
+        failure = await self.misbehave()
         if failure is not None:
             return failure
         now = time.monotonic()
@@ -605,7 +397,7 @@ class PayPalSimulator(Simulator):
         self.tokens.clear()
         return web.json_response({"revoked": revoked})
 
-    def operations(self) -> Mapping[str, Callable[[Json, Mapping[str, str], str | None], Answer]]:
+    def operations(self) -> Mapping[str, Operation]:
         return {
             "/v2/checkout/orders": self.create_order,
             "/v2/checkout/orders/{id}/authorize": self.authorize_order,
@@ -622,18 +414,6 @@ class PayPalSimulator(Simulator):
         self.captures.clear()
         self.tokens.clear()
         return await super().reset(request)
-
-    async def read_body(self, request: web.Request) -> Json:
-        raw = await request.read()
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise BadBody("the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise BadBody("the body is not a JSON object")
-        return body
 
     def error(self, status: int, code: str, message: str, **extra: Any) -> Answer:
         name = {

@@ -11,9 +11,10 @@ authorization if there was one (or makes one, if the request never arrived), and
 from __future__ import annotations
 
 from services.kit.logs import get_logger
+from services.kit.resilience import BreakerState
 from services.payment.ledger import Ledger
 from services.payment.providers import PermanentError, TransientError
-from services.payment.resilience import BreakerState, PaymentRouter
+from services.payment.resilience import PaymentRouter
 
 log = get_logger(__name__)
 # Statuses under which the payment itself is an authorization at `paid_with`.

@@ -6,8 +6,8 @@ and configuration renderers as the GKE stacks:
 1. the data tier (``DataTier``): PostgreSQL primary + replicas with synchronous replication
    behind PgPool-II, the Redis cluster, the Memcached nodes, sized like the stack config's
    defaults (``infra.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
-2. the payment-provider simulators the payment service calls, and the mail sink
-   (``services.mailsink``, a real SMTP server) the user service sends reset e-mails to;
+2. the simulators of the outside parties (the payment providers, the warehouse), and the
+   mail sink (``services.mailsink``, a real SMTP server) the user service sends reset e-mails to;
 3. the jobs GKE runs as Jobs / CronJobs: migrations, the partition maintenance (then again
    every ``partition_interval_s`` from the runner, as the CronJob would), the demo catalog;
 4. every service of ``SERVICE_TABLE`` (``Service.argv``, environment from
@@ -89,9 +89,11 @@ from stacks.local.process import (
 )
 from stacks.services import (
     GATEWAY_CONFIG,
+    OUTSIDE_PARTIES,
     SERVICE_TABLE,
     SERVICES,
     Dependency,
+    OutsideParty,
     Service,
     callees,
     users_of,
@@ -340,23 +342,29 @@ class LocalPlatform:
         secrets = self.tier.state_dir / "secrets"
         python = [sys.executable, "-u", "-m"]
 
-        # The payment providers' stand-ins, each with its own credentials: Stripe's secret
-        # key, PayPal's OAuth2 client_id:secret (services.payment.providers).
-        self.provider_keys = {
+        # The outside parties' stand-ins, each with its own credentials: Stripe's secret key,
+        # PayPal's OAuth2 client_id:secret (services.payment.providers), the warehouse's key.
+        self.outside_keys: dict[OutsideParty, str] = {
             "stripe": new_password(),
             "paypal": f"{new_password(16)}:{new_password()}",
+            "warehouse": new_password(),
         }
-        self.provider_key_files = {kind: secrets / f"{kind}-api-key" for kind in self.provider_keys}
-        self.simulators: dict[str, AppProcess] = {}
-        for kind, key in self.provider_keys.items():
-            port = ports.take(f"{kind} simulator")
-            self.simulators[kind] = AppProcess(
-                name=f"{kind}-simulator",
+        self.outside_key_files = {party: secrets / f"{party}-api-key" for party in OUTSIDE_PARTIES}
+        self.simulators: dict[OutsideParty, AppProcess] = {}
+        for party in OUTSIDE_PARTIES:
+            port = ports.take(f"{party} simulator")
+            module = (
+                ("services.order.warehouse_simulator",)
+                if party == "warehouse"
+                else ("services.payment.simulators", "--kind", party)
+            )
+            self.simulators[party] = AppProcess(
+                name=f"{party}-simulator",
                 kind="simulator",
                 argv=[
                     *python,
-                    "services.payment.simulators",
-                    *("--kind", kind, "--port", str(port), "--api-key", key),
+                    *module,
+                    *("--port", str(port), "--api-key", self.outside_keys[party]),
                 ],
                 env={"PYTHONUNBUFFERED": "1"},
                 port=port,
@@ -468,11 +476,11 @@ class LocalPlatform:
         addresses = replace(
             self.tier.addresses(),
             services=peers,
-            external={kind: f"http://{HOST}:{sim.port}" for kind, sim in self.simulators.items()},
+            external={party: f"http://{HOST}:{sim.port}" for party, sim in self.simulators.items()},
         )
         secrets: SecretFiles = replace(
             self.tier.secret_files(),
-            external_keys={kind: str(path) for kind, path in self.provider_key_files.items()},
+            external_keys={party: str(path) for party, path in self.outside_key_files.items()},
             smtp_password=str(self.smtp_password_file),
         )
         # The pool size connection_budget sized pgpool for.
@@ -517,8 +525,8 @@ class LocalPlatform:
                 self.tier.start,
                 progress,
             )
-            for kind, path in self.provider_key_files.items():
-                write_file(path, self.provider_keys[kind], mode=0o600)
+            for party, path in self.outside_key_files.items():
+                write_file(path, self.outside_keys[party], mode=0o600)
             write_file(self.smtp_password_file, self.smtp_password, mode=0o600)
             self._phase(
                 "migrations", lambda: self.run_job("migrate", ["services.kit.migrate"]), progress

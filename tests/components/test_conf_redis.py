@@ -282,8 +282,7 @@ def test_bootstrap_joins_a_blank_node_as_replica_and_forgets_the_ghost(stub: Pat
     assert rc == 0, err
     # Back into its planned shard, whose master is not in its zone.
     assert [c for c in calls if "--cluster" in c] == [
-        "--cluster add-node 127.0.0.1:17006 127.0.0.1:17001 --cluster-slave "
-        "--cluster-master-id aaa"
+        "--cluster add-node 127.0.0.1:17006 127.0.0.1:17001 --cluster-slave --cluster-master-id aaa"
     ]
     assert len([c for c in calls if c.endswith("cluster forget ghost")]) == 6
 

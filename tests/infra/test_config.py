@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from infra.config import SECRET_KEYS, ConfigError, StackConfig, load_stack_config
+from stacks.services import OUTSIDE_PARTIES, SERVICE_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 STACKS = ("dev", "staging", "prod")
@@ -261,3 +262,35 @@ def test_a_bad_mail_relay_names_the_key(prod: dict[str, Any], smtp: dict, says: 
 def test_plain_smtp_is_allowed_in_dev_only() -> None:
     dev = copy.deepcopy(stack_file("dev")) | {"ecommerce:smtp": {"security": "none"}}
     assert load(dev, "dev").smtp.security == "none"
+
+
+def test_every_outside_party_the_services_call_has_a_url_and_a_secret_key(
+    prod: dict[str, Any],
+) -> None:
+    config = load(prod)
+    called = {party for service in SERVICE_TABLE for party in service.outside}
+    assert called == set(OUTSIDE_PARTIES) == set(config.outside_urls())
+    assert all(url.startswith("https://") for url in config.outside_urls().values())
+    assert {f"{party}ApiKey" for party in OUTSIDE_PARTIES} <= set(SECRET_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("warehouse", "says"),
+    [
+        (None, "ecommerce:warehouse: required key is missing"),
+        ({"url": "http://wms.example.com"}, "ecommerce:warehouse.url:"),
+        ({}, "ecommerce:warehouse.url: required key is missing"),
+    ],
+)
+def test_a_missing_or_plain_http_warehouse_names_the_key(
+    prod: dict[str, Any], warehouse: dict[str, str] | None, says: str
+) -> None:
+    if warehouse is None:
+        del prod["ecommerce:warehouse"]
+    else:
+        prod["ecommerce:warehouse"] = warehouse
+    assert says in error_of(prod)
+
+
+def test_the_warehouse_key_is_a_required_secret(prod: dict[str, Any]) -> None:
+    assert "warehouseApiKey" in error_of(prod, secrets=set(SECRET_KEYS) - {"warehouseApiKey"})

@@ -217,7 +217,6 @@ async def snapshot(platform: DataTier, redis: RedisCluster) -> Snapshot:
     return Snapshot(tables, set(await redis.keys("*", target_nodes=RedisCluster.PRIMARIES)))
 
 
-
 # --- schemas: valid examples, and what is wrong with them -------------------------------------
 
 

@@ -20,6 +20,7 @@ from services.kit.revocation import VERDICT_TTL_S, Revocations
 from services.kit.settings import HostPort
 from services.order.app import OrderSettings
 from services.order.app import init_app as order_app
+from services.order.warehouse_simulator import WarehouseSimulator
 from services.payment.app import PaymentSettings
 from services.payment.app import init_app as payment_app
 from services.payment.simulators import DEFAULT_CREDENTIALS, Behaviour, build
@@ -62,16 +63,32 @@ async def payment_with_simulators(
     return stripe, paypal, payment
 
 
+async def warehouse_simulator(
+    aiohttp_server: Any, tmp_path: Path
+) -> tuple[WarehouseSimulator, dict[str, str]]:
+    """The shipped warehouse simulator, and the order service's settings that reach it."""
+    warehouse = WarehouseSimulator(api_key="warehouse-test-key")
+    server = await aiohttp_server(warehouse.app())
+    key_file = tmp_path / "warehouse-key"
+    key_file.write_text(warehouse.api_key)
+    return warehouse, {"WAREHOUSE_URL": url(server), "WAREHOUSE_API_KEY_FILE": str(key_file)}
+
+
 @pytest.fixture
 async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> dict[str, Any]:
     stripe, paypal, payment = await payment_with_simulators(
         aiohttp_server, settings_for, tmp_path, BREAKER_COOLDOWN_SECONDS=str(BREAKER_COOLDOWN_S)
     )
     inventory = await aiohttp_server(inventory_app(settings_for(InventorySettings, "inventory")))
+    warehouse, reach_warehouse = await warehouse_simulator(aiohttp_server, tmp_path)
     order = await aiohttp_client(
         order_app(
             settings_for(
-                OrderSettings, "order", INVENTORY_URL=url(inventory), PAYMENT_URL=url(payment)
+                OrderSettings,
+                "order",
+                INVENTORY_URL=url(inventory),
+                PAYMENT_URL=url(payment),
+                **reach_warehouse,
             )
         )
     )
@@ -81,6 +98,7 @@ async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> 
         "payment": payment,
         "stripe": stripe,
         "paypal": paypal,
+        "warehouse": warehouse,
     }
 
 

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from services.kit.resilience import BreakerConfig, BreakerState, RetryPolicy
 from services.payment.money import contains_pan, format_amount, parse_amount
 from services.payment.providers import (
     Declined,
@@ -28,13 +29,10 @@ from services.payment.providers import (
     TransientError,
 )
 from services.payment.resilience import (
-    BreakerConfig,
     BreakerOpen,
-    BreakerState,
     PaymentMetrics,
     PaymentRouter,
     ProvidersUnavailable,
-    RetryPolicy,
 )
 from services.payment.simulators import DEFAULT_CREDENTIALS, Simulator, build
 

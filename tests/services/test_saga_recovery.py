@@ -36,6 +36,7 @@ from tests.services.test_checkout_saga import (
     place,
     stock,
     url,
+    warehouse_simulator,
 )
 from tests.services.test_inventory_service import new_sku
 
@@ -94,7 +95,8 @@ async def crashable_shop(
     inventory = await aiohttp_server(
         inventory_app(settings_for(InventorySettings, "inventory", **POOL))
     )
-    peers = {"INVENTORY_URL": url(inventory), "PAYMENT_URL": url(payment)}
+    warehouse, reach_warehouse = await warehouse_simulator(aiohttp_server, tmp_path)
+    peers = {"INVENTORY_URL": url(inventory), "PAYMENT_URL": url(payment), **reach_warehouse}
     api = await aiohttp_client(
         order_app(settings_for(OrderSettings, "order", RUN_WORKERS="false", **peers, **POOL))
     )
@@ -114,6 +116,7 @@ async def crashable_shop(
             "inventory": inventory,
             "stripe": stripe,
             "paypal": paypal,
+            "warehouse": warehouse,
             "worker": worker,
         }
     finally:
@@ -188,6 +191,10 @@ async def test_killing_the_worker_between_saga_steps_loses_and_doubles_nothing(
             assert [(p.status, p.captures) for p in payments] == [("captured", 1)], order_id
         else:  # compensated: nothing captured, no authorization left holding money
             assert all(p.captures == 0 and p.status != "authorized" for p in payments), order_id
+
+    # The warehouse got each shipped order once, whatever the crashes repeated, and no other.
+    handed = [s.order_reference for s in shop["warehouse"].shipments.values()]
+    assert sorted(handed) == sorted(f"order-{i}" for i, s in final.items() if s == "shipped")
 
     shipped_scarce = sum(final[i] == "shipped" for i in ids[:20])
     assert shipped_scarce == units  # every unit sold once the dust settles

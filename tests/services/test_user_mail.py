@@ -66,7 +66,6 @@ async def mail_counts(client: TestClient) -> dict[str, float]:
     }
 
 
-
 async def test_a_reset_mails_one_token_that_works_and_is_stored_nowhere_in_clear(
     client: TestClient, mail_sink: MailSink, platform: DataTier, redis: RedisCluster
 ) -> None:

@@ -524,22 +524,40 @@ def test_images_are_built_from_the_repository(prod: StackRender) -> None:
     assert {i["dockerfile"]["location"] for i in images} == {"services/Dockerfile"}
 
 
-def test_the_payment_service_reaches_its_providers_with_keys_from_secret_config(
+def test_each_outside_party_is_reached_with_its_key_only_where_its_callers_run(
     prod: StackRender,
 ) -> None:
-    payment = pod_spec(prod.object("Deployment", "payment", "payments"))
-    env = {e["name"]: e["value"] for e in payment["containers"][0]["env"]}
+    payment = pod_spec(prod.object("Deployment", "payment", "payments"))["containers"][0]
+    env = {e["name"]: e["value"] for e in payment["env"]}
     assert env["STRIPE_URL"] == "https://api.stripe.com" and env["PAYPAL_URL"].startswith(
         "https://"
     )
-    assert env["STRIPE_API_KEY_FILE"] == "/var/run/secrets/shop/payment-providers/stripe"
-    mounted = {m["mountPath"] for m in payment["containers"][0]["volumeMounts"]}
-    assert "/var/run/secrets/shop/payment-providers" in mounted
-    secret = prod.object("Secret", "payment-providers", "payments")
-    assert set(secret["stringData"]) == {"stripe", "paypal"}
-    # Only the service allowed out to the internet gets them.
-    order = pod_spec(prod.object("Deployment", "order", "shop"))
-    assert "STRIPE_URL" not in {e["name"] for e in order["containers"][0]["env"]}
+    assert env["STRIPE_API_KEY_FILE"] == "/var/run/secrets/shop/stripe-api-key/key"
+    mounted = {m["mountPath"] for m in payment["volumeMounts"]}
+    assert {"/var/run/secrets/shop/stripe-api-key", "/var/run/secrets/shop/paypal-api-key"} <= (
+        mounted
+    )
+    order = pod_spec(prod.object("Deployment", "order", "shop"))["containers"][0]
+    order_env = {e["name"]: e.get("value") for e in order["env"]}
+    assert order_env["WAREHOUSE_URL"] == "https://api.warehouse.example.com"
+    assert order_env["WAREHOUSE_API_KEY_FILE"] == "/var/run/secrets/shop/warehouse-api-key/key"
+    # Each key exists where its callers run and nowhere else, and no other service is wired
+    # to a party it does not call.
+    where = {
+        (s["metadata"]["name"], s["metadata"]["namespace"])
+        for s in prod.objects("Secret")
+        if s["metadata"]["name"].endswith("-api-key")
+    }
+    assert where == {
+        ("stripe-api-key", "payments"),
+        ("paypal-api-key", "payments"),
+        ("warehouse-api-key", "shop"),
+    }
+    assert set(prod.object("Secret", "warehouse-api-key", "shop")["stringData"]) == {"key"}
+    assert "STRIPE_URL" not in order_env and "WAREHOUSE_URL" not in env
+    for name in ("user", "product", "inventory"):
+        other = pod_spec(prod.object("Deployment", name, "shop"))["containers"][0]
+        assert not {e["name"] for e in other["env"]} & {"STRIPE_URL", "WAREHOUSE_URL"}
 
 
 def test_the_user_service_mails_through_the_stacks_relay_with_keys_only_it_holds(
