@@ -13,7 +13,7 @@ Its API, JSON over HTTPS with `Authorization: Bearer <api key>` (`--api-key`, de
 
 An order reference is shipped once: a second shipment for it under another key answers 409
 `duplicate_order` with the shipment it already has (`shipment_id`). A line whose SKU contains
-`unshippable` is refused with 422 `unshippable` (a hazardous or oversized item, say), as is a
+`UNSHIPPABLE` (in any case) is refused with 422 `unshippable` (a hazardous or oversized item, say), as is a
 body that is not a shipment (422 `invalid_shipment`, naming the field).
 
     GET  /_sim/shipments   every shipment accepted, with the idempotency key it came with
@@ -91,7 +91,7 @@ class WarehouseSimulator(Simulator):
             first = error.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "body"
             return self.error(422, "invalid_shipment", first["msg"], field=field)
-        unshippable = [line.sku for line in wanted.lines if "unshippable" in line.sku]
+        unshippable = [line.sku for line in wanted.lines if "UNSHIPPABLE" in line.sku.upper()]
         if unshippable:
             return self.error(
                 422, "unshippable", f"cannot ship: {', '.join(unshippable)}", skus=unshippable

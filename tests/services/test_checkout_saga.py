@@ -76,6 +76,14 @@ async def warehouse_simulator(
 
 @pytest.fixture
 async def shop(aiohttp_server, aiohttp_client, settings_for, tmp_path: Path) -> dict[str, Any]:
+    return await build_shop(aiohttp_server, aiohttp_client, settings_for, tmp_path)
+
+
+async def build_shop(
+    aiohttp_server: Any, aiohttp_client: Any, settings_for: Any, tmp_path: Path
+) -> dict[str, Any]:
+    """Order (its saga and fulfilment in process), inventory and payment services, with the
+    shipped simulators of the payment providers and the warehouse."""
     stripe, paypal, payment = await payment_with_simulators(
         aiohttp_server, settings_for, tmp_path, BREAKER_COOLDOWN_SECONDS=str(BREAKER_COOLDOWN_S)
     )

@@ -30,9 +30,11 @@ def as_role(tokens: Tokens, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens.issue('7', role, 'test-session')}"}
 
 
-async def new_sku(platform: DataTier, available: int, threshold: int = 10) -> str:
+async def new_sku(
+    platform: DataTier, available: int, threshold: int = 10, prefix: str = "SKU-I"
+) -> str:
     """A product with stock, recorded as its first event (as the seed does)."""
-    sku = f"SKU-I{uuid.uuid4().hex[:8].upper()}"
+    sku = f"{prefix}{uuid.uuid4().hex[:8].upper()}"
     connection = await asyncpg.connect(platform.postgres.primary_dsn)
     try:
         async with connection.transaction():

@@ -190,6 +190,7 @@ def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> Non
         "redis-5",
         "memcached-2",
         "stripe-simulator",
+        "warehouse-simulator",
         "mail-sink",
         "user-0",
         "product-1",
@@ -283,6 +284,13 @@ async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> Non
                 break
             await asyncio.sleep(0.2)
         assert current["status"] == "shipped"
+        # Shipped means the warehouse (its simulator process) took it, with these lines.
+        warehouse = "http://" + platform.component("warehouse-simulator")["address"]
+        async with http.get(f"{warehouse}/_sim/shipments") as answer:
+            shipments = (await answer.json())["shipments"]
+        [shipment] = [s for s in shipments if s["order_reference"] == f"order-{order['id']}"]
+        assert current["shipment_id"] == shipment["id"]
+        assert shipment["lines"] == [{"sku": product["sku"], "quantity": 2}]
 
         status, history = await call(http, "GET", f"{g}/api/orders", token=token)
         assert status == 200 and [o["id"] for o in history] == [order["id"]]
