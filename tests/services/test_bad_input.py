@@ -38,9 +38,12 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import RedisCluster
 
 from services.kit.api import Api, Operation
-from services.kit.app import OPS_PATHS
+from services.kit.app import DEPENDENCIES, OPS_PATHS
 from services.kit.auth import Tokens
+from services.kit.cache import Cache, MemcachedLayer, RedisLayer
+from services.kit.db import Database
 from services.kit.errors import ErrorBody
+from services.kit.redis import ChannelListener, RedisStore
 from services.kit.settings import Settings
 from services.payment.simulators import DEFAULT_CREDENTIALS, build
 from stacks.local.data_tier import DataTier
@@ -880,3 +883,30 @@ async def test_the_snapshot_sees_a_write(
     changes = before.changes(await snapshot(platform, redis))
     assert (await client.delete("/api/orders/cart", headers=shopper)).status == 204
     assert [change.split(":")[0] for change in changes] == ["table public.carts", "new Redis keys"]
+
+
+def backends_of(dependency: Any) -> set[str]:
+    """The data-tier backends a dependency of an app talks to."""
+    if isinstance(dependency, Database):
+        return {"postgres"}
+    if isinstance(dependency, RedisStore | ChannelListener):  # commands, or pub/sub
+        return {"redis"}
+    if isinstance(dependency, Cache):  # L1 in process, then its shared layers
+        kinds = {RedisLayer: "redis", MemcachedLayer: "memcached"}
+        return {kinds[type(layer)] for layer in dependency.layers}
+    raise AssertionError(f"a dependency of unknown kind: {dependency!r}")
+
+
+@pytest.mark.parametrize("service", sorted(REGISTRIES))
+async def test_each_service_depends_on_exactly_what_the_service_table_says_it_needs(
+    service: str, aiohttp_client, aiohttp_server, settings_for, tmp_path: Path
+) -> None:
+    """The table's `needs` open the network paths and hand out the secrets: a dependency the
+    code does not use is a hole, one it uses undeclared fails on GKE only."""
+    running = await start(service, aiohttp_client, aiohttp_server, settings_for, tmp_path)
+    dependencies = running.client.server.app[DEPENDENCIES]
+    uses = set().union(*(backends_of(dependency) for dependency in dependencies))
+    assert uses == {str(dependency) for dependency in SERVICES[service].needs}
+    ready = await running.client.get("/readyz")
+    assert ready.status == 200
+    assert set((await ready.json())["checks"]) == {d.name for d in dependencies}

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from services.kit.app import DEPENDENCIES
 from services.kit.auth import Tokens
 from services.kit.cache import client
 from services.kit.settings import HostPort
@@ -33,7 +32,6 @@ from services.payment.fraud import (
 from services.payment.simulators import DEFAULT_CREDENTIALS, build
 from services.payment.views import FRAUD
 from stacks.local.data_tier import DataTier
-from stacks.services import SERVICES
 
 WINDOW_S = 60.0
 
@@ -259,16 +257,6 @@ def headers(tokens: Tokens) -> dict[str, str]:
         "Authorization": f"Bearer {tokens.issue('order', 'service', 'saga')}",
         "Idempotency-Key": f"order-{uuid.uuid4().hex}",
     }
-
-
-async def test_the_service_depends_on_what_the_service_table_says_it_needs(
-    replicas: list[TestClient],
-) -> None:
-    app: web.Application = replicas[0].server.app
-    needs = {str(dependency) for dependency in SERVICES["payment"].needs}
-    assert {dependency.name for dependency in app[DEPENDENCIES]} == needs == {"postgres", "redis"}
-    ready = await replicas[0].get("/readyz")
-    assert ready.status == 200 and set((await ready.json())["checks"]) == needs
 
 
 async def test_two_replicas_together_allow_exactly_the_limit(

@@ -559,6 +559,18 @@ def test_each_outside_party_is_reached_with_its_key_only_where_its_callers_run(
         other = pod_spec(prod.object("Deployment", name, "shop"))["containers"][0]
         assert not {e["name"] for e in other["env"]} & {"STRIPE_URL", "WAREHOUSE_URL"}
 
+    # HTTPS out to the internet for the outside parties' callers, and for no other service.
+    def https_out(name: str, namespace: str) -> bool:
+        policy = prod.object("NetworkPolicy", f"allow-{name}", namespace)["spec"]
+        return any(
+            rule["ports"] == [{"protocol": "TCP", "port": 443}]
+            and rule["to"][0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+            for rule in policy.get("egress", [])
+        )
+
+    assert https_out("payment", "payments") and https_out("order", "shop")
+    assert not any(https_out(name, "shop") for name in ("user", "product", "inventory"))
+
 
 def test_the_user_service_mails_through_the_stacks_relay_with_keys_only_it_holds(
     prod: StackRender,
