@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.order.fulfilment import ORDERS_AWAITING_SHIPMENT, WAREHOUSE_BREAKER_STATE
+from services.payment.fraud import VELOCITY_UNAVAILABLE
 
 Severity = Literal["critical", "warning", "info"]
 
@@ -114,6 +115,14 @@ ALERTS: tuple[Alert, ...] = (
         f"max by (provider) ({PAYMENT_BREAKER_STATE}) == 2",
         "5m",
         "A payment provider's circuit breaker has stayed open: checkouts run on the fallback",
+    ),
+    Alert(
+        "FraudVelocityUnchecked",
+        "warning",
+        f"sum by (outcome) (rate({VELOCITY_UNAVAILABLE}[5m])) > 0",
+        "5m",
+        "The fraud velocity window in Redis cannot be read: charges wait (or go unchecked up to "
+        "VELOCITY_UNCHECKED_MAX_CENTS)",
     ),
     Alert(
         "WarehouseUnreachable",
