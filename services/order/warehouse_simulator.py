@@ -13,8 +13,8 @@ Its API, JSON over HTTPS with `Authorization: Bearer <api key>` (`--api-key`, de
 
 An order reference is shipped once: a second shipment for it under another key answers 409
 `duplicate_order` with the shipment it already has (`shipment_id`). A line whose SKU contains
-`UNSHIPPABLE` (in any case) is refused with 422 `unshippable` (a hazardous or oversized item, say), as is a
-body that is not a shipment (422 `invalid_shipment`, naming the field).
+`UNSHIPPABLE` (in any case) is refused with 422 `unshippable` (a hazardous or oversized item,
+say), as is a body that is not a shipment (422 `invalid_shipment`, naming the field).
 
     GET  /_sim/shipments   every shipment accepted, with the idempotency key it came with
 
