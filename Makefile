@@ -49,6 +49,7 @@ system-packages:
 
 test: venv checkov-env system-packages
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
 
 # The whole platform on this machine (stacks/local): runs in the foreground until Ctrl-C;
@@ -76,6 +77,7 @@ plan: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

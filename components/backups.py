@@ -15,9 +15,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 from pulumi_gcp import serviceaccount, storage
+from pydantic import field_validator, model_validator
 
 from components.conf import pgbackrest
 from components.conf.postgres import PgMember
+from components.inputs import Inputs, KeyProblem, PositiveInt
 from components.kube import (
     Labels,
     config_map_volume,
@@ -29,13 +31,41 @@ from components.kube import (
     pod,
     secret_volume,
 )
-from infra.config import BackupConfig
 
 BACKUP_APP = "pgbackrest"
 TLS_SECRET = "pgbackrest-tls"
 TLS_DIR = "/etc/pgbackrest/tls"
 CONFIG_DIR = "/etc/pgbackrest/conf"
 LOG_PREFIX = "logs/"
+
+
+class BackupConfig(Inputs):
+    full_schedule: str = "0 2 * * *"  # daily at 02:00 UTC
+    incremental_schedule: str = "0 */6 * * *"  # every 6 hours
+    pitr_days: PositiveInt = 7
+    # Bucket lifecycle (seed): backups to a colder class after 7 days, archive after 90,
+    # logs deleted after 30.
+    nearline_after_days: PositiveInt = 7
+    archive_after_days: PositiveInt = 90
+    delete_logs_after_days: PositiveInt = 30
+    location: str | None = None  # defaults to the region; a multi-region for cross-region copies
+
+    @field_validator("full_schedule", "incremental_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _lifecycle(self) -> BackupConfig:
+        if self.archive_after_days <= self.nearline_after_days:
+            raise KeyProblem(
+                "archiveAfterDays",
+                f"expected > nearlineAfterDays ({self.nearline_after_days}), "
+                f"got {self.archive_after_days}",
+            )
+        return self
 
 
 @dataclass

@@ -9,15 +9,16 @@ in-cluster component uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_gcp import container, kms, organizations, projects, serviceaccount
+from pydantic import Field, model_validator
 
-from components.kube import DEDICATED_TAINT, POOL_LABEL, TAINTED_POOLS
+from components.inputs import Inputs, KeyProblem, NonNegativeInt, PositiveInt
+from components.kube import DEDICATED_TAINT, NODE_POOLS, POOL_LABEL, TAINTED_POOLS, NodePoolName
 from components.network import PODS_RANGE, SERVICES_RANGE, Network
-from infra.config import ClusterConfig, NodePoolConfig, NodePools
-from stacks.services import NodePoolName
 
 # The cluster carries its stack's monthly budget, so the policy pack can weigh the node
 # pools' cost against it.
@@ -31,6 +32,67 @@ NODE_ROLES = (
     "roles/stackdriver.resourceMetadata.writer",
     "roles/artifactregistry.reader",
 )
+
+
+CONFIDENTIAL_FAMILIES = ("n2d-", "c2d-", "c3d-")  # Confidential GKE Nodes: AMD only
+
+
+class MaintenanceWindow(Inputs):
+    # A weekly window in UTC, as an RFC 5545 recurrence (GKE's recurring window).
+    start: str = "2024-01-06T02:00:00Z"
+    end: str = "2024-01-06T06:00:00Z"
+    recurrence: str = "FREQ=WEEKLY;BYDAY=SA,SU"
+
+
+class ClusterConfig(Inputs):
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    maintenance_window: MaintenanceWindow = MaintenanceWindow()
+    # The cluster autoscaler's envelope (seed: 6..20 nodes, 2 per zone); pools must fit in it.
+    min_nodes: PositiveInt = 6
+    max_nodes: PositiveInt = 20
+    deletion_protection: bool = True
+
+
+class NodePoolConfig(Inputs):
+    machine_type: str = Field(pattern=r"^[a-z0-9]+-[a-z0-9]+-\d+$")
+    # Totals across the cluster's zones (GKE's total_min/total_max_node_count).
+    min_nodes: NonNegativeInt
+    max_nodes: PositiveInt
+    disk_size_gb: Annotated[int, Field(ge=20)] = 100
+    disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
+    spot: bool = False
+    # Confidential GKE Nodes encrypt memory (seed: payment nodes); AMD machine families only.
+    confidential: bool = False
+    max_surge: NonNegativeInt = 1
+    max_unavailable: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodePoolConfig:
+        if self.min_nodes > self.max_nodes:
+            raise KeyProblem(
+                "minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}"
+            )
+        if self.confidential and not self.machine_type.startswith(CONFIDENTIAL_FAMILIES):
+            raise KeyProblem(
+                "machineType",
+                f"expected an {'/'.join(f[:-1] for f in CONFIDENTIAL_FAMILIES)} machine type "
+                f"for confidential nodes, got {self.machine_type}",
+            )
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise KeyProblem(
+                "maxSurge", "expected maxSurge or maxUnavailable > 0, or upgrades cannot progress"
+            )
+        return self
+
+
+class NodePools(Inputs):
+    apps: NodePoolConfig
+    databases: NodePoolConfig
+    caches: NodePoolConfig
+    payments: NodePoolConfig
+
+    def items(self) -> list[tuple[NodePoolName, NodePoolConfig]]:
+        return [(name, getattr(self, name)) for name in NODE_POOLS]
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ label set live here once, so a hardening change is one edit for every pod of the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from stacks.services import NodePoolName
-
+# The cluster's node pools, by role: workloads pick one, the cluster creates each.
+NodePoolName = Literal["apps", "databases", "caches", "payments"]
+NODE_POOLS: tuple[NodePoolName, ...] = ("apps", "databases", "caches", "payments")
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # Node pools carry this label; the tainted ones also carry a NoSchedule taint with this key,
 # so only workloads that tolerate it land there.
@@ -23,6 +24,19 @@ TAINTED_POOLS: frozenset[NodePoolName] = frozenset({"databases", "caches", "paym
 
 # Non-root UID/GID for every container (>= 10000 so it never maps to a host user).
 APP_UID = 10001
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a backend listens inside the cluster: `<app>.<namespace>.svc:<port>`."""
+
+    namespace: str
+    app: str
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"{self.app}.{self.namespace}.svc.cluster.local"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.conf.memcached import memcached_args
+from components.inputs import Inputs, PositiveInt
 from components.kube import (
+    Endpoint,
     Labels,
     container,
     disruption_budget,
@@ -23,11 +25,15 @@ from components.kube import (
     zone_spread,
 )
 from components.network_policy import Flow
-from infra.config import MemcachedConfig
-from stacks.services import DATA_ENDPOINTS, Dependency
 
-ENDPOINT = DATA_ENDPOINTS[Dependency.MEMCACHED]
+ENDPOINT = Endpoint("cache", "memcached", 11211)
 THREADS = 2  # n2-highmem-2: two vCPUs per cache node
+
+
+class MemcachedConfig(Inputs):
+    nodes: PositiveInt = 3
+    memory_mb: PositiveInt = 8192
+    max_connections: PositiveInt = 4096
 
 
 @dataclass

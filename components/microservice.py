@@ -1,4 +1,4 @@
-"""One service of the service table, as Kubernetes runs it.
+"""One workload (a service of the service table), as Kubernetes runs it.
 
 A ServiceAccount without a token, a Deployment of restricted pods spread over zones, a
 Service, an autoscaling/v2 HPA with the table's targets and behaviour (the HPA owns the
@@ -8,12 +8,14 @@ replica count, so the Deployment has none), a PodDisruptionBudget and a ServiceM
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.kube import (
     Labels,
+    NodePoolName,
     checkov_skips,
     config_map_volume,
     container,
@@ -30,15 +32,78 @@ from components.kube import (
     tcp_probe,
     zone_spread,
 )
-from stacks.services import CustomMetric, ScalePolicy, Service
 
 SECRETS_DIR = "/var/run/secrets/shop"
 CONFIG_DIR = "/etc/shop"
 
 
+@dataclass(frozen=True)
+class ScalePolicy:
+    """One HPA behaviour direction: change by `percent` at most every `period_seconds`."""
+
+    percent: int
+    period_seconds: int
+    stabilization_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class CustomMetric:
+    """An extra HPA metric from the services' Prometheus metrics (via the adapter).
+
+    `per_pod` metrics are averaged over the pods (type Pods); others are one value for the
+    whole service (type External) divided across replicas by an AverageValue target.
+    """
+
+    name: str
+    target: str  # a Kubernetes quantity: "1000", "150m"
+    per_pod: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_replicas: int
+    max_replicas: int
+    cpu_percent: int
+    memory_percent: int
+    scale_up: ScalePolicy
+    scale_down: ScalePolicy
+    custom_metric: CustomMetric | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the component runs: one process image, where, how big, how it scales."""
+
+    name: str
+    namespace: str
+    argv: tuple[str, ...]
+    resources: Resources
+    scaling: Scaling
+    node_pool: NodePoolName
+    port: int
+    metrics_port: int
+    # Public: a LoadBalancer on port 80 (the gateway); else a ClusterIP Service on `port`.
+    public: bool = False
+    # A headless Service `<name>-pods` too, whose DNS answers are the ready pods (the
+    # gateway balances over them itself).
+    pods_service: bool = False
+    # "service": /healthz and /readyz (services.kit); "haproxy": its monitor URI answers
+    # once it serves, so that is its readiness.
+    probes: Literal["service", "haproxy"] = "service"
+
+
 @dataclass
 class MicroserviceArgs:
-    service: Service
+    workload: Workload
     image: pulumi.Input[str]
     min_replicas: int
     max_replicas: int
@@ -65,9 +130,9 @@ class Microservice(pulumi.ComponentResource):
     ):
         super().__init__("platform:apps:Microservice", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        svc = args.service
+        svc = args.workload
         ns = svc.namespace
-        labels = args.labels.k8s(svc.name, "edge" if svc.is_public else "app")
+        labels = args.labels.k8s(svc.name, "edge" if svc.public else "app")
 
         # Its own identity, and no API token: services never talk to the Kubernetes API.
         account = k8s.core.v1.ServiceAccount(
@@ -149,7 +214,7 @@ class Microservice(pulumi.ComponentResource):
             opts=child,
         )
 
-        public = svc.is_public
+        public = svc.public
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=meta(svc.name, ns, labels),
@@ -176,9 +241,7 @@ class Microservice(pulumi.ComponentResource):
             opts=child,
         )
 
-        if svc.route is not None:
-            # The gateway balances over the pods themselves: a headless Service's DNS answers
-            # are the ready pods (see stacks/gateway.py).
+        if svc.pods_service:
             headless_service(
                 f"{name}-pods", f"{svc.name}-pods", ns, labels, {"http": svc.port}, child
             )
@@ -226,18 +289,18 @@ class Microservice(pulumi.ComponentResource):
         self.register_outputs({"deployment": self.deployment.metadata.name})
 
 
-def _ports(svc: Service) -> list[k8s.core.v1.ContainerPortArgs]:
+def _ports(svc: Workload) -> list[k8s.core.v1.ContainerPortArgs]:
     ports = [k8s.core.v1.ContainerPortArgs(name="http", container_port=svc.port)]
     if svc.metrics_port != svc.port:
         ports.append(k8s.core.v1.ContainerPortArgs(name="metrics", container_port=svc.metrics_port))
     return ports
 
 
-def _probes(svc: Service) -> dict[str, k8s.core.v1.ProbeArgs]:
+def _probes(svc: Workload) -> dict[str, k8s.core.v1.ProbeArgs]:
     """Liveness asks "is the process alive", readiness "can it serve": distinct on purpose,
     so a database outage takes pods out of rotation without restarting them all. HAProxy
     answers its monitor URI once it serves; that is its readiness."""
-    if svc.image == "gateway":
+    if svc.probes == "haproxy":
         alive = tcp_probe("http", period_seconds=10, failure_threshold=3, timeout_seconds=2)
         ready = http_probe("/healthz", "http", period_seconds=5, failure_threshold=2)
         started = tcp_probe("http", period_seconds=2, failure_threshold=30)

@@ -1,23 +1,31 @@
 """Metrics, alerts and the custom metrics the autoscalers read.
 
 Prometheus and Alertmanager come from kube-prometheus-stack; the prometheus-adapter turns the
-service table's custom metrics into the Pods/External metrics the HPAs ask for. Alerts are the
-seed's (stacks/alerts.py). Alertmanager's routing (pager for critical, chat for warning in
-business hours, dashboards only for info) lives in a Secret, since its endpoints are secrets.
+autoscalers' custom metrics into the Pods/External metrics the HPAs ask for. The alerts are
+the composition's (stacks/alerts.py: the seed's). Alertmanager's routing (pager for critical,
+chat for warning in business hours, dashboards only for info) lives in a Secret, since its
+endpoints are secrets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
 from components.kube import APP_UID, Labels, meta
-from components.network_policy import MONITORING, PUBLIC_INTERNET, Cidr, Flow
-from stacks.alerts import ALERTS, Alert
-from stacks.services import MONITORING_NAMESPACE, SERVICE_TABLE, Service
+from components.microservice import CustomMetric
+from components.network_policy import (
+    MONITORING,
+    MONITORING_NAMESPACE,
+    PUBLIC_INTERNET,
+    Cidr,
+    Flow,
+)
 
 PROMETHEUS_STACK_CHART = ("kube-prometheus-stack", "65.8.1")
 ADAPTER_CHART = ("prometheus-adapter", "4.11.0")
@@ -25,9 +33,27 @@ CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 ALERTMANAGER_SECRET = "alertmanager-routing"
 
 
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule. Critical pages (any hour), warning goes to chat in business hours,
+    info only shows on dashboards."""
+
+    name: str
+    severity: Severity
+    expr: str
+    for_: str
+    summary: str
+
+
 @dataclass
 class MonitoringArgs:
     labels: Labels
+    alerts: tuple[Alert, ...]
+    # The autoscalers' custom metrics the adapter serves (the workloads' Scaling).
+    custom_metrics: tuple[CustomMetric, ...]
     pagerduty_routing_key: pulumi.Input[str]
     slack_webhook_url: pulumi.Input[str]
     slack_channel: str
@@ -78,7 +104,7 @@ class Monitoring(pulumi.ComponentResource):
                     "port": 9090,
                 },
                 "securityContext": _chart_security(),
-                "rules": {"default": False, **adapter_rules(SERVICE_TABLE)},
+                "rules": {"default": False, **adapter_rules(args.custom_metrics)},
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
         )
@@ -87,7 +113,7 @@ class Monitoring(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
             metadata=meta("platform-alerts", ns, labels),
-            spec={"groups": alert_groups(ALERTS)},
+            spec={"groups": alert_groups(args.alerts)},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
         )
         self.register_outputs({})
@@ -180,14 +206,11 @@ def alertmanager_config(
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def adapter_rules(table: tuple[Service, ...]) -> dict[str, list[dict[str, object]]]:
-    """prometheus-adapter rules for each custom HPA metric of the service table."""
+def adapter_rules(metrics: Iterable[CustomMetric]) -> dict[str, list[dict[str, object]]]:
+    """prometheus-adapter rules for each custom HPA metric."""
     custom: list[dict[str, object]] = []
     external: list[dict[str, object]] = []
-    for svc in table:
-        metric = svc.scaling.custom_metric
-        if metric is None:
-            continue
+    for metric in metrics:
         rule = {
             "seriesQuery": f'{metric.name}{{namespace!="",pod!=""}}',
             "resources": {

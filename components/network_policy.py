@@ -1,7 +1,7 @@
 """Zero-trust networking, generated: default deny everywhere, then one allow per flow.
 
 Nothing here names a service. The flows come from the service table's caller graph and
-dependencies (`service_flows`) and from each data-tier component's own description of its
+dependencies (stacks/network.py) and from each data-tier component's own description of its
 internal paths (replication, cluster bus, backups, scrapes). Every flow becomes an egress rule
 on its source and an ingress rule on its destination, so both ends always agree.
 """
@@ -16,14 +16,6 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.kube import Labels, meta
-from stacks.services import (
-    DATA_ENDPOINTS,
-    INTERNET,
-    MONITORING_NAMESPACE,
-    SERVICE_TABLE,
-    SERVICES,
-    Service,
-)
 
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -54,6 +46,8 @@ Peer = Pods | Namespace | Cidr
 ANYWHERE = Cidr("0.0.0.0/0")
 # The public internet, never the VPC: payment providers and Google APIs over HTTPS.
 PUBLIC_INTERNET = Cidr("0.0.0.0/0", PRIVATE_RANGES)
+# The monitoring stack's namespace: every component lets it scrape its pods.
+MONITORING_NAMESPACE = "monitoring"
 MONITORING = Namespace(MONITORING_NAMESPACE)
 
 
@@ -63,30 +57,6 @@ class Flow:
     dest: Peer
     ports: tuple[int, ...]  # empty: every port
     protocol: str = "TCP"
-
-
-def service_flows(
-    table: Iterable[Service] = SERVICE_TABLE, mail_port: int | None = None
-) -> list[Flow]:
-    """The paths the seed allows for the services: callers on 8080, PgPool on 5432, Redis on
-    6379, Memcached on 11211, Prometheus scrapes, HTTPS out for the outside parties they call
-    (the payment providers, the warehouse), and out to the mail relay's `mail_port` (the
-    stack's smtp.port) for the mail senders."""
-    flows: list[Flow] = []
-    for svc in table:
-        me = Pods(svc.namespace, svc.name)
-        for caller in sorted(svc.callers):
-            source = ANYWHERE if caller == INTERNET else Pods(SERVICES[caller].namespace, caller)
-            flows.append(Flow(source, me, (svc.port,)))
-        flows.append(Flow(MONITORING, me, (svc.metrics_port,)))
-        for dependency in sorted(svc.needs):
-            endpoint = DATA_ENDPOINTS[dependency]
-            flows.append(Flow(me, Pods(endpoint.namespace, endpoint.app), (endpoint.port,)))
-        if svc.outside:
-            flows.append(Flow(me, PUBLIC_INTERNET, (443,)))
-        if svc.sends_mail and mail_port is not None:
-            flows.append(Flow(me, PUBLIC_INTERNET, (mail_port,)))
-    return flows
 
 
 @dataclass

@@ -13,16 +13,18 @@ the primary, a new replica (pg_basebackup) or an old primary that must rejoin (p
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+from pydantic import Field, field_validator, model_validator
 
 from components.backups import TLS_DIR as BACKUP_TLS_DIR
 from components.backups import TLS_SECRET as BACKUP_TLS_SECRET
-from components.backups import BackupsArgs, PostgresBackups
+from components.backups import BackupConfig, BackupsArgs, PostgresBackups
 from components.conf import pgbackrest, zone_of
 from components.conf.pgpool import (
     PgpoolNode,
@@ -44,7 +46,9 @@ from components.conf.scripts import (
     postgres_files,
     postgres_secret_files,
 )
+from components.inputs import Inputs, KeyProblem, PositiveInt
 from components.kube import (
+    Endpoint,
     Labels,
     config_map_volume,
     container,
@@ -67,12 +71,8 @@ from components.kube import (
 )
 from components.microservice import SECRETS_DIR as SERVICE_SECRETS_DIR
 from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods
-from infra.config import PostgresConfig
-from services.kit.migrate import load as load_migrations
-from stacks.services import DATA_ENDPOINTS, Dependency
-from stacks.wiring import database_environment, job_environment
 
-ENDPOINT = DATA_ENDPOINTS[Dependency.POSTGRES]  # the clients' view: PgPool-II
+ENDPOINT = Endpoint("data", "pgpool", 5432)  # the clients' view: PgPool-II
 NAMESPACE = ENDPOINT.namespace
 APP = "postgres"
 PGPOOL = ENDPOINT.app
@@ -82,6 +82,8 @@ APP_SECRET = "postgres-app"  # the application role's password, in every client 
 CREDENTIALS_SECRET = "postgres-credentials"
 PGPOOL_SECRET = "pgpool-credentials"
 PARTITIONS_APP = "partition-maintenance"
+# Where the jobs find the application role's password (a file `password` in it).
+JOB_SECRET_DIR = f"{SERVICE_SECRETS_DIR}/{APP_SECRET}"
 MIGRATIONS_APP = "schema-migrations"
 
 CONF_DIR = "/etc/postgresql/conf"
@@ -91,6 +93,54 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 RENDERED_DIR = "/etc/pgpool2-rendered"
 STORAGE_CLASS = "postgres-ssd"
 USERS = PgUsers()
+
+
+class PgpoolConfig(Inputs):
+    # 1 (no watchdog) or an odd number >= 3, so the watchdog has a quorum and exactly one
+    # pgpool decides a failover.
+    replicas: PositiveInt = 3
+    num_init_children: PositiveInt = 50
+    max_pool: PositiveInt = 4
+
+    @field_validator("replicas")
+    @classmethod
+    def _quorum(cls, value: int) -> int:
+        if value > 1 and value % 2 == 0:
+            raise ValueError(f"expected 1 or an odd number >= 3 (watchdog quorum), got {value}")
+        return value
+
+
+class PostgresConfig(Inputs):
+    replicas: Annotated[int, Field(ge=1, le=8)] = 3
+    synchronous_standbys: Annotated[int, Field(ge=0)] = 1
+    storage_gb: Annotated[int, Field(ge=10)] = 200
+    cpu: str = "3"
+    memory: str = "12Gi"
+    partitions_ahead_months: Annotated[int, Field(ge=1, le=24)] = 3
+    pgpool: PgpoolConfig = PgpoolConfig()
+    backups: BackupConfig = BackupConfig()
+
+    @model_validator(mode="after")
+    def _sync(self) -> PostgresConfig:
+        if self.synchronous_standbys > self.replicas:
+            raise KeyProblem(
+                "synchronousStandbys",
+                f"expected <= replicas ({self.replicas}), got {self.synchronous_standbys}",
+            )
+        return self
+
+
+@dataclass
+class DatabaseJobs:
+    """The schema migrations (a Job per set of migration files) and the partition maintenance
+    (a CronJob), run from the services' image against PgPool-II as the application role."""
+
+    migrate: tuple[str, ...]  # argv
+    partitions: tuple[str, ...]  # argv
+    # A job's environment by its name; the application role's password is the file
+    # `JOB_SECRET_DIR/password`, and PgPool-II is at `ENDPOINT`.
+    env: Callable[[str], dict[str, str]]
+    migrations_digest: str  # of the migration files: a new set is a new Job
 
 
 @dataclass
@@ -106,7 +156,7 @@ class PostgresArgs:
     labels: Labels
     gcp_labels: dict[str, str]
     client_namespaces: tuple[str, ...]
-    environment: str
+    jobs: DatabaseJobs
     deletion_protection: bool = True
 
 
@@ -521,19 +571,16 @@ class PostgresCluster(pulumi.ComponentResource):
         """The schema migrations (a Job per set of migration files) and the monthly `orders`
         partitions (a CronJob), both through PgPool-II as the application role, from the
         services' image and with the services' settings code."""
-        secret_dir = f"{SERVICE_SECRETS_DIR}/{APP_SECRET}"
-        database = database_environment(
-            f"{ENDPOINT.host}:{ENDPOINT.port}", f"{secret_dir}/password"
-        )
+        jobs = args.jobs
 
-        def spec(app: str, argv: list[str], restart: str) -> k8s.core.v1.PodSpecArgs:
+        def spec(app: str, argv: tuple[str, ...], restart: str) -> k8s.core.v1.PodSpecArgs:
             job = container(
                 app,
                 args.service_image,
-                argv,
+                list(argv),
                 ("50m", "64Mi", "500m", "256Mi"),
-                [mount("credentials", secret_dir, read_only=True), mount("tmp", "/tmp")],
-                env=env_vars(job_environment(app, args.environment, database)),
+                [mount("credentials", JOB_SECRET_DIR, read_only=True), mount("tmp", "/tmp")],
+                env=env_vars(jobs.env(app)),
             )
             return pod(
                 [job],
@@ -543,9 +590,7 @@ class PostgresCluster(pulumi.ComponentResource):
             )
 
         # A new set of migration files is a new Job (its name carries their digest).
-        digest = hashlib.sha256(
-            "".join(m.checksum for m in load_migrations()).encode()
-        ).hexdigest()[:10]
+        digest = jobs.migrations_digest[:10]
         labels = args.labels.k8s(MIGRATIONS_APP, "data")
         k8s.batch.v1.Job(
             f"{name}-migrations-{digest}",
@@ -555,25 +600,18 @@ class PostgresCluster(pulumi.ComponentResource):
                 active_deadline_seconds=1800,
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=spec(
-                        MIGRATIONS_APP, ["python", "-m", "services.kit.migrate"], "OnFailure"
-                    ),
+                    spec=spec(MIGRATIONS_APP, jobs.migrate, "OnFailure"),
                 ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=members),
         )
         labels = args.labels.k8s(PARTITIONS_APP, "data")
-        ahead = str(args.config.partitions_ahead_months)
         cron_job(
             f"{name}-partitions",
             meta(PARTITIONS_APP, NAMESPACE, labels),
             "17 3 * * *",  # daily: a missed run is caught up the next day
             labels,
-            spec(
-                PARTITIONS_APP,
-                ["python", "-m", "services.maintenance.partitions", "--ahead", ahead],
-                "Never",
-            ),
+            spec(PARTITIONS_APP, jobs.partitions, "Never"),
             deadline_seconds=600,
             backoff_limit=3,
             opts=pulumi.ResourceOptions(parent=self),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Annotated
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+from pydantic import Field
 
 from components.conf import zone_of
 from components.conf.redis import (
@@ -24,7 +26,9 @@ from components.conf.redis import (
     redis_auth_conf,
     redis_conf,
 )
+from components.inputs import Inputs, NonNegativeInt, PositiveInt
 from components.kube import (
+    Endpoint,
     Labels,
     config_map_volume,
     container,
@@ -43,15 +47,20 @@ from components.kube import (
     volume_claim,
 )
 from components.network_policy import MONITORING, Flow, Pods
-from infra.config import RedisConfig
-from stacks.services import DATA_ENDPOINTS, Dependency
 
-ENDPOINT = DATA_ENDPOINTS[Dependency.REDIS]
+ENDPOINT = Endpoint("cache", "redis", 6379)  # every node; clients follow the cluster
 AUTH_SECRET = "redis-auth"  # in the cache namespace and in every client namespace
 EXPORTER_PORT = 9121
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/redis"
 AUTH_DIR = "/etc/redis-auth"
+
+
+class RedisConfig(Inputs):
+    masters: Annotated[int, Field(ge=3)] = 3  # Redis Cluster needs at least 3 masters
+    replicas_per_master: NonNegativeInt = 1
+    maxmemory_mb: PositiveInt = 4096
+    storage_gb: PositiveInt = 20
 
 
 @dataclass

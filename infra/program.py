@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from infra.config import from_pulumi
+from stacks.config import from_pulumi
 from stacks.platform import Platform
 
 

@@ -117,7 +117,7 @@ def render(stack: str, stack_file: Path | None = None) -> Render:
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from infra.config import PROJECT, SECRET_KEYS
+    from stacks.config import PROJECT, SECRET_KEYS
 
     stack_file = stack_file or ROOT / f"Pulumi.{stack}.yaml"
     if not stack_file.exists():
@@ -166,7 +166,13 @@ def write(result: Render, out: Path) -> None:
         for old in manifests.rglob("*.yaml"):
             old.unlink()
     (out / "resources.json").write_text(
-        json.dumps([r.__dict__ for r in result.resources], indent=2, sort_keys=True) + "\n"
+        # By type and name: the engine registers them in no fixed order, a review diffs them.
+        json.dumps(
+            sorted((r.__dict__ for r in result.resources), key=lambda r: (r["type"], r["name"])),
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
     )
     for obj in result.kubernetes_objects():
         metadata = obj.get("metadata") or {}
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from infra.config import ConfigError
+    from stacks.config import ConfigError
 
     try:
         result = render(args.stack, args.stack_file)

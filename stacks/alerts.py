@@ -1,28 +1,24 @@
 """The platform's alerts, with the seed's thresholds, and the metric names they read.
 
 Critical alerts page (PagerDuty, 24/7), warnings go to chat in business hours, info alerts
-only show on dashboards. The services export the metrics named here (the contract between
-`services/` and monitoring); the data tier's exporters export the `pg_*` and `redis_*` ones.
+only show on dashboards. The services' metrics are named by what they export
+(`services.kit.exports`); the data tier's exporters export the `pg_*` and `redis_*` ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-from services.order.fulfilment import ORDERS_AWAITING_SHIPMENT, WAREHOUSE_BREAKER_STATE
-from services.payment.fraud import VELOCITY_UNAVAILABLE
-
-Severity = Literal["critical", "warning", "info"]
-
-# Metric names the services export (see services/ kit).
-HTTP_REQUESTS = "http_requests_total"  # labels: service, route, method, status
-HTTP_LATENCY = "http_request_duration_seconds"  # histogram; labels: service, route
-CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), result (hit|miss)
-ORDER_QUEUE_DEPTH = "order_queue_depth"
-PAYMENT_ATTEMPTS = "payment_attempts_total"  # labels: provider, result
-PAYMENT_BREAKER_STATE = "payment_breaker_state"  # labels: provider; 0 closed, 1 half-open, 2 open
-EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even after re-drives
+from components.monitoring import Alert
+from services.kit.exports import (
+    CACHE_REQUESTS,
+    EVENTS_DEAD_LETTERS,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    ORDER_QUEUE_DEPTH,
+    ORDERS_AWAITING_SHIPMENT,
+    PAYMENT_BREAKER_STATE,
+    PAYMENT_VELOCITY_UNAVAILABLE,
+    WAREHOUSE_BREAKER_STATE,
+)
 
 # Seed thresholds.
 ERROR_RATE_CRITICAL = 0.05
@@ -30,15 +26,6 @@ LATENCY_CRITICAL_SECONDS = 5
 RESOURCE_WARNING_RATIO = 0.80
 CACHE_HIT_WARNING_RATIO = 0.80
 DISK_WARNING_RATIO = 0.85
-
-
-@dataclass(frozen=True)
-class Alert:
-    name: str
-    severity: Severity
-    expr: str
-    for_: str
-    summary: str
 
 
 ALERTS: tuple[Alert, ...] = (
@@ -119,7 +106,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FraudVelocityUnchecked",
         "warning",
-        f"sum by (outcome) (rate({VELOCITY_UNAVAILABLE}[5m])) > 0",
+        f"sum by (outcome) (rate({PAYMENT_VELOCITY_UNAVAILABLE}[5m])) > 0",
         "5m",
         "The fraud velocity window in Redis cannot be read: charges wait (or go unchecked up to "
         "VELOCITY_UNCHECKED_MAX_CENTS)",

@@ -19,6 +19,7 @@ from components.conf.haproxy import (
     Streams,
     haproxy_cfg,
 )
+from services.kit.exports import REQUEST_ID_PATTERN
 from services.kit.streams import KEEPALIVE_S
 from stacks.services import GATEWAY_CONFIG, SERVICE_TABLE, SERVICES, Service
 
@@ -84,6 +85,7 @@ def kubernetes_config() -> tuple[str, dict[str, str]]:
         server_maxconn=SERVER_MAXCONN,
         jwt_key_env=JWT_KEY_ENV,
         streams=STREAMS,
+        request_id_pattern=REQUEST_ID_PATTERN,
     )
     return str(path.parent), {path.name: cfg}
 
@@ -113,6 +115,7 @@ def local_config(
         server_maxconn=server_maxconn,
         jwt_key_env=JWT_KEY_ENV,
         streams=STREAMS,
+        request_id_pattern=REQUEST_ID_PATTERN,
     )
 
 

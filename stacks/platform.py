@@ -8,10 +8,12 @@ monitoring. Sizes come from the stack's config; everything else from the service
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pulumi
 
+from components import postgres
 from components.cluster import GkeCluster, GkeClusterArgs
 from components.images import ImagesArgs, PlatformImages
 from components.kube import Labels
@@ -20,12 +22,15 @@ from components.microservice import SECRETS_DIR, Microservice, MicroserviceArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.namespaces import Namespaces, NamespacesArgs
 from components.network import Network, NetworkArgs
-from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, service_flows
-from components.postgres import PostgresArgs, PostgresCluster
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
+from components.postgres import DatabaseJobs, PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
 from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
-from infra.config import StackConfig
+from services.kit.migrate import load as load_migrations
+from stacks.alerts import ALERTS
+from stacks.config import StackConfig
 from stacks.gateway import JWT_KEY_ENV, kubernetes_config
+from stacks.network import service_flows
 from stacks.services import (
     OUTSIDE_PARTIES,
     SERVICE_TABLE,
@@ -35,7 +40,13 @@ from stacks.services import (
     namespaces,
     users_of,
 )
-from stacks.wiring import Addresses, SecretFiles, service_environment
+from stacks.wiring import (
+    Addresses,
+    SecretFiles,
+    database_environment,
+    job_environment,
+    service_environment,
+)
 
 NAME = "shop"
 
@@ -103,7 +114,7 @@ class Platform:
                 labels=labels,
                 gcp_labels=labels.gcp("postgres", "data"),
                 client_namespaces=_namespaces_of(Dependency.POSTGRES),
-                environment=config.environment,
+                jobs=database_jobs(config),
                 deletion_protection=config.cluster.deletion_protection,
             ),
             in_cluster,
@@ -199,7 +210,7 @@ class Platform:
             self.services[svc.name] = Microservice(
                 svc.name,
                 MicroserviceArgs(
-                    service=svc,
+                    workload=svc.workload,
                     image=self.images.refs[svc.image],
                     min_replicas=low,
                     max_replicas=high,
@@ -239,6 +250,10 @@ class Platform:
             "monitoring",
             MonitoringArgs(
                 labels=labels,
+                alerts=ALERTS,
+                custom_metrics=tuple(
+                    s.scaling.custom_metric for s in SERVICE_TABLE if s.scaling.custom_metric
+                ),
                 pagerduty_routing_key=secrets["pagerdutyRoutingKey"],
                 slack_webhook_url=secrets["slackWebhookUrl"],
                 slack_channel=config.alerting.slack_channel,
@@ -250,6 +265,24 @@ class Platform:
         self.gateway_address = gateway.status.apply(
             lambda s: (s.load_balancer.ingress or [None])[0].ip if s and s.load_balancer else None
         )
+
+
+def database_jobs(config: StackConfig) -> DatabaseJobs:
+    """The data tier's jobs: the services' migrations and partition maintenance, with the
+    services' settings shape (stacks.wiring), through PgPool-II."""
+    database = database_environment(
+        f"{postgres.ENDPOINT.host}:{postgres.ENDPOINT.port}",
+        f"{postgres.JOB_SECRET_DIR}/password",
+    )
+    ahead = str(config.postgres.partitions_ahead_months)
+    return DatabaseJobs(
+        migrate=("python", "-m", "services.kit.migrate"),
+        partitions=("python", "-m", "services.maintenance.partitions", "--ahead", ahead),
+        env=lambda job: job_environment(job, config.environment, database),
+        migrations_digest=hashlib.sha256(
+            "".join(m.checksum for m in load_migrations()).encode()
+        ).hexdigest(),
+    )
 
 
 def gateway_files(svc: Service, signing: SharedSecret) -> dict[str, Any]:

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-NodePoolName = Literal["apps", "databases", "caches", "payments"]
+from components import memcached, postgres, redis
+from components.kube import Endpoint, NodePoolName
+from components.microservice import CustomMetric, Resources, ScalePolicy, Scaling, Workload
+from components.network_policy import MONITORING_NAMESPACE
+from services.kit.exports import ORDER_QUEUE_DEPTH, PRODUCT_CACHE_MISS_RATIO
 
 SERVICE_PORT = 8080  # every service and the gateway listen here (non-root, > 1024)
 INTERNET = "internet"  # the caller name for traffic from outside the cluster
@@ -26,52 +30,10 @@ class Dependency(StrEnum):
 
 
 # The outside parties services call over HTTPS on the public internet. The stack config gives
-# each one's URL (infra.config StackConfig.outside_urls), the secret config its key
+# each one's URL (stacks.config StackConfig.outside_urls), the secret config its key
 # (`<name>ApiKey`); a service gets <NAME>_URL and <NAME>_API_KEY_FILE for each it calls.
 OutsideParty = Literal["stripe", "paypal", "warehouse"]
 OUTSIDE_PARTIES: tuple[OutsideParty, ...] = ("stripe", "paypal", "warehouse")
-
-
-@dataclass(frozen=True)
-class ScalePolicy:
-    """One HPA behaviour direction: change by `percent` at most every `period_seconds`."""
-
-    percent: int
-    period_seconds: int
-    stabilization_seconds: int = 0
-
-
-@dataclass(frozen=True)
-class CustomMetric:
-    """An extra HPA metric from the services' Prometheus metrics (via the adapter).
-
-    `per_pod` metrics are averaged over the pods (type Pods); others are one value for the
-    whole service (type External) divided across replicas by an AverageValue target.
-    """
-
-    name: str
-    target: str  # a Kubernetes quantity: "1000", "150m"
-    per_pod: bool
-    why: str
-
-
-@dataclass(frozen=True)
-class Scaling:
-    min_replicas: int
-    max_replicas: int
-    cpu_percent: int
-    memory_percent: int
-    scale_up: ScalePolicy
-    scale_down: ScalePolicy
-    custom_metric: CustomMetric | None = None
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu_request: str
-    memory_request: str
-    cpu_limit: str
-    memory_limit: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +46,7 @@ class Service:
     callers: frozenset[str]
     needs: frozenset[Dependency] = frozenset()
     # PostgreSQL connections one pod (process) holds at most (DATABASE_POOL_MAX). PgPool-II's
-    # children are sized for every pod at its HPA maximum (infra/config.py checks it).
+    # children are sized for every pod at its HPA maximum (stacks/config.py checks it).
     database_connections: int = 4
     route: str | None = None  # the gateway serves it at /api/<route>
     # Paths under the route that answer with a long-lived stream (Server-Sent Events): the
@@ -93,7 +55,7 @@ class Service:
     node_pool: NodePoolName = "apps"
     # The outside parties it calls (egress to the internet on 443: nothing else leaves the VPC).
     outside: tuple[OutsideParty, ...] = ()
-    # Sends e-mail (password resets) through the stack's SMTP relay (infra.config SmtpConfig):
+    # Sends e-mail (password resets) through the stack's SMTP relay (stacks.config SmtpConfig):
     # it gets the SMTP_* settings, the reset key and egress to the relay's port.
     sends_mail: bool = False
     port: int = SERVICE_PORT
@@ -110,6 +72,23 @@ class Service:
     @property
     def is_public(self) -> bool:
         return INTERNET in self.callers
+
+    @property
+    def workload(self) -> Workload:
+        """This row as the Microservice component takes it."""
+        return Workload(
+            name=self.name,
+            namespace=self.namespace,
+            argv=self.argv,
+            resources=self.resources,
+            scaling=self.scaling,
+            node_pool=self.node_pool,
+            port=self.port,
+            metrics_port=self.metrics_port,
+            public=self.is_public,
+            pods_service=self.route is not None,  # the gateway balances over the pods
+            probes="haproxy" if self.image == "gateway" else "service",
+        )
 
 
 _APP_RESOURCES = Resources("250m", "256Mi", "1", "512Mi")
@@ -172,7 +151,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
             custom_metric=CustomMetric(
                 # An HPA scales up when a metric rises above target, so the seed's "hit ratio
                 # above 85 %" is expressed as "miss ratio below 15 %".
-                name="product_cache_miss_ratio",
+                name=PRODUCT_CACHE_MISS_RATIO,
                 target="150m",
                 per_pod=True,
                 why="seed: scale up when the cache hit ratio drops below 85 %",
@@ -195,7 +174,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
             scale_up=ScalePolicy(100, 15),
             scale_down=ScalePolicy(10, 300, stabilization_seconds=300),
             custom_metric=CustomMetric(
-                name="order_queue_depth",
+                name=ORDER_QUEUE_DEPTH,
                 target="100",
                 per_pod=False,
                 why="seed: scale up when more than 100 orders per replica are pending",
@@ -288,26 +267,13 @@ def _check_table() -> None:
 _check_table()
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a shared backend listens inside the cluster: `<app>.<namespace>.svc:<port>`."""
-
-    namespace: str
-    app: str
-    port: int
-
-    @property
-    def host(self) -> str:
-        return f"{self.app}.{self.namespace}.svc.cluster.local"
-
-
 # The data tier as the services see it: every client reaches PostgreSQL through PgPool-II.
+# Each is the component's own (components.postgres, .redis, .memcached).
 DATA_ENDPOINTS: dict[Dependency, Endpoint] = {
-    Dependency.POSTGRES: Endpoint("data", "pgpool", 5432),
-    Dependency.REDIS: Endpoint("cache", "redis", 6379),
-    Dependency.MEMCACHED: Endpoint("cache", "memcached", 11211),
+    Dependency.POSTGRES: postgres.ENDPOINT,
+    Dependency.REDIS: redis.ENDPOINT,
+    Dependency.MEMCACHED: memcached.ENDPOINT,
 }
-MONITORING_NAMESPACE = "monitoring"
 
 
 def namespaces() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from components.conf.postgres import PgUsers
-from infra.config import CacheTtls, SmtpConfig
+from stacks.config import CacheTtls, SmtpConfig
 from stacks.services import Dependency, Service, callees
 
 USERS = PgUsers()

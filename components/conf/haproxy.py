@@ -56,8 +56,6 @@ _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-# What a client-supplied X-Request-ID may look like: safe to log and to echo into JSON.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # Names of HAProxy-rendered objects, so tests and the runner can refer to them.
 FRONTEND = "gateway"
 METRICS_FRONTEND = "metrics"
@@ -262,6 +260,7 @@ def haproxy_cfg(
     jwt_key_env: str | None = None,
     server_maxconn: int | None = None,
     streams: Streams = Streams(),
+    request_id_pattern: str | None = None,
 ) -> str:
     """Render ``haproxy.cfg`` for the API gateway.
 
@@ -285,6 +284,9 @@ def haproxy_cfg(
     ``server_maxconn``: requests in flight per server (service process); more wait in the
     gateway's queue (``timeout queue``) instead of piling up inside one event loop.
     ``streams``: the idle timeout and connection budgets of routes with ``stream=True``.
+    ``request_id_pattern``: a regular expression a client's X-Request-ID must match to be
+    kept (the services' own, safe to log and to echo into JSON); None: every request gets a
+    new id.
     """
     if not routes:
         raise ValueError("the gateway needs at least one route")
@@ -314,6 +316,10 @@ def haproxy_cfg(
         values = [getattr(r, attr) for r in routes]
         if len(set(values)) != len(values):
             raise ValueError(f"route {attr} values must be unique")
+    if request_id_pattern is not None and (
+        not request_id_pattern or any(c.isspace() for c in request_id_pattern)
+    ):
+        raise ValueError(f"request_id_pattern {request_id_pattern!r}: expected a regex, no spaces")
     if any(r.stream for r in routes) and timeouts.client_ms < 2 * streams.keepalive_ms:
         raise ValueError(
             f"timeout client ({timeouts.client_ms} ms) would cut a quiet stream: streams write "
@@ -339,6 +345,7 @@ def haproxy_cfg(
         client_ip_occurrence,
         allow_chunked_bodies,
         jwt_key_env,
+        request_id_pattern,
     )
     out += _not_found_backend()
     for route in ordered:
@@ -439,7 +446,17 @@ def _frontend(
     client_ip_occurrence: int,
     allow_chunked_bodies: bool,
     jwt_key_env: str | None,
+    request_id_pattern: str | None,
 ) -> list[str]:
+    keep_client_id = (
+        [
+            "    http-request set-var(txn.request_id) req.fhdr(x-request-id) "
+            "if { req.fhdr_cnt(x-request-id) eq 1 } "
+            f"{{ req.fhdr(x-request-id) -m reg {request_id_pattern} }}",
+        ]
+        if request_id_pattern is not None
+        else []
+    )
     lines = [
         "",
         f"frontend {FRONTEND}",
@@ -454,9 +471,7 @@ def _frontend(
         '%ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs %{+Q}r %ID"',
         "",
         "    # 1. X-Request-ID: the client's if it is a single well-formed header, else a UUID.",
-        "    http-request set-var(txn.request_id) req.fhdr(x-request-id) "
-        "if { req.fhdr_cnt(x-request-id) eq 1 } "
-        f"{{ req.fhdr(x-request-id) -m reg {REQUEST_ID_PATTERN} }}",
+        *keep_client_id,
         "    http-request set-var(txn.request_id) uuid() unless { var(txn.request_id) -m found }",
         "    http-request set-header X-Request-ID %[var(txn.request_id)]",
         "    http-after-response set-header X-Request-ID %[var(txn.request_id)] "

@@ -19,10 +19,10 @@ import structlog
 from multidict import CIMultiDictProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from components.conf.haproxy import REQUEST_ID_PATTERN
+from services.kit.exports import REQUEST_ID_PATTERN
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# The gateway's rule for a client-supplied id (safe to log and to echo into JSON).
+# The rule for a client-supplied id, the gateway's too (safe to log and to echo into JSON).
 _WELL_FORMED = re.compile(REQUEST_ID_PATTERN)
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 

@@ -1,6 +1,6 @@
 """The Prometheus metrics every service exports, in a registry of its own.
 
-Names are the contract with the alerts (`stacks.alerts`) and dashboards. One `Metrics`
+Names are the contract with the alerts and dashboards (`services.kit.exports`). One `Metrics`
 object per app (held under `app.METRICS`): the HTTP middleware records requests, and the
 database and cache code record into the same object's metrics, always labelled with the
 service name:
@@ -31,7 +31,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from stacks.alerts import CACHE_REQUESTS, EVENTS_DEAD_LETTERS, HTTP_LATENCY, HTTP_REQUESTS
+from services.kit.exports import CACHE_REQUESTS, EVENTS_DEAD_LETTERS, HTTP_LATENCY, HTTP_REQUESTS
 
 DB_QUERY_SECONDS = "db_query_duration_seconds"  # labels: service, kind (read|write)
 DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # labels: service, pool

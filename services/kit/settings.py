@@ -173,7 +173,7 @@ class Settings(BaseModel):
     redis_password_file: SecretFile | None = None
     memcached_nodes: Nodes | None = None
 
-    # Seconds each kind of cached data lives; the defaults are infra.config.CacheTtls's.
+    # Seconds each kind of cached data lives; the defaults are stacks.config.CacheTtls's.
     cache_ttl_sessions: Seconds = 24 * 3600
     cache_ttl_catalog: Seconds = 3600
     cache_ttl_search: Seconds = 15 * 60

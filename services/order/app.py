@@ -16,26 +16,17 @@ from services.kit.app import METRICS, TOKENS, Dependency, create_app
 from services.kit.auth import ServiceToken
 from services.kit.db import Database
 from services.kit.events import Consumer, OutboxRelay
+from services.kit.exports import EVENTS_DEAD_LETTERS, ORDER_QUEUE_DEPTH, ORDERS_AWAITING_SHIPMENT
 from services.kit.metrics import Metrics
 from services.kit.redis import RedisStore
 from services.kit.settings import Expect, SecretFile, Settings, SettingsError, read_secret
 from services.kit.tasks import FINISH_S, every, finish_or_cancel
 from services.order.carts import Carts
-from services.order.fulfilment import (
-    AWAITING_SHIPMENT_AFTER_S,
-    ORDERS_AWAITING_SHIPMENT,
-    Warehouse,
-)
+from services.order.fulfilment import AWAITING_SHIPMENT_AFTER_S, Warehouse
 from services.order.orders import Orders
 from services.order.saga import FULFILMENT_TOPICS, SAGA_TOPICS, Checkout, Peers
 from services.order.soldout import SoldOut
 from services.order.views import CARTS, ORDERS, SOLD_OUT, api
-from stacks import alerts
-from stacks.services import SERVICES
-
-# The HPA's custom metric (stacks/services.py): orders the saga has not finished.
-QUEUE_DEPTH = SERVICES["order"].scaling.custom_metric.name  # type: ignore[union-attr]
-DEAD_LETTERS = alerts.EVENTS_DEAD_LETTERS  # the alerts' contract
 
 
 class OrderSettings(Settings):
@@ -83,7 +74,7 @@ def init_app(settings: OrderSettings) -> web.Application:
     app[SOLD_OUT] = sold_out
     app[CARTS] = Carts(database, redis.client, settings.cache_ttl_carts)
     depth = Gauge(
-        QUEUE_DEPTH, "Orders whose checkout saga has not finished", registry=metrics.registry
+        ORDER_QUEUE_DEPTH, "Orders whose checkout saga has not finished", registry=metrics.registry
     )
 
     awaiting = Gauge(
@@ -138,7 +129,7 @@ def _workers(settings: OrderSettings, database: Database, redis: RedisStore):  #
                 Consumer(redis.client, "fulfilment", FULFILMENT_TOPICS, checkout.handle),
             ]
             dead = Gauge(
-                DEAD_LETTERS,
+                EVENTS_DEAD_LETTERS,
                 "Events a consumer group gave up on, even after re-drives",
                 ["group"],
                 registry=app[METRICS].registry,

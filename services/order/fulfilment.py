@@ -23,13 +23,11 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.kit.exports import WAREHOUSE_BREAKER_STATE, WAREHOUSE_CALLS
 from services.kit.resilience import BreakerConfig, Guard, Outcome, RetryPolicy, Transient
 
-# Metric names: what the service exports (the alerts and dashboards read them).
-WAREHOUSE_CALLS = "warehouse_calls_total"  # labels: result (services.kit.resilience.Outcome)
-WAREHOUSE_BREAKER_STATE = "warehouse_breaker_state"  # 0 closed, 1 half-open, 2 open
-# Confirmed orders the warehouse has not taken this long after (a refusal, or it is down).
-ORDERS_AWAITING_SHIPMENT = "orders_awaiting_shipment"
+# Confirmed orders count in ORDERS_AWAITING_SHIPMENT once the warehouse has not taken them
+# this long after their confirmation.
 AWAITING_SHIPMENT_AFTER_S = 900
 CONNECT_TIMEOUT_S = 2.0
 

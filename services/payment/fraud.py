@@ -34,13 +34,13 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.kit.exports import PAYMENT_VELOCITY_UNAVAILABLE
 from services.kit.logs import get_logger
 from services.payment.money import format_amount
 
 log = get_logger(__name__)
 
 VELOCITY_TIMEOUT_S = 1.0  # the longest a charge waits for the velocity window
-VELOCITY_UNAVAILABLE = "payment_fraud_velocity_unavailable_total"  # label: outcome
 
 # KEYS[1]: a user's window. ARGV: now (ms), window (ms), limit, payment id.
 # Returns {payments in the window before this one, 1 if this one is allowed}.
@@ -137,7 +137,7 @@ class FraudRules:
         # The pods' clocks (NTP-synced: milliseconds apart, against a window of an hour).
         self.clock = clock
         self.unavailable = Counter(
-            VELOCITY_UNAVAILABLE,
+            PAYMENT_VELOCITY_UNAVAILABLE,
             "Payments whose velocity could not be checked (Redis down), by what was done",
             ["outcome"],  # allowed_unchecked | deferred (answered 503)
             registry=registry,

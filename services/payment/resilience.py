@@ -34,6 +34,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kit import resilience
+from services.kit.exports import PAYMENT_ATTEMPTS, PAYMENT_BREAKER_STATE
 from services.kit.logs import get_logger
 from services.kit.resilience import (
     DEFAULT_BREAKER,
@@ -54,16 +55,10 @@ from services.payment.providers import (
     TransientError,
     Void,
 )
-from stacks import alerts
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-# The names are the alerts' contract (stacks/alerts.py).
-PAYMENT_ATTEMPTS = alerts.PAYMENT_ATTEMPTS  # labels: provider, result
-PAYMENT_BREAKER_STATE = (
-    alerts.PAYMENT_BREAKER_STATE
-)  # labels: provider; 0 closed, 1 half-open, 2 open
 # result label values of PAYMENT_ATTEMPTS: each HTTP-level attempt, or a call the breaker refused
 RESULTS = ("success", "declined", "rejected", "error", "breaker_open")
 

@@ -10,15 +10,12 @@ from pydantic import Field
 
 from services.kit import backends
 from services.kit.app import create_app
+from services.kit.exports import PRODUCT_CACHE_MISS_RATIO
 from services.kit.metrics import Metrics
 from services.kit.settings import Expect, Settings
 from services.kit.tasks import every
 from services.product.catalog import Catalog, Ttls
 from services.product.views import CATALOG, api
-from stacks.services import SERVICES
-
-# The HPA's custom metric (stacks/services.py): share of catalog reads the caches missed.
-MISS_RATIO = SERVICES["product"].scaling.custom_metric.name  # type: ignore[union-attr]
 
 
 class ProductSettings(Settings):
@@ -42,7 +39,7 @@ def init_app(settings: ProductSettings) -> web.Application:
     )
     app[CATALOG] = catalog
     Gauge(
-        MISS_RATIO,
+        PRODUCT_CACHE_MISS_RATIO,
         "Share of catalog reads that reached the database in the last minute",
         registry=metrics.registry,
     ).set_function(cache.miss_ratio)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from infra.config import CacheTtls
+from stacks.config import CacheTtls
 from stacks.local.memcached import LocalMemcached
 from stacks.local.ports import PortAllocator
 from stacks.local.postgres import LocalPostgres, PostgresOptions

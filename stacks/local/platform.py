@@ -5,7 +5,7 @@ and configuration renderers as the GKE stacks:
 
 1. the data tier (``DataTier``): PostgreSQL primary + replicas with synchronous replication
    behind PgPool-II, the Redis cluster, the Memcached nodes, sized like the stack config's
-   defaults (``infra.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
+   defaults (``stacks.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
 2. the simulators of the outside parties (the payment providers, the warehouse), and the
    mail sink (``services.mailsink``, a real SMTP server) the user service sends reset e-mails to;
 3. the jobs GKE runs as Jobs / CronJobs: migrations, the partition maintenance (then again
@@ -65,8 +65,11 @@ from typing import Any
 from components.conf.haproxy import RateLimit
 from components.conf.pgpool import SPARE_CLIENTS
 from components.conf.postgres import PgTuning
-from infra.config import CacheTtls, MemcachedConfig, PostgresConfig, RedisConfig, SmtpConfig
+from components.memcached import MemcachedConfig
+from components.postgres import PostgresConfig
+from components.redis import RedisConfig
 from services.kit.settings import Settings
+from stacks.config import CacheTtls, SmtpConfig
 from stacks.gateway import (
     DEFAULT_RATE_LIMIT,
     SERVER_MAXCONN,
@@ -220,7 +223,7 @@ def connection_budget(config: PlatformConfig) -> tuple[int, int]:
 
 
 def data_tier_config(config: PlatformConfig) -> DataTierConfig:
-    """The stack config's topology (infra.config defaults), with local sizes."""
+    """The stack config's topology (stacks.config defaults), with local sizes."""
     pg, redis, memcached = PostgresConfig(), RedisConfig(), MemcachedConfig()
     children, max_connections = connection_budget(config)
     return DataTierConfig(

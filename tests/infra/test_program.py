@@ -12,8 +12,8 @@ import pytest
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.config import PROJECT, SECRET_KEYS, ConfigError
-from tests.infra.test_config import stack_file
+from stacks.config import PROJECT, SECRET_KEYS, ConfigError
+from tests.stacks.test_config import stack_file
 
 
 class Recorder(pulumi.runtime.Mocks):

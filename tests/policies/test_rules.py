@@ -378,3 +378,16 @@ def test_rules_let_the_engine_see_unknowns() -> None:
     )
     with pytest.raises(UnknownValueError):
         restricted_pod_security.validate(args, lambda message, urn=None: None)
+
+
+def test_the_pack_checks_the_names_the_components_write() -> None:
+    """The pack is self-contained (it runs as its own program): it keeps its own copies of
+    the label and taint names, and this holds them equal to the components'."""
+    from components import cluster, kube
+    from policies.rules import cost, workloads
+
+    assert cost.BUDGET_LABEL == cluster.BUDGET_LABEL
+    assert (workloads.POOL_LABEL, workloads.DEDICATED_TAINT) == (
+        kube.POOL_LABEL,
+        kube.DEDICATED_TAINT,
+    )

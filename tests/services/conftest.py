@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from infra.config import SmtpConfig
 from services.kit import backends
 from services.kit.auth import Tokens
 from services.kit.events import OutboxRelay
@@ -22,6 +21,7 @@ from services.kit.migrate import migrate
 from services.kit.settings import Settings
 from services.mailsink import HOST, MailSink
 from services.maintenance.seed import seed
+from stacks.config import SmtpConfig
 from stacks.local.data_tier import DataTier
 from stacks.services import SERVICES
 from stacks.wiring import mail_environment

@@ -286,7 +286,7 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
 
 
 def test_metric_names_are_the_alerts(tmp_path: Path) -> None:
-    from stacks.alerts import CACHE_REQUESTS, HTTP_LATENCY, HTTP_REQUESTS
+    from services.kit.exports import CACHE_REQUESTS, HTTP_LATENCY, HTTP_REQUESTS
 
     names = {metric.name for metric in Metrics("x", process=False).registry.collect()}
     # prometheus-client reports counters without their _total suffix.

@@ -9,9 +9,9 @@ from typing import Annotated
 import pytest
 from pydantic import Field
 
-from infra.config import CacheTtls
 from services.kit.db import Endpoint
 from services.kit.settings import Expect, HostPort, Settings, SettingsError
+from stacks.config import CacheTtls
 from stacks.services import SERVICES
 from stacks.wiring import Addresses, SecretFiles, service_environment
 

@@ -21,10 +21,10 @@ from redis.asyncio.cluster import RedisCluster
 
 from services.kit.auth import Tokens
 from services.kit.cache import client
+from services.kit.exports import PAYMENT_VELOCITY_UNAVAILABLE
 from services.kit.settings import HostPort
 from services.payment.app import PaymentSettings, init_app
 from services.payment.fraud import (
-    VELOCITY_UNAVAILABLE,
     FraudRules,
     RedisVelocityStore,
     VelocityUnavailable,
@@ -181,7 +181,7 @@ async def silent_node() -> AsyncIterator[HostPort]:
 
 
 def unavailable(registry: CollectorRegistry, outcome: str) -> float:
-    value = registry.get_sample_value(VELOCITY_UNAVAILABLE, {"outcome": outcome})
+    value = registry.get_sample_value(PAYMENT_VELOCITY_UNAVAILABLE, {"outcome": outcome})
     return value or 0.0
 
 
@@ -305,4 +305,4 @@ async def test_a_charge_waits_for_redis_and_then_counts_once(
         assert (await resumed.json())["status"] == "captured"
     assert await redis_clients[0].zcard(RedisVelocityStore.key(who)) == 1
     metrics = await (await replicas[0].get("/metrics")).text()
-    assert f'{VELOCITY_UNAVAILABLE}{{outcome="deferred"}} 1.0' in metrics
+    assert f'{PAYMENT_VELOCITY_UNAVAILABLE}{{outcome="deferred"}} 1.0' in metrics

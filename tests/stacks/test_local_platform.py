@@ -31,7 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from components.conf import zone_of
-from stacks.alerts import CACHE_REQUESTS
+from services.kit.exports import CACHE_REQUESTS
 from stacks.local.platform import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
 from stacks.local.ports import ZONES, is_taken
 from stacks.local.postgres import PoolNode, pool_nodes

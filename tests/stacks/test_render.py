@@ -98,7 +98,7 @@ def test_prod_postgres_is_a_primary_and_three_zonal_replicas_behind_pgpool(
     pgpool = prod.object("StatefulSet", "pgpool", "data")
     assert pgpool["spec"]["replicas"] == 3
     conf = prod.object("ConfigMap", "pgpool-config", "data")["data"]["pgpool.conf"]
-    # Every service pod at its maxReplicas fits (infra/config.py), with room for the jobs.
+    # Every service pod at its maxReplicas fits (stacks/config.py), with room for the jobs.
     assert conf_value(conf, "num_init_children") == "100"
     assert conf_value(conf, "max_pool") == "2"
     assert conf_value(conf, "load_balance_mode") == "on"

@@ -10,8 +10,8 @@ from components.network_policy import (
     PUBLIC_INTERNET,
     Flow,
     Pods,
-    service_flows,
 )
+from stacks.network import service_flows
 from stacks.services import (
     DATA_ENDPOINTS,
     INTERNET,

@@ -1,9 +1,10 @@
 """Typed stack configuration, validated before any resource is created.
 
 `Pulumi.<stack>.yaml` holds sizes and switches only; everything else (the services, their
-scaling policies, who may call whom) lives in `stacks/services.py`. This module turns the raw
-config of a stack into a frozen `StackConfig`, or fails with one message that names every bad
-key (`ecommerce:nodePools.apps.minNodes`) and what was expected.
+scaling policies, who may call whom) lives in `stacks/services.py`. The sections a component
+takes are that component's own input models (`components.postgres.PostgresConfig`, ...).
+This module turns the raw config of a stack into a frozen `StackConfig`, or fails with one
+message that names every bad key (`ecommerce:nodePools.apps.minNodes`) and what was expected.
 
 `load_stack_config` is pure so tests and the offline render can feed it a stack file directly;
 `from_pulumi` collects the same raw values from the Pulumi engine for `pulumi up`.
@@ -18,17 +19,19 @@ from collections.abc import Mapping
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from components.cluster import ClusterConfig, NodePools
 from components.conf.pgpool import SPARE_CLIENTS
 from components.conf.postgres import smallest_quorum
-from stacks.services import SERVICES, Dependency, NodePoolName, users_of
+from components.inputs import Inputs, KeyProblem, PositiveInt
+from components.memcached import MemcachedConfig
+from components.postgres import PostgresConfig
+from components.redis import RedisConfig
+from stacks.services import SERVICES, Dependency, users_of
 
 PROJECT = "ecommerce"
 ENVIRONMENTS = ("dev", "staging", "prod")
-NODE_POOLS: tuple[NodePoolName, ...] = ("apps", "databases", "caches", "payments")
-CONFIDENTIAL_FAMILIES = ("n2d-", "c2d-", "c3d-")
 
 # Secret config: never in a stack file in clear, set with `pulumi config set --secret KEY`.
 SECRET_KEYS = {
@@ -40,35 +43,15 @@ SECRET_KEYS = {
     "smtpPassword": "the mail relay's password for smtp.user (password-reset e-mails)",
 }
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Percent = Annotated[int, Field(gt=0, le=100)]
-
 
 class ConfigError(ValueError):
     """A stack's config is invalid; the message names each bad key and what it expects."""
 
 
-class KeyProblem(ValueError):
-    """Raised inside a model validator to blame one sub-key rather than the whole object."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-        self.problem = problem
-
-
-class _Model(BaseModel):
-    # camelCase in YAML, snake_case in Python; unknown keys are an error, not a silent no-op.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
 # --- network and cluster ----------------------------------------------------------------------
 
 
-class AuthorizedNetwork(_Model):
+class AuthorizedNetwork(Inputs):
     name: str = Field(min_length=1)
     cidr: str
 
@@ -78,7 +61,7 @@ class AuthorizedNetwork(_Model):
         return str(_ipv4_network(value))
 
 
-class NetworkConfig(_Model):
+class NetworkConfig(Inputs):
     subnet_cidr: str
     pods_cidr: str
     services_cidr: str
@@ -117,145 +100,10 @@ class NetworkConfig(_Model):
         return self
 
 
-class MaintenanceWindow(_Model):
-    # A weekly window in UTC, as an RFC 5545 recurrence (GKE's recurring window).
-    start: str = "2024-01-06T02:00:00Z"
-    end: str = "2024-01-06T06:00:00Z"
-    recurrence: str = "FREQ=WEEKLY;BYDAY=SA,SU"
-
-
-class ClusterConfig(_Model):
-    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
-    maintenance_window: MaintenanceWindow = MaintenanceWindow()
-    # The cluster autoscaler's envelope (seed: 6..20 nodes, 2 per zone); pools must fit in it.
-    min_nodes: PositiveInt = 6
-    max_nodes: PositiveInt = 20
-    deletion_protection: bool = True
-
-
-class NodePoolConfig(_Model):
-    machine_type: str = Field(pattern=r"^[a-z0-9]+-[a-z0-9]+-\d+$")
-    # Totals across the cluster's zones (GKE's total_min/total_max_node_count).
-    min_nodes: NonNegativeInt
-    max_nodes: PositiveInt
-    disk_size_gb: Annotated[int, Field(ge=20)] = 100
-    disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
-    spot: bool = False
-    # Confidential GKE Nodes encrypt memory (seed: payment nodes); AMD machine families only.
-    confidential: bool = False
-    max_surge: NonNegativeInt = 1
-    max_unavailable: NonNegativeInt = 0
-
-    @model_validator(mode="after")
-    def _bounds(self) -> NodePoolConfig:
-        if self.min_nodes > self.max_nodes:
-            raise KeyProblem(
-                "minNodes", f"expected <= maxNodes ({self.max_nodes}), got {self.min_nodes}"
-            )
-        if self.confidential and not self.machine_type.startswith(CONFIDENTIAL_FAMILIES):
-            raise KeyProblem(
-                "machineType",
-                f"expected an {'/'.join(f[:-1] for f in CONFIDENTIAL_FAMILIES)} machine type "
-                f"for confidential nodes, got {self.machine_type}",
-            )
-        if self.max_surge == 0 and self.max_unavailable == 0:
-            raise KeyProblem(
-                "maxSurge", "expected maxSurge or maxUnavailable > 0, or upgrades cannot progress"
-            )
-        return self
-
-
-class NodePools(_Model):
-    apps: NodePoolConfig
-    databases: NodePoolConfig
-    caches: NodePoolConfig
-    payments: NodePoolConfig
-
-    def items(self) -> list[tuple[NodePoolName, NodePoolConfig]]:
-        return [(name, getattr(self, name)) for name in NODE_POOLS]
-
-
 # --- data tier --------------------------------------------------------------------------------
 
 
-class PgpoolConfig(_Model):
-    # 1 (no watchdog) or an odd number >= 3, so the watchdog has a quorum and exactly one
-    # pgpool decides a failover.
-    replicas: PositiveInt = 3
-    num_init_children: PositiveInt = 50
-    max_pool: PositiveInt = 4
-
-    @field_validator("replicas")
-    @classmethod
-    def _quorum(cls, value: int) -> int:
-        if value > 1 and value % 2 == 0:
-            raise ValueError(f"expected 1 or an odd number >= 3 (watchdog quorum), got {value}")
-        return value
-
-
-class BackupConfig(_Model):
-    full_schedule: str = "0 2 * * *"  # daily at 02:00 UTC
-    incremental_schedule: str = "0 */6 * * *"  # every 6 hours
-    pitr_days: PositiveInt = 7
-    # Bucket lifecycle (seed): backups to a colder class after 7 days, archive after 90,
-    # logs deleted after 30.
-    nearline_after_days: PositiveInt = 7
-    archive_after_days: PositiveInt = 90
-    delete_logs_after_days: PositiveInt = 30
-    location: str | None = None  # defaults to the region; a multi-region for cross-region copies
-
-    @field_validator("full_schedule", "incremental_schedule")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _lifecycle(self) -> BackupConfig:
-        if self.archive_after_days <= self.nearline_after_days:
-            raise KeyProblem(
-                "archiveAfterDays",
-                f"expected > nearlineAfterDays ({self.nearline_after_days}), "
-                f"got {self.archive_after_days}",
-            )
-        return self
-
-
-class PostgresConfig(_Model):
-    replicas: Annotated[int, Field(ge=1, le=8)] = 3
-    synchronous_standbys: Annotated[int, Field(ge=0)] = 1
-    storage_gb: Annotated[int, Field(ge=10)] = 200
-    cpu: str = "3"
-    memory: str = "12Gi"
-    partitions_ahead_months: Annotated[int, Field(ge=1, le=24)] = 3
-    pgpool: PgpoolConfig = PgpoolConfig()
-    backups: BackupConfig = BackupConfig()
-
-    @model_validator(mode="after")
-    def _sync(self) -> PostgresConfig:
-        if self.synchronous_standbys > self.replicas:
-            raise KeyProblem(
-                "synchronousStandbys",
-                f"expected <= replicas ({self.replicas}), got {self.synchronous_standbys}",
-            )
-        return self
-
-
-class RedisConfig(_Model):
-    masters: Annotated[int, Field(ge=3)] = 3  # Redis Cluster needs at least 3 masters
-    replicas_per_master: NonNegativeInt = 1
-    maxmemory_mb: PositiveInt = 4096
-    storage_gb: PositiveInt = 20
-
-
-class MemcachedConfig(_Model):
-    nodes: PositiveInt = 3
-    memory_mb: PositiveInt = 8192
-    max_connections: PositiveInt = 4096
-
-
-class CacheTtls(_Model):
+class CacheTtls(Inputs):
     """Seconds each kind of cached data lives (seed: sessions 24 h, catalog 1 h, ...)."""
 
     sessions: PositiveInt = 24 * 3600
@@ -268,14 +116,14 @@ class CacheTtls(_Model):
 # --- workloads --------------------------------------------------------------------------------
 
 
-class ServiceOverride(_Model):
+class ServiceOverride(Inputs):
     """Per-stack bounds for a service of the service table (dev runs fewer replicas)."""
 
     min_replicas: PositiveInt | None = None
     max_replicas: PositiveInt | None = None
 
 
-class ImagesConfig(_Model):
+class ImagesConfig(Inputs):
     """CI-built images (`repo@sha256:<digest>`) to deploy instead of building them here."""
 
     service: str | None = None
@@ -298,20 +146,20 @@ class ImagesConfig(_Model):
         return {target: ref for target, ref in self.model_dump().items() if ref is not None}
 
 
-class PaymentProvidersConfig(_Model):
+class PaymentProvidersConfig(Inputs):
     """Where the payment service reaches its providers (primary first; it fails over)."""
 
     stripe: str = Field(default="https://api.stripe.com", pattern=r"^https://\S+$")
     paypal: str = Field(default="https://api-m.paypal.com", pattern=r"^https://\S+$")
 
 
-class WarehouseConfig(_Model):
+class WarehouseConfig(Inputs):
     """The fulfilment partner confirmed orders are handed to (services.order.fulfilment)."""
 
     url: str = Field(pattern=r"^https://\S+$")
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(Inputs):
     """The outside relay the user service sends password-reset e-mails through.
 
     GKE blocks outbound port 25, so: a submission port with authentication (SendGrid's
@@ -339,11 +187,11 @@ class SmtpConfig(_Model):
         return value
 
 
-class AlertingConfig(_Model):
+class AlertingConfig(Inputs):
     slack_channel: str = "#shop-alerts"
 
 
-class StackConfig(_Model):
+class StackConfig(Inputs):
     environment: Literal["dev", "staging", "prod"]
     gcp_project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
     region: str = Field(pattern=r"^[a-z]+-[a-z]+\d$")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.config import SECRET_KEYS, ConfigError, StackConfig, load_stack_config
+from stacks.config import SECRET_KEYS, ConfigError, StackConfig, load_stack_config
 from stacks.services import OUTSIDE_PARTIES, SERVICE_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]

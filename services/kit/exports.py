@@ -1,0 +1,33 @@
+"""What the services export to the platform around them: the names of their metrics and the
+format of a request id.
+
+This is the contract the composition builds on: the alerts (stacks/alerts.py), the
+autoscalers' custom metrics (the service table), the dashboards and the gateway's renderer
+read these names from here; a service never imports the composition to learn them.
+"""
+
+from __future__ import annotations
+
+# --- every service (services.kit.metrics) ------------------------------------------------------
+HTTP_REQUESTS = "http_requests_total"  # labels: service, route, method, status
+HTTP_LATENCY = "http_request_duration_seconds"  # histogram; labels: service, route
+CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), result (hit|miss)
+EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even after re-drives
+
+# --- one service each --------------------------------------------------------------------------
+# An HPA scales up when a metric rises above target, so the seed's "hit ratio above 85 %" is
+# exported as a miss ratio.
+PRODUCT_CACHE_MISS_RATIO = "product_cache_miss_ratio"
+ORDER_QUEUE_DEPTH = "order_queue_depth"  # orders whose checkout saga has not finished
+# Confirmed orders the warehouse has not taken this long after (a refusal, or it is down).
+ORDERS_AWAITING_SHIPMENT = "orders_awaiting_shipment"
+WAREHOUSE_CALLS = "warehouse_calls_total"  # labels: result (services.kit.resilience.Outcome)
+WAREHOUSE_BREAKER_STATE = "warehouse_breaker_state"  # 0 closed, 1 half-open, 2 open
+PAYMENT_ATTEMPTS = "payment_attempts_total"  # labels: provider, result
+PAYMENT_BREAKER_STATE = "payment_breaker_state"  # labels: provider; 0 closed, 1 half-open, 2 open
+PAYMENT_VELOCITY_UNAVAILABLE = "payment_fraud_velocity_unavailable_total"  # label: outcome
+
+# --- requests ---------------------------------------------------------------------------------
+# An X-Request-Id a client may send: kept when it matches (the gateway and every service agree),
+# replaced by a new one otherwise, so a log line never carries what an attacker wrote.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
