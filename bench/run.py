@@ -38,496 +38,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform as pyplatform
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
-import bcrypt
 
 from bench import logins, report
+from bench.data import Prepared, prepare, stock_versions, write_data
+from bench.load import cpu_seconds, wrk
 from bench.metrics import Scrape, cache_ratios, db_quantiles, pool_wait_quantiles, scrape
-from components.conf.postgres import PgUsers
+from bench.target import (
+    FLASH_STOCK,
+    LUA,
+    OUT,
+    PASSWORD,
+    Target,
+    bring_up,
+    ensure_wrk,
+    free_port,
+    machine,
+    say,
+    take_down,
+)
 from services.kit.db import PRIMARY_HINT
 from services.order.orders import ACTIVE
 from services.user.app import UserSettings
 from stacks.gateway import SERVER_MAXCONN
-from stacks.local.platform import DEFAULT_STATE_DIR, ROOT, reachable_state_dir, read_state
-from stacks.local.process import LocalPlatformError, recorded_processes
-from stacks.local.system import TOOLS, ensure_programs
-
-OUT = ROOT / "build" / "bench"
-LUA = ROOT / "bench" / "lua"
-BENCH_STATE_DIR = reachable_state_dir(OUT / "platform")
-PASSWORD = "bench-password-1"
-FLASH_STOCK = 100
-HOT_PRODUCTS = 100
-# Raised for the benchmark (default 5 an hour per user): a few hundred users place thousands.
-VELOCITY_LIMIT = 10_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def say(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-# --- the machine ---------------------------------------------------------------------------
-
-
-def _first(path: str, pattern: str) -> str:
-    try:
-        m = re.search(pattern, Path(path).read_text(), re.M)
-    except OSError:
-        return "?"
-    return m.group(1).strip() if m else "?"
-
-
-def _version(argv: list[str], pattern: str = r"(\d+\.\d+(\.\d+)?)") -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    m = re.search(pattern, out.stdout + out.stderr)
-    return m.group(1) if m else "?"
-
-
-def machine() -> dict[str, str]:
-    mem_kb = int(_first("/proc/meminfo", r"^MemTotal:\s+(\d+)") or 0)
-    return {
-        "cpu": _first("/proc/cpuinfo", r"^model name\s*:\s*(.+)$"),
-        "cores": str(os.cpu_count()),
-        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": pyplatform.release(),
-        "os": _first("/etc/os-release", r'^PRETTY_NAME="?([^"\n]+)'),
-        "python": pyplatform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "postgresql": _version(["/usr/lib/postgresql/15/bin/postgres", "--version"]),
-        "pgpool": _version(["pgpool", "--version"]),
-        "haproxy": _version(["haproxy", "-v"]),
-        "redis": _version(["redis-server", "--version"], r"v=(\S+)"),
-        "memcached": _version(["memcached", "-V"]),
-        "wrk": _version(["wrk", "-v"]),
-        "load average at start": Path("/proc/loadavg").read_text().split(" ")[0],
-    }
-
-
-def ensure_wrk() -> None:
-    """`make bench` installs it with the other Debian packages; a direct run may not have."""
-    try:
-        ensure_programs(install_missing=True, programs=TOOLS)
-    except LocalPlatformError as error:
-        raise SystemExit(str(error)) from None
-
-
-# --- the platform --------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    state_dir: Path
-    state: dict[str, Any]
-    started: bool  # by us: taken down at the end
-
-    @property
-    def gateway(self) -> str:
-        return str(self.state["gateway"])
-
-    def components(self, kind: str) -> list[dict[str, Any]]:
-        return [c for c in self.state["components"] if c["kind"] == kind]
-
-    def metrics_urls(self) -> list[str]:
-        return [c["url"].replace("/readyz", "/metrics") for c in self.components("service")]
-
-    def pgpool(self) -> tuple[str, int]:
-        host, port = self.components("pgpool")[0]["address"].rsplit(":", 1)
-        return host, int(port)
-
-    def db_password(self) -> str:
-        return (self.state_dir / "tier" / "secrets" / "database-password").read_text().strip()
-
-    async def connect(self) -> asyncpg.Connection:
-        """The application's database through PgPool-II, as the services reach it (reads that
-        must see the bench's own writes carry PRIMARY_HINT)."""
-        host, port = self.pgpool()
-        pg = PgUsers()
-        return await asyncpg.connect(
-            host=host,
-            port=port,
-            user=pg.app,
-            password=self.db_password(),
-            database=pg.app_database,
-        )
-
-    def pids(self) -> dict[str, int]:
-        return {p.name: p.pid for p in recorded_processes(Path(self.state["manifest"]))}
-
-
-def _stacks_local(*args: str, timeout: float) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "stacks.local", *args], cwd=ROOT, check=True, timeout=timeout
-    )
-
-
-def bring_up(args: argparse.Namespace) -> Target:
-    if args.use_running:
-        state_dir = args.state_dir.absolute()
-        state = read_state(state_dir)
-        if not state or state.get("state") != "ready":
-            raise SystemExit(f"no ready platform in {state_dir}: `make up ARGS=--detach` first")
-        cfg = (state_dir / "gateway" / "haproxy.cfg").read_text()
-        if "track-sc0" in cfg:
-            raise SystemExit(
-                "the running gateway rate-limits per address (all bench load comes from "
-                "127.0.0.1): start it with `make up ARGS='--detach --rate-limit 0 "
-                f"--service-env payment:VELOCITY_LIMIT={VELOCITY_LIMIT}'`, or let the bench "
-                "start its own (no --use-running)"
-            )
-        return Target(state_dir, state, started=False)
-    state_dir = BENCH_STATE_DIR
-    if read_state(state_dir):
-        _stacks_local("down", "--state-dir", str(state_dir), timeout=120)
-    argv = [
-        "up",
-        "--detach",
-        "--state-dir",
-        str(state_dir),
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--rate-limit",
-        "0",
-        "--service-env",
-        f"payment:VELOCITY_LIMIT={VELOCITY_LIMIT}",
-    ]
-    if args.processes:
-        argv += ["--processes", args.processes]
-    argv += ["--server-maxconn", str(args.server_maxconn)]
-    for item in args.service_env:
-        argv += ["--service-env", item]
-    say(f"starting the platform in {state_dir}")
-    _stacks_local(*argv, timeout=420)
-    state = read_state(state_dir)
-    assert state is not None
-    return Target(state_dir, state, started=True)
-
-
-def take_down(target: Target) -> None:
-    if target.started:
-        say("stopping the platform the bench started")
-        _stacks_local("down", "--state-dir", str(target.state_dir), timeout=180)
-
-
-# --- preparing data through the public API ---------------------------------------------------
-
-
-@dataclass
-class Prepared:
-    nonce: str
-    tokens: list[str]
-    admin_token: str
-    ids: list[int]
-    skus: list[str]
-    inventory: list[tuple[str, int]]
-    categories: list[str]
-    terms: list[str]
-    flash_sku: str
-    emails: list[str] = field(default_factory=list)  # the registered users', admin first
-    shopper_tokens: list[str] = field(default_factory=list)
-    flash_tokens: list[str] = field(default_factory=list)
-
-
-async def _json(
-    session: aiohttp.ClientSession, method: str, url: str, expect: tuple[int, ...], **kw: Any
-) -> Any:
-    for attempt in range(5):  # bcrypt on a busy machine can outlast the gateway's timeout
-        async with session.request(method, url, **kw) as r:
-            body = await r.json(content_type=None)
-            if r.status in (502, 503, 504) and attempt < 4:
-                await asyncio.sleep(1 + attempt)
-                continue
-            if r.status not in expect:
-                raise RuntimeError(f"{method} {url}: {r.status} {body}")
-            return body, r.headers
-    raise AssertionError("unreachable")
-
-
-async def _login(session: aiohttp.ClientSession, gw: str, email: str) -> str:
-    body, _ = await _json(
-        session,
-        "POST",
-        f"{gw}/api/users/login",
-        (200,),
-        json={"email": email, "password": PASSWORD},
-    )
-    return str(body["access_token"])
-
-
-async def _users(session: aiohttp.ClientSession, gw: str, emails: list[str]) -> list[str]:
-    """Register (bcrypt: ~0.25 s of CPU each) and log in, a few at a time."""
-    gate = asyncio.Semaphore(4)
-
-    async def one(email: str) -> str:
-        async with gate:
-            await _json(
-                session,
-                "POST",
-                f"{gw}/api/users/register",
-                (202,),
-                json={"email": email, "password": PASSWORD, "full_name": "Bench User"},
-            )
-            return await _login(session, gw, email)
-
-    return list(await asyncio.gather(*(one(e) for e in emails)))
-
-
-async def prepare(target: Target, users: int, shopper_count: int) -> Prepared:
-    gw = target.gateway
-    nonce = uuid.uuid4().hex[:8]
-    db = await target.connect()
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        emails = [f"bench-{nonce}-{i}@bench.example.com" for i in range(users)]
-        began = time.monotonic()
-        tokens = await _users(session, gw, emails)
-        say(f"{users} users registered and logged in ({time.monotonic() - began:.1f} s)")
-        await db.execute(
-            PRIMARY_HINT + "UPDATE users SET role = 'admin' WHERE email = $1", emails[0]
-        )
-        admin_token = await _login(session, gw, emails[0])
-        shoppers = await _shoppers(db, target, nonce, shopper_count)
-        cats, _ = await _json(session, "GET", f"{gw}/api/products/categories", (200,))
-        categories = [c["slug"] for c in cats if c["products"] > 0 and c["parent"]]
-        ids = [r["id"] for r in await db.fetch("SELECT id FROM products WHERE active ORDER BY id")]
-        stock = await db.fetch(PRIMARY_HINT + "SELECT sku, version FROM inventory ORDER BY sku")
-        names = await db.fetch("SELECT name FROM products ORDER BY id LIMIT 400")
-        words = sorted({w.lower() for r in names for w in r["name"].split()[1:3] if len(w) > 3})
-        terms = words[:40] + [w[:-1] + w[-1] * 2 for w in words[:10]]  # a few typos
-        flash_sku = stock[-1]["sku"]
-        inventory = [(r["sku"], int(r["version"])) for r in stock[-1001:-1]]
-        skus = [r["sku"] for r in stock[: len(stock) - 1001]]
-        # The flash SKU: 100 units, set through the admin API (If-Match on its version).
-        _, headers = await _json(session, "GET", f"{gw}/api/inventory/{flash_sku}", (200,))
-        await _json(
-            session,
-            "PUT",
-            f"{gw}/api/inventory/{flash_sku}",
-            (200,),
-            json={"available": FLASH_STOCK},
-            headers={"Authorization": f"Bearer {admin_token}", "If-Match": headers["ETag"]},
-        )
-    await db.close()
-    return Prepared(
-        nonce=nonce,
-        tokens=tokens[1:],
-        shopper_tokens=shoppers,
-        admin_token=admin_token,
-        ids=ids,
-        skus=skus,
-        inventory=inventory,
-        categories=categories,
-        terms=terms,
-        flash_sku=flash_sku,
-        emails=emails,
-        flash_tokens=shoppers or tokens[1:],
-    )
-
-
-async def _shoppers(db: asyncpg.Connection, target: Target, nonce: str, count: int) -> list[str]:
-    """Many shoppers without ``count`` bcrypt hashes and logins (0.25 s of CPU each): rows
-    in ``users`` sharing one hash, and access tokens signed with the platform's key, as login
-    issues them. Carts and orders need one user per connection or so: a few dozen users for
-    1,000 connections would serialize every cart change on a few rows."""
-    if count <= 0:
-        return []
-    from services.kit.auth import Tokens
-
-    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(12)).decode()
-    rows = await db.fetch(
-        PRIMARY_HINT
-        + """INSERT INTO users (email, password_hash, full_name)
-           SELECT 'shopper-' || $1 || '-' || g || '@bench.example.com', $2, 'Bench Shopper'
-           FROM generate_series(1, $3) AS g RETURNING id""",
-        nonce,
-        password_hash,
-        count,
-    )
-    tokens = Tokens.from_file(Path(target.state["jwt_secret_file"]))
-    return [tokens.issue(str(r["id"]), "customer", f"bench-{nonce}-{r['id']}") for r in rows]
-
-
-async def _versions(target: Target, skus: list[str]) -> list[tuple[str, int]]:
-    db = await target.connect()
-    try:
-        rows = await db.fetch(
-            PRIMARY_HINT + "SELECT sku, version FROM inventory WHERE sku = ANY($1) ORDER BY sku",
-            skus,
-        )
-    finally:
-        await db.close()
-    return [(r["sku"], int(r["version"])) for r in rows]
-
-
-def _lua(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid Lua string literal here (ASCII)
-    if isinstance(value, list | tuple):
-        return "{" + ",".join(_lua(v) for v in value) + "}"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}={_lua(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
-def write_data(path: Path, p: Prepared, threads: int, attempts: int) -> None:
-    data = {
-        "nonce": p.nonce,
-        "threads": threads,
-        "tokens": p.tokens,
-        "shopper_tokens": p.shopper_tokens or p.tokens,
-        "admin_token": p.admin_token,
-        "products": len(p.ids),
-        "ids": p.ids,
-        "hot_ids": p.ids[:HOT_PRODUCTS],
-        "skus": p.skus,
-        "inventory": [list(i) for i in p.inventory],
-        "categories": p.categories,
-        "terms": p.terms,
-        "flash_sku": p.flash_sku,
-        "flash_tokens": p.flash_tokens,
-        "flash_attempts": attempts,
-    }
-    path.write_text("return " + _lua(data) + "\n")
-
-
-# --- running wrk ----------------------------------------------------------------------------
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) each process has used, its descendants included: pgpool and
-    postgres work in their children."""
-    hz = os.sysconf("SC_CLK_TCK")
-    seconds = {}
-    for name, pid in pids.items():
-        own = _ticks(pid)
-        if own is not None:
-            seconds[name] = (own + sum(_ticks(c) or 0 for c in _children(pid))) / hz
-    return seconds
-
-
-def _ticks(pid: int) -> int | None:
-    try:
-        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields_[11]) + int(fields_[12])  # utime + stime
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    found = []
-    for child in map(int, text.split()):
-        found += [child, *_children(child)]
-    return found
-
-
-def wrk(
-    name: str,
-    script: str,
-    url: str,
-    *,
-    duration: float,
-    connections: int,
-    threads: int,
-    data: Path,
-    target: Target | None = None,
-    stop_when_threads_finish: bool = False,
-    script_env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Run wrk with a bench script. wrk itself always runs for its whole duration, even when
-    every thread has stopped; with `stop_when_threads_finish` (the flash sale: a fixed number
-    of attempts) it is interrupted, as Ctrl-C would, once each thread has said it is done."""
-    out = OUT / f"{name}.jsonl"
-    out.unlink(missing_ok=True)
-    finished = [out.with_name(f"{out.name}.done-{n}") for n in range(1, threads + 1)]
-    for marker in finished:
-        marker.unlink(missing_ok=True)
-    argv = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{int(duration)}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(LUA / script),
-        url,
-    ]
-    env = {
-        **os.environ,
-        "BENCH_LUA_DIR": str(LUA),
-        "BENCH_OUT": str(out),
-        "BENCH_DATA": str(data),
-        **(script_env or {}),
-    }
-    pids = target.pids() if target else {}
-    before = cpu_seconds(pids)
-    began = time.time()
-    say(f"{name}: wrk {' '.join(argv[1:6])} {script} for up to {int(duration)} s")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wrk_ticks = 0
-    if stop_when_threads_finish:
-        while proc.poll() is None and not all(m.exists() for m in finished):
-            time.sleep(0.2)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # wrk then reports and runs the scripts' done()
-    try:
-        stdout, _ = proc.communicate(timeout=duration + 60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, _ = proc.communicate()
-    ended = time.time()
-    for marker in finished:
-        marker.unlink(missing_ok=True)
-    # wrk's own CPU time (it shares the machine with what it measures)
-    with_ticks = os.times()
-    wrk_ticks = with_ticks.children_user + with_ticks.children_system
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {stdout.decode()[-2000:]}")
-    after = cpu_seconds(pids)
-    cpu = {n: (after[n] - before.get(n, 0)) / (ended - began) for n in after}
-    result = report.load_wrk(out)
-    result["loadavg_after"] = Path("/proc/loadavg").read_text().split(" ")[0]
-    result.update(name=name, started=began, ended=ended, cpu=cpu, wrk_cpu_total=wrk_ticks)
-    s = result["summary"]
-    say(
-        f"{name}: {result['rps']:,.0f} req/s, p50 {s['p50_us'] / 1000:.1f} ms, "
-        f"p95 {s['p95_us'] / 1000:.1f} ms, p99 {s['p99_us'] / 1000:.1f} ms, "
-        f"errors {result['error_rate'] * 100:.3f} %"
-    )
-    return result
-
+from stacks.local.state import DEFAULT_STATE_DIR, ROOT
 
 # --- the flash sale's outcome, from the database --------------------------------------------
 
@@ -820,7 +361,7 @@ def run_platform(
     if "mix" in scenarios:
         wrk("mix-warmup", "mix.lua", gw, duration=args.warmup, target=target, **common)
         # The warm-up changed stock versions: the measured run starts from the current ones.
-        prepared.inventory = asyncio.run(_versions(target, [s for s, _ in prepared.inventory]))
+        prepared.inventory = asyncio.run(stock_versions(target, [s for s, _ in prepared.inventory]))
         write_data(data, prepared, args.threads, args.flash_attempts)
         before = scrape(target.metrics_urls())
         r = wrk("mix", "mix.lua", gw, duration=args.duration, target=target, **common)
@@ -863,7 +404,7 @@ def run_platform(
         results["logins"] = run_logins(args, target, prepared)
     if "costs" in scenarios:
         # The mix and the sale moved stock versions: the inventory kind sends current ones.
-        prepared.inventory = asyncio.run(_versions(target, [s for s, _ in prepared.inventory]))
+        prepared.inventory = asyncio.run(stock_versions(target, [s for s, _ in prepared.inventory]))
         write_data(data, prepared, args.threads, args.flash_attempts)
         results["costs"] = run_costs(args, target, data)
 

@@ -29,13 +29,16 @@ from stacks.gateway import SERVER_MAXCONN
 from stacks.local.platform import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_METRICS_PORT,
-    DEFAULT_STATE_DIR,
     DEMO_PRODUCTS,
+    LocalPlatform,
+    PlatformConfig,
+)
+from stacks.local.process import LocalPlatformError, make_dir, recorded_processes
+from stacks.local.state import (
+    DEFAULT_STATE_DIR,
     ROOT,
     RUNNER_LOG,
     TIER_DIR,
-    LocalPlatform,
-    PlatformConfig,
     prepare_state_dir,
     probe,
     read_state,
@@ -43,7 +46,6 @@ from stacks.local.platform import (
     stop_platform,
     summary,
 )
-from stacks.local.process import LocalPlatformError, make_dir, recorded_processes
 from stacks.services import SERVICE_TABLE
 
 NOT_RUNNING = 3  # `status` exit code when nothing runs (as LSB init scripts use it)

@@ -44,21 +44,12 @@ three tools; the supervisor here is ~400 lines the tests already exercise.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
-import signal
-import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +67,17 @@ from stacks.gateway import (
     gateway_environment,
     local_config,
 )
+from stacks.local.apps import AppProcess, haproxy_servers, http_json, http_status
 from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
 from stacks.local.ports import HOST, is_taken
-from stacks.local.postgres import pool_nodes
 from stacks.local.process import (
     LocalPlatformError,
-    Process,
     make_dir,
     new_password,
     pid_alive,
-    recorded_processes,
-    server_user,
-    stop_recorded,
     write_file,
 )
+from stacks.local.state import ROOT, STATE_FILE, TIER_DIR, now_iso, start_ticks, write_json
 from stacks.services import (
     GATEWAY_CONFIG,
     OUTSIDE_PARTIES,
@@ -103,28 +91,6 @@ from stacks.services import (
 )
 from stacks.wiring import SecretFiles, database_environment, job_environment, service_environment
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def reachable_state_dir(preferred: Path) -> Path:
-    """``preferred`` (in the checkout), unless PostgreSQL's OS user could not reach it: as
-    root, a checkout under root's home (mode 0700 on Debian) is closed to ``postgres``. Then a
-    directory of this checkout's own under /var/tmp, rather than loosening anyone's home."""
-    try:
-        user = server_user("postgres")
-    except LocalPlatformError:  # not installed yet: `make up` installs it, then decides
-        return preferred
-    parents = [p for p in preferred.parents if p.exists()]
-    if user.is_current or all(user.can_search(p) for p in parents):
-        return preferred
-    tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
-    return Path("/var/tmp") / f"shop-platform-{preferred.name.lstrip('.')}-{tag}"
-
-
-DEFAULT_STATE_DIR = reachable_state_dir(ROOT / ".local")
-STATE_FILE = "platform.json"
-RUNNER_LOG = "runner.log"
-TIER_DIR = "tier"
 ENVIRONMENT = "local"  # the services' ENVIRONMENT, as "prod" on GKE
 
 DEFAULT_GATEWAY_PORT = 8080
@@ -237,88 +203,6 @@ def data_tier_config(config: PlatformConfig) -> DataTierConfig:
         memcached_nodes=memcached.nodes,
         start_timeout_s=min(120.0, config.start_timeout_s),
     )
-
-
-# --- the processes the runner adds to the data tier -------------------------------------------
-
-
-@dataclass
-class AppProcess:
-    """A simulator, service process or the gateway: how to (re)start it and when it is ready."""
-
-    name: str
-    kind: str  # simulator | sink | service | gateway
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    ready_url: str
-    process: Process | None = None
-    restarts: list[float] = field(default_factory=list)
-    gave_up: bool = False
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    """The HTTP status of a GET, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (OSError, ValueError):
-        return None
-
-
-def http_json(
-    url: str, body: Mapping[str, Any] | None = None, timeout: float = 10.0
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url,
-        data=data,
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return int(error.code), json.loads(error.read() or b"null")
-
-
-def tcp_open(address: str, timeout: float = 0.5) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def haproxy_servers(stats_socket: Path) -> dict[str, str]:
-    """``backend/server`` -> status (UP, DOWN, ...) from HAProxy's admin socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        sock.connect(str(stats_socket))
-        sock.sendall(b"show stat\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    lines = b"".join(chunks).decode().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise LocalPlatformError("unexpected answer from HAProxy's admin socket")
-    header = lines[0][2:].split(",")
-    at = {name: i for i, name in enumerate(header)}
-    servers = {}
-    for line in lines[1:]:
-        cols = line.split(",")
-        if len(cols) < len(header) or cols[at["svname"]] in ("FRONTEND", "BACKEND"):
-            continue
-        servers[f"{cols[at['pxname']]}/{cols[at['svname']]}"] = cols[at["status"]]
-    return servers
 
 
 # --- the platform -------------------------------------------------------------------------------
@@ -664,12 +548,12 @@ class LocalPlatform:
             )
         except LocalPlatformError as error:
             self.partitions |= {
-                "last_run": _now(),
+                "last_run": now_iso(),
                 "last_result": f"failed: {error}".split("\n")[0],
             }
             raise
         runs = self.partitions.get("runs", 0) + 1
-        self.partitions |= {"last_run": _now(), "last_result": result, "runs": runs}
+        self.partitions |= {"last_run": now_iso(), "last_result": result, "runs": runs}
 
     # --- running ----------------------------------------------------------------------------
 
@@ -826,7 +710,7 @@ class LocalPlatform:
         data = {
             "state": state,
             "error": self._error,
-            "runner": {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid())}
+            "runner": {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
             if runner_stat
             else None,
             "gateway": self.gateway_url,
@@ -845,221 +729,3 @@ class LocalPlatform:
             "logs": str(self.tier.state_dir / "logs"),
         }
         write_json(self.state_file, data)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[19])
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def read_state(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def runner_alive(state: Mapping[str, Any] | None) -> int | None:
-    """The runner's PID if the process that wrote ``state`` still runs."""
-    runner = (state or {}).get("runner")
-    if runner and pid_alive(runner["pid"], runner.get("start_ticks")):
-        return int(runner["pid"])
-    return None
-
-
-# --- state directory checks -----------------------------------------------------------------
-
-
-def prepare_state_dir(state_dir: Path, say: Callable[[str], None] = print) -> None:
-    """Before an `up`: refuse a running platform or a foreign directory; clear a stale one.
-
-    A state directory whose runner and processes are all gone (a crash, a reboot, a `kill
-    -9`) holds nothing a new run could reuse (passwords and data are per run): it is
-    removed, and the message says so."""
-    state_dir = state_dir.absolute()
-    if not state_dir.exists():
-        return
-    if not state_dir.is_dir():
-        raise LocalPlatformError(f"{state_dir} is not a directory: remove it or pass --state-dir")
-    state = read_state(state_dir)
-    if (pid := runner_alive(state)) is not None:
-        raise LocalPlatformError(
-            f"the platform is already running from {state_dir} (runner pid {pid}, gateway "
-            f"{(state or {}).get('gateway')}): `make status` shows it, `make down` stops it"
-        )
-    leftovers = recorded_processes(state_dir / TIER_DIR / MANIFEST)
-    if leftovers:
-        names = ", ".join(f"{p.name} (pid {p.pid})" for p in leftovers[:6])
-        more = f" and {len(leftovers) - 6} more" if len(leftovers) > 6 else ""
-        raise LocalPlatformError(
-            f"processes of an earlier run from {state_dir} are still running without their "
-            f"runner: {names}{more}; `make down` stops them"
-        )
-    entries = {p.name for p in state_dir.iterdir()}
-    if not entries:
-        return
-    ours = {STATE_FILE, RUNNER_LOG, TIER_DIR, "gateway", f"{Path(STATE_FILE).stem}.tmp"}
-    if not entries <= ours:
-        foreign = ", ".join(sorted(entries - ours)[:5])
-        raise LocalPlatformError(
-            f"{state_dir} holds files the local platform did not write ({foreign}): "
-            "remove it or pass another --state-dir"
-        )
-    what = (state or {}).get("state", "unknown")
-    shutil.rmtree(state_dir)
-    say(f"removed {state_dir}: the state of an earlier run ({what}) that no longer runs")
-
-
-# --- down and status (from any process) -----------------------------------------------------
-
-
-def stop_platform(state_dir: Path, timeout: float = 90.0) -> tuple[bool, list[str]]:
-    """Stop the runner (it stops everything in order), then anything it left behind.
-
-    Returns (something was running, ports still taken)."""
-    state_dir = state_dir.absolute()
-    state = read_state(state_dir)
-    was_running = False
-    pid = runner_alive(state)
-    if pid is not None:
-        was_running = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        runner = (state or {})["runner"]
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid, runner.get("start_ticks")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid, runner.get("start_ticks")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    leftovers = stop_recorded(state_dir / TIER_DIR / MANIFEST)
-    was_running = was_running or bool(leftovers)
-    ports = (state or {}).get("ports", {})
-    taken = [
-        f"{port} ({what})"
-        for what, port in ports.items()
-        if "pcp" not in what and is_taken(int(port))
-    ]
-    if state is not None and state.get("state") not in ("failed",):
-        write_json(state_dir / STATE_FILE, {**state, "state": "stopped", "runner": None})
-    return was_running, taken
-
-
-@dataclass(frozen=True)
-class Row:
-    component: str
-    address: str
-    pid: str
-    state: str
-
-
-def probe(state: Mapping[str, Any], state_dir: Path) -> list[Row]:
-    """Each component's live state: processes from the manifest, probes of their protocol."""
-    running = {p.name: p.pid for p in recorded_processes(Path(state["manifest"]))}
-    components = state["components"]
-    nodes: dict[str, str] = {}
-    pgpool = next((c for c in components if c["kind"] == "pgpool"), None)
-    if pgpool is not None and "pgpool" in running:
-        with contextlib.suppress(LocalPlatformError, OSError, KeyError, ValueError):
-            for n in pool_nodes(pgpool["address"], Path(state["pgpass"])):
-                sync = f", {n.replication_sync_state}" if n.replication_sync_state else ""
-                label = n.role if n.status != "down" else f"{n.role}, detached"
-                nodes[n.address] = f"{label}{sync}" if n.role == "standby" else label
-    redis_password = ""
-    with contextlib.suppress(OSError, KeyError):
-        redis_password = Path(state["redis_password_file"]).read_text().strip()
-
-    def one(c: Mapping[str, Any]) -> Row:
-        name, kind, address = c["name"], c["kind"], c["address"]
-        pid = running.get(name)
-        if kind in ("workers", "job"):
-            if kind == "job":
-                last = state.get("partitions", {})
-                detail = last.get("last_result", "not run yet")
-                when = last.get("last_run", "")
-                return Row(name, address, "", f"last run {when}: {detail}" if when else detail)
-            order_pids = [str(running[n]) for n in running if n.startswith("order-")]
-            return Row(name, address, ",".join(order_pids), "running" if order_pids else "down")
-        if pid is None:
-            return Row(name, address, "", "down")
-        if kind == "postgres":
-            up = tcp_open(address)
-            return Row(name, address, str(pid), (nodes.get(address) or "up") if up else "starting")
-        if kind == "redis":
-            return Row(name, address, str(pid), _redis_role(address, redis_password))
-        if kind in ("pgpool", "memcached"):
-            ok = tcp_open(address) and (kind != "pgpool" or bool(nodes))
-            return Row(name, address, str(pid), "up" if ok else "not answering")
-        status = http_status(c["url"])
-        return Row(
-            name,
-            address,
-            str(pid),
-            "ready" if status == 200 else f"not ready ({status or 'no answer'})",
-        )
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, components))
-
-
-def _redis_role(address: str, password: str) -> str:
-    from redis import Redis
-    from redis.exceptions import RedisError
-
-    host, port = address.rsplit(":", 1)
-    client = Redis(host=host, port=int(port), password=password or None, socket_timeout=1)
-    try:
-        role = client.execute_command("ROLE")[0]
-        role = role.decode() if isinstance(role, bytes) else str(role)
-        return {"slave": "replica"}.get(role, role)
-    except RedisError:
-        return "not answering"
-    finally:
-        client.close()
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    headers = Row("COMPONENT", "ADDRESS", "PID", "STATE")
-    all_rows = [headers, *rows]
-    widths = [max(len(getattr(r, f)) for r in all_rows) for f in ("component", "address", "pid")]
-    lines = [
-        f"{r.component:<{widths[0]}}  {r.address:<{widths[1]}}  {r.pid:>{widths[2]}}  {r.state}"
-        for r in all_rows
-    ]
-    return "\n".join(lines)
-
-
-def summary(state: Mapping[str, Any], state_dir: Path) -> str:
-    """The status table, the gateway URL and two requests to try."""
-    url = state["gateway"]
-    lines = [format_table(probe(state, state_dir)), ""]
-    ready = state.get("timings", {}).get("total")
-    lines.append(f"gateway:  {url}" + (f"   (ready in {ready} s)" if ready else ""))
-    lines.append(f"metrics:  {state['gateway_metrics']}   logs: {state['logs']}")
-    for sink in (c for c in state["components"] if c["kind"] == "sink"):
-        lines.append(f"mail:     {sink['url']}   (what the services sent, e.g. reset e-mails)")
-    lines += [
-        "try:",
-        f"  curl -s '{url}/api/products?category=laptops&page_size=3'",
-        f"  curl -s '{url}/api/products/search?q=waterprof+camra'   # typos still match",
-    ]
-    if not state.get("demo_users"):
-        lines.append("no demo data (--no-demo-data): the catalog is empty")
-    else:
-        lines.append(
-            f"demo users: {', '.join(state['demo_users'])} (password {state['demo_password']})"
-        )
-    return "\n".join(lines)

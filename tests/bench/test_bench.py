@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from bench import report
+from bench.data import Prepared, write_data
+from bench.load import wrk
 from bench.metrics import Scrape, cache_ratios, db_quantiles, histogram_quantile, parse
-from bench.run import LUA, Prepared, free_port, main, mix_weights, write_data, wrk
+from bench.run import main, mix_weights
+from bench.target import LUA, free_port
 from services.kit.metrics import Metrics
 from stacks.gateway import SERVER_MAXCONN, local_config
 from stacks.local.__main__ import _config, _parser
@@ -164,7 +167,7 @@ def test_report_from_wrk_lines(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_a_short_real_baseline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bench.run.OUT", tmp_path)
+    monkeypatch.setattr("bench.load.OUT", tmp_path)
     port = free_port()
     app = subprocess.Popen([sys.executable, "-m", "bench.baseline", "--port", str(port)])
     try:
@@ -263,7 +266,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 def test_the_mix_script_runs_one_kind_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bench.run.OUT", tmp_path)
+    monkeypatch.setattr("bench.load.OUT", tmp_path)
     port = free_port()
     app = subprocess.Popen([sys.executable, "-c", ECHO_APP, str(port)])
     data = tmp_path / "data.lua"

@@ -32,10 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from components.conf import zone_of
 from services.kit.exports import CACHE_REQUESTS
-from stacks.local.platform import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
 from stacks.local.ports import ZONES, is_taken
 from stacks.local.postgres import PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
+from stacks.local.state import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
 from tests.conftest import fresh_state_dir
 from tests.stacks.test_local_data_tier import group_pids
 
@@ -701,7 +701,7 @@ def test_a_package_that_cannot_be_installed_says_what_to_do(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as another user PostgreSQL runs as that user")
 def test_a_checkout_closed_to_postgres_keeps_its_state_under_var_tmp() -> None:
-    from stacks.local.platform import reachable_state_dir
+    from stacks.local.state import reachable_state_dir
 
     closed = Path(tempfile.mkdtemp())  # mode 0700, like root's home on Debian
     try:
