@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
-import yaml
 
+from components.conf.prometheus import (
+    Alert,
+    Recording,
+    alertmanager_config,
+    pagerduty_and_slack,
+    rule_groups,
+)
 from components.kube import APP_UID, Labels, meta
 from components.microservice import CustomMetric
 from components.network_policy import (
@@ -33,30 +38,17 @@ CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 ALERTMANAGER_SECRET = "alertmanager-routing"
 
 
-Severity = Literal["critical", "warning", "info"]
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One alerting rule. Critical pages (any hour), warning goes to chat in business hours,
-    info only shows on dashboards."""
-
-    name: str
-    severity: Severity
-    expr: str
-    for_: str
-    summary: str
-
-
 @dataclass
 class MonitoringArgs:
     labels: Labels
     alerts: tuple[Alert, ...]
+    recordings: tuple[Recording, ...]
     # The autoscalers' custom metrics the adapter serves (the workloads' Scaling).
     custom_metrics: tuple[CustomMetric, ...]
     pagerduty_routing_key: pulumi.Input[str]
     slack_webhook_url: pulumi.Input[str]
     slack_channel: str
+    business_hours_time_zone: str
     retention_days: int = 15
 
 
@@ -74,7 +66,12 @@ class Monitoring(pulumi.ComponentResource):
             string_data={
                 "alertmanager.yaml": pulumi.Output.all(
                     args.pagerduty_routing_key, args.slack_webhook_url
-                ).apply(lambda s: alertmanager_config(s[0], s[1], args.slack_channel))
+                ).apply(
+                    lambda s: alertmanager_config(
+                        pagerduty_and_slack(s[0], s[1], args.slack_channel),
+                        time_zone=args.business_hours_time_zone,
+                    )
+                )
             },
             opts=child,
         )
@@ -113,7 +110,7 @@ class Monitoring(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
             metadata=meta("platform-alerts", ns, labels),
-            spec={"groups": alert_groups(args.alerts)},
+            spec={"groups": rule_groups(args.alerts, args.recordings)},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
         )
         self.register_outputs({})
@@ -130,80 +127,6 @@ class Monitoring(pulumi.ComponentResource):
             Flow(MONITORING, Cidr(node_cidr), (10250,)),  # kubelet and cAdvisor metrics
             Flow(MONITORING, PUBLIC_INTERNET, (443,)),  # Alertmanager to PagerDuty and Slack
         ]
-
-
-def alert_groups(alerts: tuple[Alert, ...]) -> list[dict[str, object]]:
-    """PrometheusRule groups, one per severity."""
-    groups: dict[str, list[dict[str, object]]] = {}
-    for alert in alerts:
-        groups.setdefault(alert.severity, []).append(
-            {
-                "alert": alert.name,
-                "expr": alert.expr,
-                "for": alert.for_,
-                "labels": {"severity": alert.severity},
-                "annotations": {"summary": alert.summary},
-            }
-        )
-    return [{"name": f"platform-{severity}", "rules": rules} for severity, rules in groups.items()]
-
-
-def alertmanager_config(
-    pagerduty_routing_key: str, slack_webhook_url: str, slack_channel: str
-) -> str:
-    """Critical pages 24/7, warnings go to chat in business hours, info stays on dashboards."""
-    config = {
-        "route": {
-            "receiver": "dashboard-only",
-            "group_by": ["alertname", "namespace", "service"],
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
-            "routes": [
-                {"matchers": ['severity="critical"'], "receiver": "pager", "repeat_interval": "1h"},
-                {
-                    "matchers": ['severity="warning"'],
-                    "receiver": "chat",
-                    "active_time_intervals": ["business-hours"],
-                },
-            ],
-        },
-        "time_intervals": [
-            {
-                "name": "business-hours",
-                "time_intervals": [
-                    {
-                        "weekdays": ["monday:friday"],
-                        "times": [{"start_time": "09:00", "end_time": "18:00"}],
-                    }
-                ],
-            }
-        ],
-        "inhibit_rules": [
-            # While something pages, do not also chat about the same service.
-            {
-                "source_matchers": ['severity="critical"'],
-                "target_matchers": ['severity="warning"'],
-                "equal": ["namespace", "service"],
-            }
-        ],
-        "receivers": [
-            {"name": "dashboard-only"},
-            {
-                "name": "pager",
-                "pagerduty_configs": [
-                    {"routing_key": pagerduty_routing_key, "send_resolved": True}
-                ],
-            },
-            {
-                "name": "chat",
-                "slack_configs": [
-                    {"api_url": slack_webhook_url, "channel": slack_channel, "send_resolved": True}
-                ],
-            },
-        ],
-    }
-    return yaml.safe_dump(config, sort_keys=False)
 
 
 def adapter_rules(metrics: Iterable[CustomMetric]) -> dict[str, list[dict[str, object]]]:

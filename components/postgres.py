@@ -40,6 +40,7 @@ from components.conf.postgres import (
     PgUsers,
     WalArchive,
 )
+from components.conf.prometheus import postgres_exporter_queries
 from components.conf.scripts import (
     POSTGRES_START_SH,
     postgres_env,
@@ -78,6 +79,7 @@ APP = "postgres"
 PGPOOL = ENDPOINT.app
 PORT = 5432
 EXPORTER_PORT = 9187
+EXPORTER_QUERIES = "exporter-queries.yaml"  # components.conf.prometheus: the replication role
 APP_SECRET = "postgres-app"  # the application role's password, in every client namespace
 CREDENTIALS_SECRET = "postgres-credentials"
 PGPOOL_SECRET = "pgpool-credentials"
@@ -270,6 +272,7 @@ class PostgresCluster(pulumi.ComponentResource):
                     ),
                 ),
                 "pgbackrest.conf": backups.server_config,
+                EXPORTER_QUERIES: postgres_exporter_queries(),
             },
             opts=child,
         )
@@ -397,9 +400,12 @@ class PostgresCluster(pulumi.ComponentResource):
         exporter = container(
             "exporter",
             args.image,
-            ["prometheus-postgres-exporter"],
+            ["prometheus-postgres-exporter", f"--extend.query-path={CONF_DIR}/{EXPORTER_QUERIES}"],
             ("50m", "64Mi", "250m", "128Mi"),
-            [mount("secrets", SECRETS_DIR, read_only=True)],
+            [
+                mount("secrets", SECRETS_DIR, read_only=True),
+                mount("config", CONF_DIR, read_only=True),
+            ],
             env=env_vars(
                 {
                     "DATA_SOURCE_URI": f"localhost:{PORT}/postgres?sslmode=disable",

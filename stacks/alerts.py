@@ -7,7 +7,8 @@ only show on dashboards. The services' metrics are named by what they export
 
 from __future__ import annotations
 
-from components.monitoring import Alert
+from components.conf.haproxy import FRONTEND
+from components.conf.prometheus import PG_IN_RECOVERY, Alert, Recording
 from services.kit.exports import (
     CACHE_REQUESTS,
     EVENTS_DEAD_LETTERS,
@@ -28,13 +29,24 @@ CACHE_HIT_WARNING_RATIO = 0.80
 DISK_WARNING_RATIO = 0.85
 
 
+# What the gateway's HPA scales on: each pod's requests per second, from HAProxy's own
+# Prometheus exporter (its metrics frontend), per scrape target.
+GATEWAY_RPS = "gateway_requests_per_second"
+HAPROXY_REQUESTS = "haproxy_frontend_http_requests_total"
+RECORDINGS: tuple[Recording, ...] = (
+    Recording(
+        GATEWAY_RPS, f'sum without (proxy) (rate({HAPROXY_REQUESTS}{{proxy="{FRONTEND}"}}[1m]))'
+    ),
+)
+
 ALERTS: tuple[Alert, ...] = (
     # --- critical: page someone, day or night -------------------------------------------------
     Alert(
         "DatabasePrimaryDown",
         "critical",
-        # Fires when no PostgreSQL member reports itself as a primary (not in recovery).
-        "absent(pg_replication_is_replica == 0)",
+        # Fires when no PostgreSQL member reports itself as a primary (not in recovery), the
+        # exporters' extra query (components.conf.prometheus.POSTGRES_QUERIES).
+        f"absent({PG_IN_RECOVERY} == 0)",
         "30s",
         "No PostgreSQL primary is up: writes are failing until PgPool-II promotes a replica",
     ),

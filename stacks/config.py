@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -189,6 +190,19 @@ class SmtpConfig(Inputs):
 
 class AlertingConfig(Inputs):
     slack_channel: str = "#shop-alerts"
+    # Warnings reach chat on weekdays 09:00-18:00 in this IANA time zone.
+    business_hours_time_zone: str = "Europe/Brussels"
+
+    @field_validator("business_hours_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"expected an IANA time zone such as Europe/Brussels, got {value!r}"
+            ) from None
+        return value
 
 
 class StackConfig(Inputs):

@@ -27,7 +27,7 @@ from components.postgres import DatabaseJobs, PostgresArgs, PostgresCluster
 from components.redis import RedisArgs, RedisCluster
 from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
 from services.kit.migrate import load as load_migrations
-from stacks.alerts import ALERTS
+from stacks.alerts import ALERTS, RECORDINGS
 from stacks.config import StackConfig
 from stacks.gateway import JWT_KEY_ENV, kubernetes_config
 from stacks.network import service_flows
@@ -251,12 +251,14 @@ class Platform:
             MonitoringArgs(
                 labels=labels,
                 alerts=ALERTS,
+                recordings=RECORDINGS,
                 custom_metrics=tuple(
                     s.scaling.custom_metric for s in SERVICE_TABLE if s.scaling.custom_metric
                 ),
                 pagerduty_routing_key=secrets["pagerdutyRoutingKey"],
                 slack_webhook_url=secrets["slackWebhookUrl"],
                 slack_channel=config.alerting.slack_channel,
+                business_hours_time_zone=config.alerting.business_hours_time_zone,
             ),
             in_cluster,
         )

@@ -17,6 +17,7 @@ from components.kube import Endpoint, NodePoolName
 from components.microservice import CustomMetric, Resources, ScalePolicy, Scaling, Workload
 from components.network_policy import MONITORING_NAMESPACE
 from services.kit.exports import ORDER_QUEUE_DEPTH, PRODUCT_CACHE_MISS_RATIO
+from stacks.alerts import GATEWAY_RPS
 
 SERVICE_PORT = 8080  # every service and the gateway listen here (non-root, > 1024)
 INTERNET = "internet"  # the caller name for traffic from outside the cluster
@@ -107,7 +108,7 @@ SERVICE_TABLE: tuple[Service, ...] = (
             scale_up=ScalePolicy(100, 15),
             scale_down=ScalePolicy(10, 60, stabilization_seconds=300),
             custom_metric=CustomMetric(
-                name="gateway_requests_per_second",
+                name=GATEWAY_RPS,  # a recording rule over HAProxy's own metrics
                 target="1000",
                 per_pod=True,
                 why="seed: keep each gateway instance under 1,000 requests/s",

@@ -46,9 +46,14 @@ PROGRAMS: tuple[Program, ...] = (
     Program(MEMCACHED, "memcached"),
     Program(HAPROXY, "haproxy"),
 )
-# The load generator of the benchmarks and of their test: installed with the rest by
-# `make system-packages` (make test, make bench), never needed to start the platform.
-TOOLS: tuple[Program, ...] = (Program("/usr/bin/wrk", "wrk"),)
+# Installed with the rest by `make system-packages` (make test, make bench), never needed to
+# start the platform: the benchmarks' load generator, and the tools that check and unit-test
+# the monitoring files (tests/stacks/test_alerts.py).
+TOOLS: tuple[Program, ...] = (
+    Program("/usr/bin/wrk", "wrk"),
+    Program("/usr/bin/promtool", "prometheus"),
+    Program("/usr/bin/amtool", "prometheus-alertmanager"),
+)
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 

@@ -1,0 +1,238 @@
+"""The monitoring stack's files, rendered once for GKE and for the local platform: the alerting
+and recording rules, the PostgreSQL exporter's extra queries, Alertmanager's routing tree,
+and Prometheus's own configuration where it scrapes static targets (the local platform).
+
+On GKE the rules are a PrometheusRule (components/monitoring.py) and Alertmanager's file a
+Secret; locally they are files next to a real Prometheus and Alertmanager. `promtool` checks
+both renders in the tests, and unit-tests every alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule. Critical pages (any hour), warning goes to chat in business hours,
+    info only shows on dashboards."""
+
+    name: str
+    severity: Severity
+    expr: str
+    for_: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording rule: `expr` evaluated and stored as the series `name`."""
+
+    name: str
+    expr: str
+
+
+def rule_groups(
+    alerts: Iterable[Alert], recordings: Iterable[Recording] = ()
+) -> list[dict[str, Any]]:
+    """The rule groups: the recording rules first, then the alerts, one group per severity."""
+    groups: list[dict[str, Any]] = []
+    records = [{"record": r.name, "expr": r.expr} for r in recordings]
+    if records:
+        groups.append({"name": "platform-recordings", "rules": records})
+    by_severity: dict[str, list[dict[str, Any]]] = {}
+    for alert in alerts:
+        by_severity.setdefault(alert.severity, []).append(
+            {
+                "alert": alert.name,
+                "expr": alert.expr,
+                "for": alert.for_,
+                "labels": {"severity": alert.severity},
+                "annotations": {"summary": alert.summary},
+            }
+        )
+    groups += [{"name": f"platform-{s}", "rules": rules} for s, rules in by_severity.items()]
+    return groups
+
+
+def rules_file(alerts: Iterable[Alert], recordings: Iterable[Recording] = ()) -> str:
+    """A Prometheus rule file (`rule_files:`) holding `rule_groups`."""
+    return yaml.safe_dump({"groups": rule_groups(alerts, recordings)}, sort_keys=False)
+
+
+# --- the PostgreSQL exporter --------------------------------------------------------------------
+
+# prometheus-postgres-exporter 0.11 (Debian 12, the GKE image's too) exports no replication
+# role by default: this query (`--extend.query-path`) adds `pg_recovery_in_recovery`, 1 on a
+# standby and 0 on the primary, which the primary-down alert reads.
+PG_IN_RECOVERY = "pg_recovery_in_recovery"  # the exporter names it <query>_<column>
+POSTGRES_QUERIES: dict[str, Any] = {
+    "pg_recovery": {
+        "query": "SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS in_recovery",
+        "master": True,  # once per server, not per database
+        "metrics": [
+            {
+                "in_recovery": {
+                    "usage": "GAUGE",
+                    "description": "1 on a standby (in recovery), 0 on the primary",
+                }
+            }
+        ],
+    }
+}
+
+
+def postgres_exporter_queries() -> str:
+    return yaml.safe_dump(POSTGRES_QUERIES, sort_keys=False)
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where the two notifying routes send: each an Alertmanager receiver body (GKE: PagerDuty
+    and Slack; locally webhooks to a sink that records what it got)."""
+
+    pager: Mapping[str, Any]
+    chat: Mapping[str, Any]
+
+
+def pagerduty_and_slack(routing_key: str, slack_webhook_url: str, slack_channel: str) -> Receivers:
+    return Receivers(
+        pager={"pagerduty_configs": [{"routing_key": routing_key, "send_resolved": True}]},
+        chat={
+            "slack_configs": [
+                {"api_url": slack_webhook_url, "channel": slack_channel, "send_resolved": True}
+            ]
+        },
+    )
+
+
+def webhooks(pager_url: str, chat_url: str) -> Receivers:
+    return Receivers(
+        pager={"webhook_configs": [{"url": pager_url, "send_resolved": True}]},
+        chat={"webhook_configs": [{"url": chat_url, "send_resolved": True}]},
+    )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How Alertmanager groups and repeats (GKE: the defaults; the local drills: shorter)."""
+
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+    pager_repeat_interval: str = "1h"
+
+
+DEFAULT_TIMING = Timing()
+
+
+def alertmanager_config(
+    receivers: Receivers,
+    *,
+    time_zone: str,
+    business_hours: tuple[str, str] = ("09:00", "18:00"),
+    timing: Timing = DEFAULT_TIMING,
+) -> str:
+    """Critical pages at any hour, warnings go to chat in business hours (weekdays, in
+    `time_zone`, an IANA name), info stays on dashboards."""
+    start, end = business_hours
+    config = {
+        "route": {
+            "receiver": "dashboard-only",
+            "group_by": ["alertname", "namespace", "service"],
+            "group_wait": timing.group_wait,
+            "group_interval": timing.group_interval,
+            "repeat_interval": timing.repeat_interval,
+            "routes": [
+                {
+                    "matchers": ['severity="critical"'],
+                    "receiver": "pager",
+                    "repeat_interval": timing.pager_repeat_interval,
+                },
+                {
+                    "matchers": ['severity="warning"'],
+                    "receiver": "chat",
+                    "active_time_intervals": ["business-hours"],
+                },
+            ],
+        },
+        "time_intervals": [
+            {
+                "name": "business-hours",
+                "time_intervals": [
+                    {
+                        "weekdays": ["monday:friday"],
+                        "times": [{"start_time": start, "end_time": end}],
+                        "location": time_zone,
+                    }
+                ],
+            }
+        ],
+        "inhibit_rules": [
+            # While something pages, do not also chat about the same service.
+            {
+                "source_matchers": ['severity="critical"'],
+                "target_matchers": ['severity="warning"'],
+                "equal": ["namespace", "service"],
+            }
+        ],
+        "receivers": [
+            {"name": "dashboard-only"},
+            {"name": "pager", **receivers.pager},
+            {"name": "chat", **receivers.chat},
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# --- Prometheus, scraping static targets (the local platform) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One scrape job: its targets (`host:port`) and the labels every series of it carries
+    (on GKE the ServiceMonitors and PodMonitors give the same `namespace` and `service`)."""
+
+    name: str
+    targets: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metrics_path: str = "/metrics"
+
+
+def prometheus_config(
+    jobs: Sequence[ScrapeJob],
+    *,
+    rule_files: Sequence[str],
+    alertmanagers: Sequence[str],
+    scrape_interval: str = "15s",
+    evaluation_interval: str = "15s",
+) -> str:
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scrape job names must be unique: {names}")
+    config = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+        },
+        "rule_files": list(rule_files),
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]},
+        "scrape_configs": [
+            {
+                "job_name": job.name,
+                "metrics_path": job.metrics_path,
+                "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
+            }
+            for job in jobs
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
