@@ -9,7 +9,6 @@ a generated password, given to clients as a file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -23,6 +22,7 @@ from components.conf.redis import (
     RedisClusterSpec,
     RedisNode,
     cluster_bootstrap_sh,
+    exporter_passwords,
     redis_auth_conf,
     redis_conf,
 )
@@ -117,7 +117,7 @@ class RedisCluster(pulumi.ComponentResource):
             "auth.conf": password.result.apply(redis_auth_conf),
             # redis_exporter's password file: address -> password.
             "exporter.json": password.result.apply(
-                lambda p: json.dumps({f"redis://localhost:{port}": p})
+                lambda p: exporter_passwords([f"localhost:{port}"], p)
             ),
         }
         k8s.core.v1.Secret(

@@ -7,6 +7,8 @@ only show on dashboards. The services' metrics are named by what they export
 
 from __future__ import annotations
 
+import re
+
 from components.conf.haproxy import FRONTEND
 from components.conf.prometheus import PG_IN_RECOVERY, Alert, Recording
 from services.kit.exports import (
@@ -174,3 +176,54 @@ ALERTS: tuple[Alert, ...] = (
         "A background job (backup, partition maintenance, bootstrap) failed",
     ),
 )
+
+# Metrics only a Kubernetes cluster exports, and where they come from on GKE: the local
+# platform cannot have them (tests/stacks/test_alerts.py exercises their rules with synthetic
+# series instead). Every other metric a rule reads must exist on the local platform.
+CLUSTER_ONLY_METRICS: dict[str, str] = {
+    "container_cpu_usage_seconds_total": "cAdvisor, scraped from each kubelet",
+    "container_memory_working_set_bytes": "cAdvisor, scraped from each kubelet",
+    "kube_pod_container_resource_limits": "kube-state-metrics (kube-prometheus-stack)",
+    "kubelet_volume_stats_used_bytes": "the kubelet's own metrics",
+    "kubelet_volume_stats_capacity_bytes": "the kubelet's own metrics",
+    "kube_deployment_status_observed_generation": "kube-state-metrics",
+    "kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics",
+    "kube_job_status_failed": "kube-state-metrics",
+}
+
+_PROMQL_WORDS = frozenset(
+    {
+        "sum",
+        "max",
+        "min",
+        "avg",
+        "count",
+        "rate",
+        "irate",
+        "increase",
+        "deriv",
+        "changes",
+        "absent",
+        "histogram_quantile",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+    }
+)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metrics a PromQL expression reads (label matchers, ranges, grouping labels,
+    functions and numbers left out): what must exist for the rule to mean anything."""
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    text = re.sub(r'"[^"]*"', " ", text)
+    names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text)) - _PROMQL_WORDS
+    return {name for name in names if not re.fullmatch(r"[0-9.e+-]+", name)}

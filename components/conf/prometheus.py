@@ -10,7 +10,7 @@ both renders in the tests, and unit-tests every alert.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
@@ -199,12 +199,11 @@ def alertmanager_config(
 
 @dataclass(frozen=True)
 class ScrapeJob:
-    """One scrape job: its targets (`host:port`) and the labels every series of it carries
-    (on GKE the ServiceMonitors and PodMonitors give the same `namespace` and `service`)."""
+    """One scrape job: each target (`host:port`) with the labels its series carry, as the
+    ServiceMonitors and PodMonitors give them on GKE (`namespace`, `service`, `pod`)."""
 
     name: str
-    targets: tuple[str, ...]
-    labels: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, Mapping[str, str]]
     metrics_path: str = "/metrics"
 
 
@@ -230,7 +229,10 @@ def prometheus_config(
             {
                 "job_name": job.name,
                 "metrics_path": job.metrics_path,
-                "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
+                "static_configs": [
+                    {"targets": [address], "labels": dict(labels)}
+                    for address, labels in job.targets.items()
+                ],
             }
             for job in jobs
         ],

@@ -8,9 +8,10 @@ environment it renders for.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # Eviction policies Redis 7.0 accepts; checked so a typo fails at render time, not at pod start.
@@ -506,3 +507,9 @@ if [ "$changed" = 1 ]; then
     log "every node sees $REPLICA_COUNT replicas"
 fi
 """
+
+
+def exporter_passwords(addresses: Iterable[str], password: str) -> str:
+    """redis_exporter's password file (``-redis.password-file``): each node's
+    ``redis://host:port`` -> its password (one for the whole cluster here)."""
+    return json.dumps({f"redis://{address}": password for address in addresses})

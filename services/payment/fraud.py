@@ -60,6 +60,11 @@ return {count, 1}
 """
 
 
+# What a payment whose velocity could not be checked came to: let through (at most
+# VELOCITY_UNCHECKED_MAX_CENTS), or deferred (503: the saga retries it).
+VELOCITY_OUTCOMES = ("allowed_unchecked", "deferred")
+
+
 @dataclass(frozen=True)
 class FraudDecision:
     allowed: bool
@@ -139,9 +144,11 @@ class FraudRules:
         self.unavailable = Counter(
             PAYMENT_VELOCITY_UNAVAILABLE,
             "Payments whose velocity could not be checked (Redis down), by what was done",
-            ["outcome"],  # allowed_unchecked | deferred (answered 503)
+            ["outcome"],
             registry=registry,
         )
+        for outcome in VELOCITY_OUTCOMES:  # every series exists from the start, at 0
+            self.unavailable.labels(outcome)
 
     def _limit(self, currency: str) -> int | None:
         if isinstance(self.max_amount_cents, int):
@@ -172,7 +179,7 @@ class FraudRules:
             )
         except VelocityUnavailable as error:
             unchecked = amount_cents <= self.unchecked_max_cents
-            outcome = "allowed_unchecked" if unchecked else "deferred"
+            outcome = VELOCITY_OUTCOMES[0] if unchecked else VELOCITY_OUTCOMES[1]
             self.unavailable.labels(outcome).inc()
             log.warning(
                 "fraud velocity not checked", outcome=outcome, user=user_id, error=str(error)

@@ -69,6 +69,7 @@ from stacks.gateway import (
 )
 from stacks.local.apps import AppProcess, haproxy_servers, http_json, http_status
 from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
+from stacks.local.monitoring import LocalMonitoring
 from stacks.local.ports import HOST, is_taken
 from stacks.local.process import (
     LocalPlatformError,
@@ -129,6 +130,9 @@ class PlatformConfig:
     gateway_port: int | None = DEFAULT_GATEWAY_PORT  # None: any free port
     metrics_port: int | None = DEFAULT_METRICS_PORT
     partition_interval_s: float = 3600.0
+    # How often Prometheus scrapes and evaluates the rules (GKE: 15 s; shorter here, so a
+    # drill sees its alert sooner).
+    scrape_interval_s: float = 5.0
     start_timeout_s: float = 300.0
     restart_limit: int = 5  # restarts of one process within RESTART_WINDOW_S, then give up
     # The gateway's per-client budget; None lifts it (a benchmark's load comes from one address).
@@ -313,6 +317,10 @@ class LocalPlatform:
             port=self.gateway_port,
             ready_url=f"http://{HOST}:{self.gateway_port}/healthz",
         )
+        # Prometheus, Alertmanager, the exporters and the alert sink (stacks.local.monitoring).
+        self.monitoring = LocalMonitoring(
+            self.state_dir, self.tier, self.services, self.metrics_port, c.scrape_interval_s
+        )
         self.timings: dict[str, float] = {}
         self.partitions: dict[str, Any] = {"every_s": c.partition_interval_s}
         self.demo_users: list[str] = []
@@ -339,7 +347,7 @@ class LocalPlatform:
         found = [*self.simulators.values(), self.mail_sink]
         for processes in self.services.values():
             found += processes
-        return [*found, self.gateway]
+        return [*found, self.gateway, *self.monitoring.apps()]
 
     def _take_fixed_port(self, what: str, port: int | None, flag: str) -> int:
         if port is not None and is_taken(port):
@@ -432,6 +440,11 @@ class LocalPlatform:
                 "services", lambda: self._start_and_wait(self._service_apps(), deadline), progress
             )
             self._phase("gateway", lambda: self._start_gateway(deadline), progress)
+            self._phase(
+                "monitoring (Prometheus, Alertmanager, exporters)",
+                lambda: self._start_monitoring(deadline),
+                progress,
+            )
             if self.config.demo_products:
                 self._phase("demo users", self._register_demo_users, progress)
         except BaseException as error:
@@ -478,6 +491,10 @@ class LocalPlatform:
                 timeout=max(1.0, deadline - time.monotonic()),
                 interval=0.2,
             )
+
+    def _start_monitoring(self, deadline: float) -> None:
+        self.monitoring.write_files()
+        self._start_and_wait(self.monitoring.apps(), deadline)
 
     def _start_gateway(self, deadline: float) -> None:
         make_dir(self.gateway_dir)
@@ -659,7 +676,7 @@ class LocalPlatform:
         if self._state not in ("failed",):
             self._write_state("stopping")
         errors: list[LocalPlatformError] = []
-        groups = [[self.gateway], self._service_apps()]
+        groups = [self.monitoring.apps(), [self.gateway], self._service_apps()]
         for group in groups:
             live = [a.process for a in group if a.process is not None]
             try:
@@ -715,6 +732,9 @@ class LocalPlatform:
             else None,
             "gateway": self.gateway_url,
             "gateway_metrics": self.metrics_url,
+            "prometheus": self.monitoring.prometheus_url,
+            "alertmanager": self.monitoring.alertmanager_url,
+            "alert_sink": self.monitoring.sink_url,
             "stats_socket": str(self.stats_socket),
             "timings": self.timings,
             "components": components,

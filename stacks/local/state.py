@@ -257,6 +257,9 @@ def summary(state: Mapping[str, Any], state_dir: Path) -> str:
     lines.append(f"metrics:  {state['gateway_metrics']}   logs: {state['logs']}")
     for sink in (c for c in state["components"] if c["kind"] == "sink"):
         lines.append(f"mail:     {sink['url']}   (what the services sent, e.g. reset e-mails)")
+    if "prometheus" in state:
+        lines.append(f"prometheus: {state['prometheus']}   alertmanager: {state['alertmanager']}")
+        lines.append(f"alerts:   {state['alert_sink']}/notifications   (what Alertmanager sent)")
     lines += [
         "try:",
         f"  curl -s '{url}/api/products?category=laptops&page_size=3'",

@@ -26,6 +26,10 @@ REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
 MEMCACHED = "/usr/bin/memcached"
 HAPROXY = "/usr/sbin/haproxy"
+PROMETHEUS = "/usr/bin/prometheus"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+POSTGRES_EXPORTER = "/usr/bin/prometheus-postgres-exporter"
+REDIS_EXPORTER = "/usr/bin/prometheus-redis-exporter"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ PROGRAMS: tuple[Program, ...] = (
     Program(REDIS_CLI, "redis-tools"),
     Program(MEMCACHED, "memcached"),
     Program(HAPROXY, "haproxy"),
+    # The monitoring stack (stacks.local.monitoring), with promtool and amtool.
+    Program(PROMETHEUS, "prometheus"),
+    Program(ALERTMANAGER, "prometheus-alertmanager"),
+    Program(POSTGRES_EXPORTER, "prometheus-postgres-exporter"),
+    Program(REDIS_EXPORTER, "prometheus-redis-exporter"),
 )
 # Installed with the rest by `make system-packages` (make test, make bench), never needed to
 # start the platform: the benchmarks' load generator, and the tools that check and unit-test

@@ -294,3 +294,12 @@ def test_a_missing_or_plain_http_warehouse_names_the_key(
 
 def test_the_warehouse_key_is_a_required_secret(prod: dict[str, Any]) -> None:
     assert "warehouseApiKey" in error_of(prod, secrets=set(SECRET_KEYS) - {"warehouseApiKey"})
+
+
+def test_a_business_hours_time_zone_that_does_not_exist_names_the_key(
+    prod: dict[str, Any],
+) -> None:
+    prod["ecommerce:alerting"] = {"businessHoursTimeZone": "Europe/Atlantis"}
+    assert "ecommerce:alerting.businessHoursTimeZone: expected an IANA time zone" in error_of(prod)
+    prod["ecommerce:alerting"] = {"businessHoursTimeZone": "America/New_York"}
+    assert load(prod).alerting.business_hours_time_zone == "America/New_York"

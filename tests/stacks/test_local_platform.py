@@ -31,11 +31,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from components.conf import zone_of
+from components.conf.prometheus import PG_IN_RECOVERY
 from services.kit.exports import CACHE_REQUESTS
+from stacks.alerts import ALERTS, CLUSTER_ONLY_METRICS, GATEWAY_RPS, RECORDINGS, metric_names
 from stacks.local.ports import ZONES, is_taken
 from stacks.local.postgres import PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
 from stacks.local.state import ROOT, STATE_FILE, TIER_DIR, prepare_state_dir
+from stacks.services import SERVICE_TABLE
 from tests.conftest import fresh_state_dir
 from tests.stacks.test_local_data_tier import group_pids
 
@@ -192,6 +195,11 @@ def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> Non
         "stripe-simulator",
         "warehouse-simulator",
         "mail-sink",
+        "prometheus",
+        "alertmanager",
+        "alert-sink",
+        "pg-3-exporter",
+        "redis-5-exporter",
         "user-0",
         "product-1",
         "order-0",
@@ -211,6 +219,7 @@ def test_up_prints_the_status_table_and_how_to_try_it(platform: Platform) -> Non
     rows = {r["component"]: r["state"] for r in json.loads(status.stdout)["rows"]}
     assert rows["gateway"] == "ready" and rows["product-1"] == "ready"
     assert rows["mail-sink"] == "ready"
+    assert rows["prometheus"] == rows["alertmanager"] == rows["alert-sink"] == "ready"
     assert f"mail:     {platform.component('mail-sink')['url']}" in out
     assert sorted(rows[f"redis-{i}"] for i in range(6)) == ["master"] * 3 + ["replica"] * 3
     assert sum(rows[f"pg-{i}"].startswith("standby") for i in range(4)) == 3
@@ -312,6 +321,81 @@ async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> Non
     gateway = scrape(platform.state["gateway_metrics"])
     for backend in ("be_user", "be_product", "be_order", "be_inventory"):
         assert total(gateway, "haproxy_backend_http_responses_total", proxy=backend, code="2xx") > 0
+
+
+async def prometheus_query(http: aiohttp.ClientSession, base: str, query: str) -> list[Any]:
+    async with http.get(f"{base}/api/v1/query", params={"query": query}) as response:
+        answer = await response.json()
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+async def test_prometheus_scrapes_everything_and_every_rule_reads_a_live_metric(
+    platform: Platform,
+) -> None:
+    """After the journey: every target up, every metric a rule or an autoscaler reads exists
+    (but the cluster-only ones, stacks.alerts.CLUSTER_ONLY_METRICS), and the gateway's
+    requests per second, recorded from HAProxy's own counter, moves under load."""
+    state = platform.state
+    base = state["prometheus"]
+    assert f"prometheus: {base}" in platform.up_output
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        deadline = time.monotonic() + 60
+        while True:
+            async with http.get(f"{base}/api/v1/targets") as response:
+                targets = (await response.json())["data"]["activeTargets"]
+            down = [t["labels"].get("pod", t["scrapeUrl"]) for t in targets if t["health"] != "up"]
+            if not down or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+        assert not down, f"targets not up: {down}"
+        jobs = {t["labels"]["job"] for t in targets}
+        assert {"postgres", "redis", "gateway", "product", "order", "payment"} <= jobs
+        assert len([t for t in targets if t["labels"]["job"] == "postgres"]) == 4
+        assert len([t for t in targets if t["labels"]["job"] == "redis"]) == 6
+
+        read = {
+            **{f"alert {a.name}": metric_names(a.expr) for a in ALERTS},
+            **{f"recording {r.name}": metric_names(r.expr) for r in RECORDINGS},
+            **{
+                f"{s.name}'s autoscaler": {s.scaling.custom_metric.name}
+                for s in SERVICE_TABLE
+                if s.scaling.custom_metric
+            },
+        }
+        deadline = time.monotonic() + 60
+        while True:
+            async with http.get(f"{base}/api/v1/label/__name__/values") as response:
+                present = set((await response.json())["data"])
+            missing = {
+                rule: sorted(names - present - set(CLUSTER_ONLY_METRICS))
+                for rule, names in read.items()
+                if names - present - set(CLUSTER_ONLY_METRICS)
+            }
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+        assert not missing, f"rules read metrics nobody exports: {missing}"
+        # A primary, seen through the exporters' extra query.
+        roles = await prometheus_query(http, base, PG_IN_RECOVERY)
+        assert sorted(r["value"][1] for r in roles) == ["0", "1", "1", "1"]
+
+        # Load through the gateway: its recorded rate rises above zero.
+        for _ in range(10):
+            statuses = await asyncio.gather(
+                *(
+                    call(http, "GET", f"{platform.gateway}/api/products/categories")
+                    for _ in range(20)
+                )
+            )
+            assert {status for status, _ in statuses} <= {200, 429}
+        deadline = time.monotonic() + 60
+        while True:
+            rate = await prometheus_query(http, base, GATEWAY_RPS)
+            if (rate and float(rate[0]["value"][1]) > 0) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+        assert rate and float(rate[0]["value"][1]) > 0, rate
 
 
 async def test_a_revoked_token_stops_working_on_every_service(platform: Platform) -> None:
