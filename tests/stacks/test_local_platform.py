@@ -2,7 +2,8 @@
 
 One platform for the module (started through the CLI, detached, with the default 10,000
 product catalog), used in order: a shopper's journey through the gateway only, the metrics
-showing that reads went to replicas and caches, revoked tokens, a password reset whose
+showing that reads went to replicas and caches, Prometheus seeing every target and every
+metric its rules read, the payment service frozen until its alert pages, revoked tokens, a password reset whose
 e-mail lands in the mail sink, the live feed held open for minutes, the running platform
 refusing a second `up`, the loss of the primary's zone (the primary and the standby beside it)
 while orders are placed, and last `down`, after which no process of the platform may be alive
@@ -396,6 +397,43 @@ async def test_prometheus_scrapes_everything_and_every_rule_reads_a_live_metric(
                 break
             await asyncio.sleep(2)
         assert rate and float(rate[0]["value"][1]) > 0, rate
+
+
+async def notified(
+    http: aiohttp.ClientSession, sink: str, alertname: str, status: str, timeout_s: float
+) -> list[dict[str, Any]]:
+    """The alert sink's notifications of `alertname` once one has `status`, or [] by then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with http.get(f"{sink}/notifications", params={"alertname": alertname}) as answer:
+            found = (await answer.json())["notifications"]
+        if any(n["status"] == status for n in found):
+            return list(found)
+        await asyncio.sleep(2)
+    return []
+
+
+async def test_a_payment_service_that_stops_answering_pages_and_then_resolves(
+    platform: Platform,
+) -> None:
+    """The payment process frozen (SIGSTOP: it runs, it answers nothing) past the alert's
+    `for`: PaymentServiceUnavailable reaches the pager through Alertmanager's routing, never
+    the chat, and resolves once the process answers again."""
+    sink = platform.state["alert_sink"]
+    payment = platform.pids()["payment-0"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        os.kill(payment, signal.SIGSTOP)
+        try:
+            firing = await notified(http, sink, "PaymentServiceUnavailable", "firing", 180)
+        finally:
+            os.kill(payment, signal.SIGCONT)
+        assert firing, "PaymentServiceUnavailable never reached the pager"
+        assert {n["receiver"] for n in firing} == {"pager"}
+        [alert] = firing[0]["alerts"]
+        assert alert["labels"]["severity"] == "critical"
+        resolved = await notified(http, sink, "PaymentServiceUnavailable", "resolved", 120)
+        assert resolved, "PaymentServiceUnavailable never resolved"
+        assert {n["receiver"] for n in resolved} == {"pager"}
 
 
 async def test_a_revoked_token_stops_working_on_every_service(platform: Platform) -> None:
