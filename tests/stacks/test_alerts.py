@@ -16,8 +16,10 @@ import yaml
 
 from components.conf.prometheus import (
     Receivers,
+    ScrapeJob,
     alertmanager_config,
     pagerduty_and_slack,
+    prometheus_config,
     rules_file,
     webhooks,
 )
@@ -430,3 +432,21 @@ def test_each_severity_routes_to_its_receiver(labels: str, receiver: str, tmp_pa
         timeout=60,
     )
     assert routed.stdout.strip() == receiver, routed.stdout + routed.stderr
+
+
+@needs_promtool
+def test_the_local_prometheus_config_passes_promtool_check(rules: Path, tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yaml"
+    config.write_text(
+        prometheus_config(
+            [
+                ScrapeJob("product", {"127.0.0.1:1": {"service": "product", "pod": "product-0"}}),
+                ScrapeJob("postgres", {"127.0.0.1:2": {"namespace": "data", "pod": "pg-0"}}),
+            ],
+            rule_files=[str(rules)],
+            alertmanagers=["127.0.0.1:3"],
+        )
+    )
+    checked = promtool("check", "config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr

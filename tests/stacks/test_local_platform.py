@@ -340,6 +340,14 @@ async def test_prometheus_scrapes_everything_and_every_rule_reads_a_live_metric(
     state = platform.state
     base = state["prometheus"]
     assert f"prometheus: {base}" in platform.up_output
+    # The files it runs are the renders promtool accepts.
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(platform.state_dir / "monitoring/prometheus.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         deadline = time.monotonic() + 60
         while True:
