@@ -1,10 +1,10 @@
 """The whole platform on one machine, as `make up ARGS=--detach` starts it.
 
-One platform for the module (started through the CLI, detached, with the default 10,000
-product catalog), used in order: a shopper's journey through the gateway only, the metrics
-showing that reads went to replicas and caches, Prometheus seeing every target and every
-metric its rules read, the payment service frozen until its alert pages, revoked tokens, a
-password reset whose e-mail lands in the mail sink, the live feed held open for minutes, the running platform
+One platform for the module (started through the CLI, detached, with the default 10,000 product
+catalog), used in order: a shopper's journey through the gateway only, the metrics showing that
+reads went to replicas and caches, Prometheus seeing every target and every metric its rules
+read, the payment service frozen until its alert pages, revoked tokens, a password reset whose
+e-mail lands in the mail sink, the live feed held open for minutes, the running platform
 refusing a second `up`, the loss of the primary's zone (the primary and the standby beside it)
 while orders are placed, and last `down`, after which no process of the platform may be alive
 and no port taken. The quick checks of bad local conditions need no platform.
