@@ -18,8 +18,10 @@ from services.kit.exports import (
     HTTP_REQUESTS,
     ORDER_QUEUE_DEPTH,
     ORDERS_AWAITING_SHIPMENT,
+    PAYMENT_ATTEMPTS,
     PAYMENT_BREAKER_STATE,
     PAYMENT_VELOCITY_UNAVAILABLE,
+    PRODUCT_SEARCHES,
     WAREHOUSE_BREAKER_STATE,
 )
 
@@ -35,9 +37,24 @@ DISK_WARNING_RATIO = 0.85
 # Prometheus exporter (its metrics frontend), per scrape target.
 GATEWAY_RPS = "gateway_requests_per_second"
 HAPROXY_REQUESTS = "haproxy_frontend_http_requests_total"
+# The seed's business metrics, for the business dashboard: the share of payment attempts a
+# provider accepted (of those sent to it: a refused-by-breaker call never reached it), and the
+# share of shoppers' searches that found nothing.
+PAYMENT_SUCCESS_RATIO = "payment_success_ratio"
+SEARCH_ZERO_RESULT_RATIO = "search_zero_result_ratio"
 RECORDINGS: tuple[Recording, ...] = (
     Recording(
         GATEWAY_RPS, f'sum without (proxy) (rate({HAPROXY_REQUESTS}{{proxy="{FRONTEND}"}}[1m]))'
+    ),
+    Recording(
+        PAYMENT_SUCCESS_RATIO,
+        f'sum by (provider) (rate({PAYMENT_ATTEMPTS}{{result="success"}}[15m]))'
+        f' / sum by (provider) (rate({PAYMENT_ATTEMPTS}{{result!="breaker_open"}}[15m]))',
+    ),
+    Recording(
+        SEARCH_ZERO_RESULT_RATIO,
+        f'sum(rate({PRODUCT_SEARCHES}{{result="empty"}}[15m]))'
+        f" / sum(rate({PRODUCT_SEARCHES}[15m]))",
     ),
 )
 

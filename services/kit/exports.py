@@ -18,6 +18,8 @@ EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even afte
 # An HPA scales up when a metric rises above target, so the seed's "hit ratio above 85 %" is
 # exported as a miss ratio.
 PRODUCT_CACHE_MISS_RATIO = "product_cache_miss_ratio"
+# First pages of search results, by whether they found anything (result: found|empty).
+PRODUCT_SEARCHES = "product_searches_total"
 ORDER_QUEUE_DEPTH = "order_queue_depth"  # orders whose checkout saga has not finished
 # Confirmed orders the warehouse has not taken this long after (a refusal, or it is down).
 ORDERS_AWAITING_SHIPMENT = "orders_awaiting_shipment"

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import Field
 
 from services.kit import backends
 from services.kit.app import create_app
-from services.kit.exports import PRODUCT_CACHE_MISS_RATIO
+from services.kit.exports import PRODUCT_CACHE_MISS_RATIO, PRODUCT_SEARCHES
 from services.kit.metrics import Metrics
 from services.kit.settings import Expect, Settings
 from services.kit.tasks import every
 from services.product.catalog import Catalog, Ttls
-from services.product.views import CATALOG, api
+from services.product.views import CATALOG, SEARCHES, api
 
 
 class ProductSettings(Settings):
@@ -38,6 +38,15 @@ def init_app(settings: ProductSettings) -> web.Application:
         ),
     )
     app[CATALOG] = catalog
+    searches = Counter(
+        PRODUCT_SEARCHES,
+        "Shoppers' searches (their first page), by whether they found anything",
+        ["result"],
+        registry=metrics.registry,
+    )
+    for result in ("found", "empty"):  # both series exist from the start, at 0
+        searches.labels(result)
+    app[SEARCHES] = searches
     Gauge(
         PRODUCT_CACHE_MISS_RATIO,
         "Share of catalog reads that reached the database in the last minute",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from services.kit.api import Api
@@ -15,6 +16,7 @@ from services.product.catalog import SORTS, Catalog, ListingQuery
 api = Api("product", version="1.0.0", description="Catalog, categories, search, recommendations")
 
 CATALOG = web.AppKey("catalog", Catalog)
+SEARCHES = web.AppKey("searches", Counter)  # PRODUCT_SEARCHES, by result
 ID = r"{product_id:\d+}"  # numeric, so /search, /popular, /categories never match it
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length=60)]
@@ -124,9 +126,10 @@ async def list_products(request: web.Request, query: ListingParams) -> ProductPa
 @api.get("/api/products/search", query=SearchParams, response=SearchPage, tags=["catalog"])
 async def search(request: web.Request, query: SearchParams) -> SearchPage:
     """Search names and descriptions (full text), tolerating typos (trigram similarity)."""
-    return SearchPage.model_validate(
-        await _catalog(request).search(query.q, query.page, query.page_size)
-    )
+    page = await _catalog(request).search(query.q, query.page, query.page_size)
+    if query.page == 1:  # a shopper's search, once: the next pages are the same search
+        request.app[SEARCHES].labels("found" if page["items"] else "empty").inc()
+    return SearchPage.model_validate(page)
 
 
 @api.get("/api/products/categories", response=list[Category], tags=["catalog"])

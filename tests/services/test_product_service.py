@@ -9,8 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.kit.auth import Tokens
+from services.kit.exports import PRODUCT_SEARCHES
 from services.product.app import ProductSettings, init_app
 from stacks.local.data_tier import DataTier
 from tests.services.conftest import SEEDED_PRODUCTS
@@ -56,6 +58,26 @@ async def test_search_ranks_full_text_matches_and_forgives_typos(client: TestCli
     assert exact["items"] and "jacket" in exact["items"][0]["name"].lower()
     typo = await get(client, "/api/products/search", q="wireles headphone")
     assert typo["items"], "trigram similarity finds names despite the typo"
+
+
+async def test_searches_are_counted_by_whether_they_found_anything(client: TestClient) -> None:
+    """The business dashboard's zero-result share: a shopper's search counts once (its first
+    page), found or empty."""
+
+    async def counted() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        return {
+            s.labels["result"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == PRODUCT_SEARCHES
+        }
+
+    assert await counted() == {"found": 0.0, "empty": 0.0}
+    await get(client, "/api/products/search", q="waterproof jacket")
+    await get(client, "/api/products/search", q="waterproof jacket", page=2)
+    await get(client, "/api/products/search", q="zzqxjv nothingatall")
+    assert await counted() == {"found": 1.0, "empty": 1.0}
 
 
 async def test_detail_and_not_found(client: TestClient) -> None:

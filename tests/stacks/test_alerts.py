@@ -23,7 +23,15 @@ from components.conf.prometheus import (
     rules_file,
     webhooks,
 )
-from stacks.alerts import ALERTS, GATEWAY_RPS, HAPROXY_REQUESTS, RECORDINGS
+from services.kit.exports import PAYMENT_ATTEMPTS, PRODUCT_SEARCHES
+from stacks.alerts import (
+    ALERTS,
+    GATEWAY_RPS,
+    HAPROXY_REQUESTS,
+    PAYMENT_SUCCESS_RATIO,
+    RECORDINGS,
+    SEARCH_ZERO_RESULT_RATIO,
+)
 
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
@@ -350,10 +358,51 @@ def test_a_wrong_proof_fails_so_the_proofs_are_checked(rules: Path, tmp_path: Pa
     assert ran.returncode != 0 and "PaymentServiceUnavailable" in ran.stdout + ran.stderr
 
 
+# Each recording rule's evidence: input series (1-minute steps), and what it records at 10 m.
+RECORDING_PROOFS: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
+    # 600 gateway requests a minute: 10 per second; the stats frontend's are not the gateway's.
+    GATEWAY_RPS: (
+        {
+            f'{HAPROXY_REQUESTS}{{proxy="gateway", pod="g-0"}}': "0+600x20",
+            f'{HAPROXY_REQUESTS}{{proxy="stats", pod="g-0"}}': "0+6000x20",
+        },
+        [{"labels": f'{GATEWAY_RPS}{{pod="g-0"}}', "value": 10}],
+    ),
+    # Stripe: 3 accepted of 4 sent (a decline counts as sent); the breaker's refusals were
+    # never sent. PayPal: all it was sent succeeded.
+    PAYMENT_SUCCESS_RATIO: (
+        {
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="success"}}': "0+180x20",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="declined"}}': "0+40x20",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="error"}}': "0+20x20",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="breaker_open"}}': "0+50x20",
+            f'{PAYMENT_ATTEMPTS}{{provider="paypal", result="success"}}': "0+10x20",
+        },
+        [
+            {"labels": f'{PAYMENT_SUCCESS_RATIO}{{provider="stripe"}}', "value": 0.75},
+            {"labels": f'{PAYMENT_SUCCESS_RATIO}{{provider="paypal"}}', "value": 1},
+        ],
+    ),
+    # One search in four found nothing, over two product processes.
+    SEARCH_ZERO_RESULT_RATIO: (
+        {
+            f'{PRODUCT_SEARCHES}{{pod="product-0", result="empty"}}': "0+1x20",
+            f'{PRODUCT_SEARCHES}{{pod="product-0", result="found"}}': "0+2x20",
+            f'{PRODUCT_SEARCHES}{{pod="product-1", result="found"}}': "0+1x20",
+        },
+        [{"labels": SEARCH_ZERO_RESULT_RATIO, "value": 0.25}],
+    ),
+}
+
+
+def test_every_recording_has_its_proof() -> None:
+    assert set(RECORDING_PROOFS) == {r.name for r in RECORDINGS}
+
+
 @needs_promtool
-def test_the_gateway_rate_is_recorded_from_haproxys_own_counter(
-    rules: Path, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("name", sorted(RECORDING_PROOFS))
+def test_each_recording_rule_records_what_it_says(name: str, rules: Path, tmp_path: Path) -> None:
+    inputs, expected = RECORDING_PROOFS[name]
     unit = tmp_path / "recordings.test.yaml"
     unit.write_text(
         yaml.safe_dump(
@@ -363,20 +412,9 @@ def test_the_gateway_rate_is_recorded_from_haproxys_own_counter(
                 "tests": [
                     {
                         "interval": "1m",
-                        "input_series": series(
-                            {
-                                f'{HAPROXY_REQUESTS}{{proxy="gateway", pod="g-0"}}': "0+600x10",
-                                f'{HAPROXY_REQUESTS}{{proxy="stats", pod="g-0"}}': "0+6000x10",
-                            }
-                        ),
+                        "input_series": series(inputs),
                         "promql_expr_test": [
-                            {
-                                "expr": GATEWAY_RPS,
-                                "eval_time": "5m",
-                                "exp_samples": [
-                                    {"labels": f'{GATEWAY_RPS}{{pod="g-0"}}', "value": 10}
-                                ],
-                            }
+                            {"expr": name, "eval_time": "10m", "exp_samples": expected}
                         ],
                     }
                 ],
