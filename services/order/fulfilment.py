@@ -24,7 +24,15 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kit.exports import WAREHOUSE_BREAKER_STATE, WAREHOUSE_CALLS
-from services.kit.resilience import BreakerConfig, Guard, Outcome, RetryPolicy, Transient
+from services.kit.resilience import (
+    DEFAULT_BREAKER,
+    DEFAULT_RETRY,
+    BreakerConfig,
+    Guard,
+    Outcome,
+    RetryPolicy,
+    Transient,
+)
 
 # Confirmed orders count in ORDERS_AWAITING_SHIPMENT once the warehouse has not taken them
 # this long after their confirmation.
@@ -70,8 +78,8 @@ class Warehouse:
         registry: CollectorRegistry | None = None,
         *,
         timeout_s: float = 5.0,
-        breaker: BreakerConfig | None = None,
-        retry: RetryPolicy | None = None,
+        breaker: BreakerConfig = DEFAULT_BREAKER,
+        retry: RetryPolicy = DEFAULT_RETRY,
         budget_s: float = 15.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -90,8 +98,8 @@ class Warehouse:
         )
         self.guard = Guard(
             "warehouse",
-            breaker=breaker or BreakerConfig(),
-            retry=retry or RetryPolicy(),
+            breaker=breaker,
+            retry=retry,
             budget_s=budget_s,
             observe=lambda outcome, _error: calls.labels(outcome.value).inc(),
         )
@@ -119,18 +127,16 @@ class Warehouse:
                 f"{self.base_url}/v1/shipments", json=body, headers=headers, timeout=self.timeout
             ) as response:
                 status = response.status
-                answer = (
-                    await response.json() if response.content_type == "application/json" else {}
-                )
+                body = await response.json() if response.content_type == "application/json" else {}
         except (aiohttp.ClientError, TimeoutError) as error:
             raise WarehouseUnavailable(f"warehouse: {error or type(error).__name__}") from error
-        error = answer.get("error") if isinstance(answer, dict) else None
-        error = error if isinstance(error, dict) else {}
+        answer = body if isinstance(body, dict) else {}
+        problem = answer.get("error") if isinstance(answer.get("error"), dict) else {}
         if status in (200, 201) and isinstance(answer.get("id"), str):
             return answer["id"]
-        if status == 409 and error.get("code") == "duplicate_order":
-            return str(error["shipment_id"])  # it has the order already: that is a yes
+        if status == 409 and problem.get("code") == "duplicate_order":
+            return str(problem["shipment_id"])  # it has the order already: that is a yes
         if status >= 500 or status in (401, 403, 408, 409, 429) or status < 400:
             # 401/403: our key is being rotated or refused; people fix that, orders wait.
-            raise WarehouseUnavailable(f"warehouse answered {status} {error.get('code', '')}")
-        raise Refused(status, str(error.get("code", "refused")), str(error.get("message", "")))
+            raise WarehouseUnavailable(f"warehouse answered {status} {problem.get('code', '')}")
+        raise Refused(status, str(problem.get("code", "refused")), str(problem.get("message", "")))

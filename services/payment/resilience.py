@@ -134,12 +134,13 @@ class PaymentRouter:
             )
             for name in names
         }
-        self.breakers: dict[str, CircuitBreaker] = {
-            name: guard.breaker for name, guard in self.guards.items()
-        }
-        self.budget_s = budget_s
-        for circuit in self.breakers.values():
-            self.metrics.watch(circuit)
+        for guard in self.guards.values():
+            self.metrics.watch(guard.breaker)
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Each provider's breaker, by name (its guard's)."""
+        return {name: guard.breaker for name, guard in self.guards.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(provider.close() for provider in self.providers.values()))
