@@ -16,6 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.conf.prometheus import (
+    GKE_INTERVAL_S,
     Alert,
     Recording,
     alertmanager_config,
@@ -188,6 +189,9 @@ def _prometheus_values(retention_days: int) -> dict[str, object]:
         "prometheus": {
             "prometheusSpec": {
                 "retention": f"{retention_days}d",
+                # The alerts' holds are written for this pace (the local platform scales them).
+                "scrapeInterval": f"{GKE_INTERVAL_S}s",
+                "evaluationInterval": f"{GKE_INTERVAL_S}s",
                 # Pick up every ServiceMonitor and rule, not only the chart's own.
                 "serviceMonitorSelectorNilUsesHelmValues": False,
                 "ruleSelectorNilUsesHelmValues": False,

@@ -9,6 +9,7 @@ both renders in the tests, and unit-tests every alert.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,9 @@ class Alert:
     for_: str
     summary: str
 
+    def __post_init__(self) -> None:
+        duration_s(self.for_)  # a hold Prometheus would refuse fails here, naming it
+
 
 @dataclass(frozen=True)
 class Recording:
@@ -38,10 +42,29 @@ class Recording:
     expr: str
 
 
+# How often Prometheus scrapes and evaluates on GKE (kube-prometheus-stack's values): the
+# alerts' `for` holds are written for it.
+GKE_INTERVAL_S = 30
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+
+def duration_s(text: str) -> float:
+    """A Prometheus duration (`90s`, `5m`, `1h30m`) in seconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
+
+
 def rule_groups(
-    alerts: Iterable[Alert], recordings: Iterable[Recording] = ()
+    alerts: Iterable[Alert], recordings: Iterable[Recording] = (), *, hold_scale: float = 1.0
 ) -> list[dict[str, Any]]:
-    """The rule groups: the recording rules first, then the alerts, one group per severity."""
+    """The rule groups: the recording rules first, then the alerts, one group per severity.
+
+    `hold_scale` multiplies every alert's `for` (the local platform, whose Prometheus runs
+    faster than GKE's, scales its holds by as much: the expressions stay the same)."""
     groups: list[dict[str, Any]] = []
     records = [{"record": r.name, "expr": r.expr} for r in recordings]
     if records:
@@ -52,7 +75,11 @@ def rule_groups(
             {
                 "alert": alert.name,
                 "expr": alert.expr,
-                "for": alert.for_,
+                "for": (
+                    alert.for_
+                    if hold_scale == 1
+                    else f"{round(duration_s(alert.for_) * hold_scale)}s"
+                ),
                 "labels": {"severity": alert.severity},
                 "annotations": {"summary": alert.summary},
             }
@@ -61,9 +88,12 @@ def rule_groups(
     return groups
 
 
-def rules_file(alerts: Iterable[Alert], recordings: Iterable[Recording] = ()) -> str:
+def rules_file(
+    alerts: Iterable[Alert], recordings: Iterable[Recording] = (), *, hold_scale: float = 1.0
+) -> str:
     """A Prometheus rule file (`rule_files:`) holding `rule_groups`."""
-    return yaml.safe_dump({"groups": rule_groups(alerts, recordings)}, sort_keys=False)
+    groups = rule_groups(alerts, recordings, hold_scale=hold_scale)
+    return yaml.safe_dump({"groups": groups}, sort_keys=False)
 
 
 # --- the PostgreSQL exporter --------------------------------------------------------------------

@@ -585,9 +585,9 @@ async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
     """SIGKILL the primary and the standby in its zone together (pg-0 and pg-3 share zone-a,
     as on GKE) while shoppers place orders: every commit was acknowledged by a standby in
     another zone, so pgpool's failover finds one holding them all and promotes it; orders are
-    accepted again, every acknowledged order exists, and both lost members rejoin as
-    standbys. Each client retries a failed order with its Idempotency-Key, as a client
-    should: a key never yields two orders."""
+    accepted again, every acknowledged order exists, both lost members rejoin as standbys, and
+    DatabasePrimaryDown paged and resolved. Each client retries a failed order with its
+    Idempotency-Key, as a client should: a key never yields two orders."""
     g = platform.gateway
     primary = next(n for n in platform.pool_nodes() if n.role == "primary")
     members = platform.of_kind("postgres")
@@ -673,6 +673,16 @@ async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
                 member["name"], "pgpool"
             )
         assert sorted(n.role for n in await nodes_now(platform)) == ["primary"] + ["standby"] * 3
+
+        # While no member was a primary, the critical database alert fired and paged (its
+        # hold scaled as the local Prometheus's pace is); the new primary resolved it.
+        sink = platform.state["alert_sink"]
+        firing = await notified(http, sink, "DatabasePrimaryDown", "firing", 30)
+        assert firing, "DatabasePrimaryDown never reached the pager"
+        assert {n["receiver"] for n in firing} == {"pager"}
+        assert firing[0]["alerts"][0]["labels"]["severity"] == "critical"
+        resolved = await notified(http, sink, "DatabasePrimaryDown", "resolved", 60)
+        assert resolved, "DatabasePrimaryDown never resolved after the new primary took over"
 
         # Every acknowledged order is there, on the new primary's timeline. (An attach makes
         # pgpool restart its children, which drops the services' pooled connections: a read
