@@ -85,6 +85,8 @@ class PaymentMetrics:
     def watch(self, breaker: CircuitBreaker) -> None:
         # Read at scrape time, so an open breaker whose cool-down passed shows half-open.
         self.breaker_state.labels(breaker.name).set_function(lambda: float(breaker.state))
+        for result in RESULTS:  # every series exists from the start, at 0: rates read them
+            self.attempts.labels(breaker.name, result)
 
 
 class BreakerOpen(TransientError):

@@ -210,7 +210,9 @@ class LocalMonitoring:
             exporter_passwords(self.tier.redis.nodes, self.tier.redis.password),
             mode=0o600,
         )
-        write_file(self.dir / "rules.yaml", rules_file(ALERTS, RECORDINGS, hold_scale=self.hold_scale))
+        write_file(
+            self.dir / "rules.yaml", rules_file(ALERTS, RECORDINGS, hold_scale=self.hold_scale)
+        )
         write_file(
             self.dir / "alertmanager.yaml",
             alertmanager_config(
