@@ -13,14 +13,19 @@ from components.conf.haproxy import FRONTEND
 from components.conf.prometheus import PG_IN_RECOVERY, Alert, Recording
 from services.kit.exports import (
     CACHE_REQUESTS,
+    CARTS_CHECKED_OUT,
+    CARTS_STARTED,
     EVENTS_DEAD_LETTERS,
     HTTP_LATENCY,
     HTTP_REQUESTS,
+    INVENTORY_UNITS_ON_HAND,
+    INVENTORY_UNITS_SOLD,
     ORDER_QUEUE_DEPTH,
     ORDERS_AWAITING_SHIPMENT,
     PAYMENT_ATTEMPTS,
     PAYMENT_BREAKER_STATE,
     PAYMENT_VELOCITY_UNAVAILABLE,
+    PRODUCT_SEARCH_SELECTION_POSITION,
     PRODUCT_SEARCHES,
     WAREHOUSE_BREAKER_STATE,
 )
@@ -37,11 +42,22 @@ DISK_WARNING_RATIO = 0.85
 # Prometheus exporter (its metrics frontend), per scrape target.
 GATEWAY_RPS = "gateway_requests_per_second"
 HAPROXY_REQUESTS = "haproxy_frontend_http_requests_total"
-# The seed's business metrics, for the business dashboard: the share of payment attempts a
-# provider accepted (of those sent to it: a refused-by-breaker call never reached it), and the
-# share of shoppers' searches that found nothing.
+# The seed's business metrics, for the business dashboard:
+# - the share of payment attempts a provider accepted (of those sent to it: a call its breaker
+#   refused never reached it);
+# - the share of shoppers' searches that found nothing, and of the products chosen from search
+#   results (clicked or bought, as the storefront reports) that stood in the first three hits;
+# - cart abandonment: the share of carts begun in the last hour that no order came from (a
+#   cart checked out now may have begun earlier, hence the clamp);
+# - inventory turnover: a day's units sold at the last hour's pace, over the units on hand
+#   (every inventory pod reports the same total, hence max, not sum).
 PAYMENT_SUCCESS_RATIO = "payment_success_ratio"
 SEARCH_ZERO_RESULT_RATIO = "search_zero_result_ratio"
+SEARCH_TOP3_RATIO = "search_selection_top3_ratio"
+CART_ABANDONMENT_RATIO = "cart_abandonment_ratio"
+INVENTORY_TURNOVER_DAILY = "inventory_turnover_daily"
+# A histogram's `le` label as the Python client writes it (3 -> "3.0").
+TOP_THREE = f'le="{float(3)}"'
 RECORDINGS: tuple[Recording, ...] = (
     Recording(
         GATEWAY_RPS, f'sum without (proxy) (rate({HAPROXY_REQUESTS}{{proxy="{FRONTEND}"}}[1m]))'
@@ -55,6 +71,20 @@ RECORDINGS: tuple[Recording, ...] = (
         SEARCH_ZERO_RESULT_RATIO,
         f'sum(rate({PRODUCT_SEARCHES}{{result="empty"}}[15m]))'
         f" / sum(rate({PRODUCT_SEARCHES}[15m]))",
+    ),
+    Recording(
+        SEARCH_TOP3_RATIO,
+        f"sum by (action) (rate({PRODUCT_SEARCH_SELECTION_POSITION}_bucket{{{TOP_THREE}}}[1h]))"
+        f" / sum by (action) (rate({PRODUCT_SEARCH_SELECTION_POSITION}_count[1h]))",
+    ),
+    Recording(
+        CART_ABANDONMENT_RATIO,
+        f"clamp(1 - sum(rate({CARTS_CHECKED_OUT}[1h])) / sum(rate({CARTS_STARTED}[1h])), 0, 1)",
+    ),
+    Recording(
+        INVENTORY_TURNOVER_DAILY,
+        f"sum(rate({INVENTORY_UNITS_SOLD}[1h])) * 86400"
+        f" / max(avg_over_time({INVENTORY_UNITS_ON_HAND}[1h]))",
     ),
 )
 

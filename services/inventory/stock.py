@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry, Counter
 
 from services.kit.db import Database
+from services.kit.exports import INVENTORY_UNITS_SOLD
 
 # One statement: move `n` from available to reserved, record the event and the reservation
 # ($4 its id, $5 the order, $6 its expiry), and queue a low-stock alert when the stock falls
@@ -126,8 +128,13 @@ def _level(row: asyncpg.Record) -> Level:
 
 
 class Stock:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, registry: CollectorRegistry | None = None):
         self.db = db
+        self.units_sold = Counter(
+            INVENTORY_UNITS_SOLD,
+            "Units whose reservations became sales (an order paid)",
+            registry=registry or CollectorRegistry(),
+        )
 
     async def level(self, sku: str, fresh: bool = False) -> Level | None:
         row = await self.db.fetchrow(
@@ -173,11 +180,20 @@ class Stock:
 
     async def commit(self, order_id: int) -> list[Level]:
         """The order is paid: its held reservations become sales (idempotent)."""
-        return await self._settle(order_id, "committed", SELL, None)
+        levels, units = await self._settle(order_id, "committed", SELL, None)
+        self.units_sold.inc(units)  # after the transaction: only what was really sold
+        return levels
 
     async def release(self, order_id: int, kind: str = "released") -> list[Level]:
         """Give the order's held stock back (compensation; idempotent)."""
-        return await self._settle(order_id, "released", RELEASE, kind)
+        levels, _ = await self._settle(order_id, "released", RELEASE, kind)
+        return levels
+
+    async def units_on_hand(self) -> int:
+        """Every unit in the warehouses, free or reserved (a replica's answer will do)."""
+        return await self.db.fetchval(
+            "SELECT coalesce(sum(available + reserved), 0)::bigint FROM inventory"
+        )
 
     async def release_expired(self) -> list[Level]:
         """Release every reservation past its expiry (orders that never completed)."""
@@ -218,9 +234,10 @@ class Stock:
 
     async def _settle(
         self, order_id: int, status: str, statement: str, kind: str | None
-    ) -> list[Level]:
+    ) -> tuple[list[Level], int]:
+        """The order's held reservations settled with `statement`: the levels, and the units."""
         reference = f"order:{order_id}"
-        levels = []
+        levels, units = [], 0
         async with self.db.transaction() as connection:
             settled = await connection.fetch(
                 """UPDATE reservations SET status = $2
@@ -231,7 +248,8 @@ class Stock:
             for row in sorted(settled, key=lambda r: r["sku"]):
                 args = [row["sku"], row["quantity"], reference] + ([kind] if kind else [])
                 levels.append(_level(await connection.fetchrow(statement, *args)))
-        return levels
+                units += row["quantity"]
+        return levels, units
 
 
 def _reservation(row: asyncpg.Record) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def init_app(settings: OrderSettings) -> web.Application:
     orders = Orders(database)
     app[ORDERS] = orders
     app[SOLD_OUT] = sold_out
-    app[CARTS] = Carts(database, redis.client, settings.cache_ttl_carts)
+    app[CARTS] = Carts(database, redis.client, settings.cache_ttl_carts, metrics.registry)
     depth = Gauge(
         ORDER_QUEUE_DEPTH, "Orders whose checkout saga has not finished", registry=metrics.registry
     )

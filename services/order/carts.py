@@ -3,6 +3,10 @@
 Every change goes to the database first (the durable copy) and then to Redis (the fast one);
 a read that misses Redis (expired, or Redis lost its data) rebuilds the entry from the
 database, so losing Redis loses no cart.
+
+Two counters measure cart abandonment (the recording `cart_abandonment_ratio`): a cart is
+*started* when a line goes into a cart that was empty, and *checked out* when an order is
+placed from it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.kit.db import Database
+from services.kit.exports import CARTS_CHECKED_OUT, CARTS_STARTED
 from services.kit.logs import get_logger
 
 log = get_logger(__name__)
@@ -23,8 +29,12 @@ MAX_LINES = 100
 # catalog sells (else checkout would fail until it was removed); removing one needs no such
 # check, since its product may have been withdrawn after it was added. It adds no new line to
 # a full cart. `known` false: not a product on sale; `items` NULL (and known): the cart is full.
+# `was_empty`: the cart held nothing before (`prior` reads the statement's snapshot, taken
+# before `saved` wrote).
 SET_LINE = """
-WITH sold AS (
+WITH prior AS (
+    SELECT items FROM carts WHERE user_id = $1
+), sold AS (
     SELECT $3::int = 0 OR EXISTS (SELECT 1 FROM products WHERE sku = $2::text AND active) AS known
 ), saved AS (
     INSERT INTO carts AS c (user_id, items, updated_at)
@@ -40,7 +50,8 @@ WITH sold AS (
         OR (SELECT count(*) FROM jsonb_object_keys(c.items)) < $4::int
     RETURNING items
 )
-SELECT (SELECT known FROM sold) AS known, (SELECT items FROM saved) AS items
+SELECT (SELECT known FROM sold) AS known, (SELECT items FROM saved) AS items,
+       coalesce((SELECT items = '{}'::jsonb FROM prior), true) AS was_empty
 """
 
 
@@ -49,10 +60,23 @@ def _key(user_id: int) -> str:
 
 
 class Carts:
-    def __init__(self, db: Database, redis: RedisCluster | Redis, ttl_s: int):
+    def __init__(
+        self,
+        db: Database,
+        redis: RedisCluster | Redis,
+        ttl_s: int,
+        registry: CollectorRegistry | None = None,
+    ):
         self.db = db
         self.redis = redis
         self.ttl_s = ttl_s
+        registry = registry or CollectorRegistry()
+        self.started = Counter(
+            CARTS_STARTED, "Lines put into an empty cart (a cart begun)", registry=registry
+        )
+        self.checked_out = Counter(
+            CARTS_CHECKED_OUT, "Orders placed from a cart (a cart checked out)", registry=registry
+        )
 
     async def get(self, user_id: int) -> dict[str, int]:
         """The cart as {sku: quantity}."""
@@ -83,8 +107,15 @@ class Carts:
         if row["items"] is None:
             raise ValueError(f"a cart holds at most {MAX_LINES} lines")
         current = _items(row["items"])
+        if row["was_empty"] and current:
+            self.started.inc()
         await self._cache(user_id, current)
         return current
+
+    async def check_out(self, user_id: int) -> None:
+        """An order was placed from the cart: it is emptied, and counted as checked out."""
+        await self.clear(user_id)
+        self.checked_out.inc()
 
     async def clear(self, user_id: int) -> None:
         await self.db.execute("DELETE FROM carts WHERE user_id = $1", user_id)

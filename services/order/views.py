@@ -150,8 +150,8 @@ async def place_order(request: web.Request, body: NewOrder, user: Principal) -> 
         ) from None
     except UnknownProducts as error:
         raise ValidationFailed.field("body.items", f"unknown or inactive SKUs: {error}") from None
-    if placed.created and body.items is None:
-        await request.app[CARTS].clear(_user(user))
+    if placed.created and from_cart:
+        await request.app[CARTS].check_out(_user(user))
     return json_response(Order(**placed.order), status=201 if placed.created else 200)
 
 

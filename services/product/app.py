@@ -5,17 +5,22 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
 from services.kit import backends
 from services.kit.app import create_app
-from services.kit.exports import PRODUCT_CACHE_MISS_RATIO, PRODUCT_SEARCHES
+from services.kit.exports import (
+    PRODUCT_CACHE_MISS_RATIO,
+    PRODUCT_SEARCH_SELECTION_POSITION,
+    PRODUCT_SEARCHES,
+    SEARCH_SELECTION_BUCKETS,
+)
 from services.kit.metrics import Metrics
 from services.kit.settings import Expect, Settings
 from services.kit.tasks import every
 from services.product.catalog import Catalog, Ttls
-from services.product.views import CATALOG, SEARCHES, api
+from services.product.views import CATALOG, SEARCHES, SELECTION_ACTIONS, SELECTIONS, api
 
 
 class ProductSettings(Settings):
@@ -47,6 +52,16 @@ def init_app(settings: ProductSettings) -> web.Application:
     for result in ("found", "empty"):  # both series exist from the start, at 0
         searches.labels(result)
     app[SEARCHES] = searches
+    selections = Histogram(
+        PRODUCT_SEARCH_SELECTION_POSITION,
+        "Where the product a shopper chose stood in the search results (1: the first hit)",
+        ["action"],
+        buckets=SEARCH_SELECTION_BUCKETS,
+        registry=metrics.registry,
+    )
+    for action in SELECTION_ACTIONS:
+        selections.labels(action)
+    app[SELECTIONS] = selections
     Gauge(
         PRODUCT_CACHE_MISS_RATIO,
         "Share of catalog reads that reached the database in the last minute",

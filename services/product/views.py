@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
 from services.kit.api import Api
@@ -17,6 +17,8 @@ api = Api("product", version="1.0.0", description="Catalog, categories, search, 
 
 CATALOG = web.AppKey("catalog", Catalog)
 SEARCHES = web.AppKey("searches", Counter)  # PRODUCT_SEARCHES, by result
+SELECTIONS = web.AppKey("selections", Histogram)  # PRODUCT_SEARCH_SELECTION_POSITION, by action
+SELECTION_ACTIONS = ("click", "purchase")
 ID = r"{product_id:\d+}"  # numeric, so /search, /popular, /categories never match it
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length=60)]
@@ -77,6 +79,17 @@ class SearchParams(BaseModel):
     page_size: int = Field(default=24, ge=1, le=100)
 
 
+class SearchSelection(BaseModel):
+    """A product a shopper chose from search results, and where it stood in them."""
+
+    position: int = Field(
+        ge=1, le=10_000, description="1 for the first hit of the first page, across pages"
+    )
+    action: Literal[SELECTION_ACTIONS] = Field(  # type: ignore[valid-type]
+        description="click: opened it from the results; purchase: bought it from there"
+    )
+
+
 class ProductPath(BaseModel):
     product_id: int = Field(gt=0, lt=2**63)
 
@@ -130,6 +143,12 @@ async def search(request: web.Request, query: SearchParams) -> SearchPage:
     if query.page == 1:  # a shopper's search, once: the next pages are the same search
         request.app[SEARCHES].labels("found" if page["items"] else "empty").inc()
     return SearchPage.model_validate(page)
+
+
+@api.post("/api/products/search/selections", body=SearchSelection, status=204, tags=["catalog"])
+async def search_selection(request: web.Request, body: SearchSelection) -> None:
+    """Record which hit a shopper chose (the storefront sends it): measures search relevance."""
+    request.app[SELECTIONS].labels(body.action).observe(body.position)
 
 
 @api.get("/api/products/categories", response=list[Category], tags=["catalog"])

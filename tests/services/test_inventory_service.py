@@ -13,10 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.inventory.app import InventorySettings, init_app
 from services.inventory.views import STOCK
 from services.kit.auth import Tokens
+from services.kit.exports import INVENTORY_UNITS_ON_HAND, INVENTORY_UNITS_SOLD
 from stacks.local.data_tier import DataTier
 
 
@@ -76,6 +78,12 @@ async def level(client: TestClient, sku: str) -> dict[str, Any]:
 
 async def audit(client: TestClient, sku: str) -> dict[str, Any]:
     return await (await client.get(f"/api/inventory/{sku}/audit")).json()
+
+
+async def exported(client: TestClient, name: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return values[name]
 
 
 async def test_concurrent_reservations_never_oversell(
@@ -148,6 +156,7 @@ async def test_commit_and_release_settle_once(
         ).status == 204
     stock = await level(client, sku)
     assert (stock["available"], stock["reserved"]) == (8, 0)
+    assert await exported(client, INVENTORY_UNITS_SOLD) == 2, "sold once, released not sold"
     assert (await audit(client, sku))["consistent"] is True
     trail = f"/api/inventory/{sku}/events"
     assert (await client.get(trail)).status == 401  # it names orders and admins
@@ -156,6 +165,24 @@ async def test_commit_and_release_settle_once(
         e["kind"] for e in await (await client.get(trail, headers=as_role(tokens, "admin"))).json()
     ]
     assert sorted(kinds) == ["released", "reserved", "reserved", "sold", "stocked"]
+
+
+async def test_the_units_on_hand_are_exported_for_the_turnover(
+    aiohttp_client, settings_for, platform: DataTier
+) -> None:
+    """Every unit in stock, free or reserved, refreshed in the background."""
+    settings = settings_for(InventorySettings, "inventory", ON_HAND_REFRESH_SECONDS="5")
+    client = await aiohttp_client(init_app(settings))
+    await new_sku(platform, 1000)
+    connection = await asyncpg.connect(platform.postgres.primary_dsn)
+    try:
+        total = await connection.fetchval("SELECT sum(available + reserved) FROM inventory")
+    finally:
+        await connection.close()
+    deadline = time.monotonic() + 20
+    while (seen := await exported(client, INVENTORY_UNITS_ON_HAND)) != total:
+        assert time.monotonic() < deadline, f"{INVENTORY_UNITS_ON_HAND} is {seen}, not {total}"
+        await asyncio.sleep(0.5)
 
 
 async def test_expired_reservations_go_back_on_the_shelf(

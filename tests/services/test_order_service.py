@@ -11,9 +11,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from services.kit.auth import Tokens
+from services.kit.exports import CARTS_CHECKED_OUT, CARTS_STARTED
 from services.kit.redis import RedisStore
 from services.kit.settings import HostPort
 from services.order.app import OrderSettings, init_app
@@ -161,6 +163,47 @@ async def test_checking_out_the_cart_empties_it(
         ("SKU-000007", 3)
     ]
     assert (await (await client.get("/api/orders/cart", headers=shopper)).json())["items"] == {}
+
+
+async def test_carts_begun_and_checked_out_are_counted_for_abandonment(
+    client: TestClient, shopper: dict[str, str]
+) -> None:
+    """A cart begins with a line put into an empty cart, and is checked out by an order placed
+    from it (a retry of that order, or an order of listed items, is not another)."""
+
+    async def counted() -> tuple[float, float]:
+        text = await (await client.get("/metrics")).text()
+        values = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        return values[CARTS_STARTED], values[CARTS_CHECKED_OUT]
+
+    async def put(sku: str, quantity: int, status: int = 200) -> None:
+        line = {"sku": sku, "quantity": quantity}
+        response = await client.put("/api/orders/cart/items", json=line, headers=shopper)
+        assert response.status == status, await response.text()
+
+    assert await counted() == (0, 0)
+    await put("SKU-NOT-SOLD", 1, status=422)
+    assert await counted() == (0, 0), "a refused line begins nothing"
+    await put("SKU-000031", 1)
+    await put("SKU-000032", 2)
+    await put("SKU-000031", 4)
+    assert await counted() == (1, 0)
+    await put("SKU-000031", 0)
+    await put("SKU-000032", 0)
+    await put("SKU-000033", 1)
+    assert await counted() == (2, 0), "emptied, then begun again"
+    twin = {**shopper, **key()}
+    for status in (201, 200):  # the order, then its retry
+        placed = await client.post("/api/orders", json={"payment_token": "tok_visa"}, headers=twin)
+        assert placed.status == status, await placed.text()
+    listed = {"payment_token": "tok_visa", "items": [{"sku": "SKU-000034", "quantity": 1}]}
+    placed = await client.post("/api/orders", json=listed, headers={**shopper, **key()})
+    assert placed.status == 201, await placed.text()
+    assert await counted() == (2, 1)
 
 
 async def test_history_is_newest_first_and_pages(

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.kit.auth import Tokens
-from services.kit.exports import PRODUCT_SEARCHES
+from services.kit.exports import PRODUCT_SEARCH_SELECTION_POSITION, PRODUCT_SEARCHES
 from services.product.app import ProductSettings, init_app
 from stacks.local.data_tier import DataTier
 from tests.services.conftest import SEEDED_PRODUCTS
@@ -78,6 +78,49 @@ async def test_searches_are_counted_by_whether_they_found_anything(client: TestC
     await get(client, "/api/products/search", q="waterproof jacket", page=2)
     await get(client, "/api/products/search", q="zzqxjv nothingatall")
     assert await counted() == {"found": 1.0, "empty": 1.0}
+
+
+async def test_chosen_hits_are_observed_by_their_position(client: TestClient) -> None:
+    """Search relevance: where the product a shopper clicked or bought stood in the results."""
+
+    async def observed() -> dict[tuple[str, str], float]:
+        text = await (await client.get("/metrics")).text()
+        return {
+            (s.labels["action"], s.labels["le"]): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == f"{PRODUCT_SEARCH_SELECTION_POSITION}_bucket"
+        }
+
+    assert {v for v in (await observed()).values()} == {0.0}, "both actions exist, at 0"
+    for position, action in ((1, "click"), (7, "click"), (2, "purchase")):
+        response = await client.post(
+            "/api/products/search/selections", json={"position": position, "action": action}
+        )
+        assert response.status == 204, await response.text()
+    buckets = await observed()
+    assert (buckets["click", "1.0"], buckets["click", "3.0"], buckets["click", "10.0"]) == (1, 1, 2)
+    assert (buckets["purchase", "1.0"], buckets["purchase", "3.0"]) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"position": 0, "action": "click"}, "body.position"),
+        ({"position": 10_001, "action": "click"}, "body.position"),
+        ({"position": "first", "action": "click"}, "body.position"),
+        ({"position": 1, "action": "hover"}, "body.action"),
+        ({"position": 1}, "body.action"),
+    ],
+)
+async def test_a_bad_selection_names_the_field_and_counts_nothing(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/products/search/selections", json=body)
+    assert response.status == 422
+    assert field in [f["field"] for f in (await response.json())["fields"]]
+    metrics = await (await client.get("/metrics")).text()
+    assert f'{PRODUCT_SEARCH_SELECTION_POSITION}_count{{action="click"}} 0.0' in metrics
 
 
 async def test_detail_and_not_found(client: TestClient) -> None:

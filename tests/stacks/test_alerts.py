@@ -23,13 +23,24 @@ from components.conf.prometheus import (
     rules_file,
     webhooks,
 )
-from services.kit.exports import PAYMENT_ATTEMPTS, PRODUCT_SEARCHES
+from services.kit.exports import (
+    CARTS_CHECKED_OUT,
+    CARTS_STARTED,
+    INVENTORY_UNITS_ON_HAND,
+    INVENTORY_UNITS_SOLD,
+    PAYMENT_ATTEMPTS,
+    PRODUCT_SEARCH_SELECTION_POSITION,
+    PRODUCT_SEARCHES,
+)
 from stacks.alerts import (
     ALERTS,
+    CART_ABANDONMENT_RATIO,
     GATEWAY_RPS,
     HAPROXY_REQUESTS,
+    INVENTORY_TURNOVER_DAILY,
     PAYMENT_SUCCESS_RATIO,
     RECORDINGS,
+    SEARCH_TOP3_RATIO,
     SEARCH_ZERO_RESULT_RATIO,
 )
 
@@ -358,13 +369,14 @@ def test_a_wrong_proof_fails_so_the_proofs_are_checked(rules: Path, tmp_path: Pa
     assert ran.returncode != 0 and "PaymentServiceUnavailable" in ran.stdout + ran.stderr
 
 
-# Each recording rule's evidence: input series (1-minute steps), and what it records at 10 m.
+# Each recording rule's evidence: input series (1-minute steps), and what it records at 70 m
+# (past the longest window, an hour: a rate over a window only partly filled reads low).
 RECORDING_PROOFS: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
     # 600 gateway requests a minute: 10 per second; the stats frontend's are not the gateway's.
     GATEWAY_RPS: (
         {
-            f'{HAPROXY_REQUESTS}{{proxy="gateway", pod="g-0"}}': "0+600x20",
-            f'{HAPROXY_REQUESTS}{{proxy="stats", pod="g-0"}}': "0+6000x20",
+            f'{HAPROXY_REQUESTS}{{proxy="gateway", pod="g-0"}}': "0+600x80",
+            f'{HAPROXY_REQUESTS}{{proxy="stats", pod="g-0"}}': "0+6000x80",
         },
         [{"labels": f'{GATEWAY_RPS}{{pod="g-0"}}', "value": 10}],
     ),
@@ -372,11 +384,11 @@ RECORDING_PROOFS: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
     # never sent. PayPal: all it was sent succeeded.
     PAYMENT_SUCCESS_RATIO: (
         {
-            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="success"}}': "0+180x20",
-            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="declined"}}': "0+40x20",
-            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="error"}}': "0+20x20",
-            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="breaker_open"}}': "0+50x20",
-            f'{PAYMENT_ATTEMPTS}{{provider="paypal", result="success"}}': "0+10x20",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="success"}}': "0+180x80",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="declined"}}': "0+40x80",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="error"}}': "0+20x80",
+            f'{PAYMENT_ATTEMPTS}{{provider="stripe", result="breaker_open"}}': "0+50x80",
+            f'{PAYMENT_ATTEMPTS}{{provider="paypal", result="success"}}': "0+10x80",
         },
         [
             {"labels": f'{PAYMENT_SUCCESS_RATIO}{{provider="stripe"}}', "value": 0.75},
@@ -386,11 +398,50 @@ RECORDING_PROOFS: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
     # One search in four found nothing, over two product processes.
     SEARCH_ZERO_RESULT_RATIO: (
         {
-            f'{PRODUCT_SEARCHES}{{pod="product-0", result="empty"}}': "0+1x20",
-            f'{PRODUCT_SEARCHES}{{pod="product-0", result="found"}}': "0+2x20",
-            f'{PRODUCT_SEARCHES}{{pod="product-1", result="found"}}': "0+1x20",
+            f'{PRODUCT_SEARCHES}{{pod="product-0", result="empty"}}': "0+1x80",
+            f'{PRODUCT_SEARCHES}{{pod="product-0", result="found"}}': "0+2x80",
+            f'{PRODUCT_SEARCHES}{{pod="product-1", result="found"}}': "0+1x80",
         },
         [{"labels": SEARCH_ZERO_RESULT_RATIO, "value": 0.25}],
+    ),
+    # Of 4 clicks a minute, 3 were on a top-three hit (the fourth on the 7th); the one purchase
+    # a minute was of the first hit.
+    SEARCH_TOP3_RATIO: (
+        {
+            **{
+                f'{PRODUCT_SEARCH_SELECTION_POSITION}_bucket{{action="click", le="{le}"}}': growth
+                for le, growth in (("1.0", "0+2x80"), ("3.0", "0+3x80"), ("10.0", "0+4x80"))
+            },
+            f'{PRODUCT_SEARCH_SELECTION_POSITION}_bucket{{action="click", le="+Inf"}}': "0+4x80",
+            f'{PRODUCT_SEARCH_SELECTION_POSITION}_count{{action="click"}}': "0+4x80",
+            f'{PRODUCT_SEARCH_SELECTION_POSITION}_bucket{{action="purchase", le="1.0"}}': "0+1x80",
+            f'{PRODUCT_SEARCH_SELECTION_POSITION}_bucket{{action="purchase", le="3.0"}}': "0+1x80",
+            f'{PRODUCT_SEARCH_SELECTION_POSITION}_count{{action="purchase"}}': "0+1x80",
+        },
+        [
+            {"labels": f'{SEARCH_TOP3_RATIO}{{action="click"}}', "value": 0.75},
+            {"labels": f'{SEARCH_TOP3_RATIO}{{action="purchase"}}', "value": 1},
+        ],
+    ),
+    # 10 carts begun a minute over two order processes, 3 checked out: 70 % abandoned.
+    CART_ABANDONMENT_RATIO: (
+        {
+            f'{CARTS_STARTED}{{pod="order-0"}}': "0+6x80",
+            f'{CARTS_STARTED}{{pod="order-1"}}': "0+4x80",
+            f'{CARTS_CHECKED_OUT}{{pod="order-1"}}': "0+3x80",
+        },
+        [{"labels": CART_ABANDONMENT_RATIO, "value": 0.7}],
+    ),
+    # 6 units sold a minute (8,640 a day) with 864 on hand, which both pods report: 10 turns
+    # a day (a sum of the pods' reports would halve it).
+    INVENTORY_TURNOVER_DAILY: (
+        {
+            f'{INVENTORY_UNITS_SOLD}{{pod="inventory-0"}}': "0+4x80",
+            f'{INVENTORY_UNITS_SOLD}{{pod="inventory-1"}}': "0+2x80",
+            f'{INVENTORY_UNITS_ON_HAND}{{pod="inventory-0"}}': "864x80",
+            f'{INVENTORY_UNITS_ON_HAND}{{pod="inventory-1"}}': "864x80",
+        },
+        [{"labels": INVENTORY_TURNOVER_DAILY, "value": 10}],
     ),
 }
 
@@ -417,7 +468,7 @@ def test_each_recording_rule_records_what_it_says(name: str, rules: Path, tmp_pa
                         "promql_expr_test": [
                             {
                                 "expr": f"round({name}, 0.001)",
-                                "eval_time": "10m",
+                                "eval_time": "70m",
                                 "exp_samples": [
                                     {**e, "labels": e["labels"].removeprefix(name) or "{}"}
                                     for e in expected
