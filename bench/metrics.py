@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.kit.exports import CACHE_REQUESTS
-from services.kit.metrics import DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS
+from services.kit.exports import CACHE_REQUESTS, DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 

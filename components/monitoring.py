@@ -4,7 +4,9 @@ Prometheus and Alertmanager come from kube-prometheus-stack; the prometheus-adap
 autoscalers' custom metrics into the Pods/External metrics the HPAs ask for. The alerts are
 the composition's (stacks/alerts.py: the seed's). Alertmanager's routing (pager for critical,
 chat for warning in business hours, dashboards only for info) lives in a Secret, since its
-endpoints are secrets.
+endpoints are secrets. The dashboards (stacks/dashboards.py) are ConfigMaps the chart's
+Grafana loads through its sidecar, over the Prometheus datasource it provisions; Grafana's
+admin password is generated here, never the chart's well-known default.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
+from components.conf.grafana import DASHBOARD_LABEL, DATASOURCE_UID, Dashboard, dashboard_json
 from components.conf.prometheus import (
     GKE_INTERVAL_S,
     Alert,
@@ -37,6 +41,7 @@ PROMETHEUS_STACK_CHART = ("kube-prometheus-stack", "65.8.1")
 ADAPTER_CHART = ("prometheus-adapter", "4.11.0")
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 ALERTMANAGER_SECRET = "alertmanager-routing"
+GRAFANA_ADMIN_SECRET = "grafana-admin"
 
 
 @dataclass
@@ -50,6 +55,7 @@ class MonitoringArgs:
     slack_webhook_url: pulumi.Input[str]
     slack_channel: str
     business_hours_time_zone: str
+    dashboards: tuple[Dashboard, ...] = ()
     retention_days: int = 15
 
 
@@ -77,6 +83,33 @@ class Monitoring(pulumi.ComponentResource):
             opts=child,
         )
 
+        admin = k8s.core.v1.Secret(
+            f"{name}-grafana-admin",
+            metadata=meta(GRAFANA_ADMIN_SECRET, ns, labels),
+            type="Opaque",
+            string_data={
+                "admin-user": "admin",
+                "admin-password": random.RandomPassword(
+                    f"{name}-grafana-admin-password", length=32, special=False, opts=child
+                ).result,
+            },
+            opts=child,
+        )
+        # The dashboards first: Grafana's sidecar finds them when it starts.
+        dashboards = [
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{dashboard.uid}",
+                metadata=meta(
+                    f"dashboard-{dashboard.uid}",
+                    ns,
+                    {**labels, DASHBOARD_LABEL[0]: DASHBOARD_LABEL[1]},
+                ),
+                data={f"{dashboard.uid}.json": dashboard_json(dashboard)},
+                opts=child,
+            )
+            for dashboard in args.dashboards
+        ]
+
         stack = k8s.helm.v3.Release(
             f"{name}-prometheus",
             name="prometheus",
@@ -86,7 +119,7 @@ class Monitoring(pulumi.ComponentResource):
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
             atomic=True,
             values=_prometheus_values(args.retention_days),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[routing]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[routing, admin, *dashboards]),
         )
         k8s.helm.v3.Release(
             f"{name}-adapter",
@@ -183,6 +216,22 @@ def _prometheus_values(retention_days: int) -> dict[str, object]:
         },
         "grafana": {
             "enabled": True,
+            "admin": {
+                "existingSecret": GRAFANA_ADMIN_SECRET,
+                "userKey": "admin-user",
+                "passwordKey": "admin-password",
+            },
+            "sidecar": {
+                # The ConfigMaps labelled so (components.conf.grafana) are its dashboards ...
+                "dashboards": {
+                    "enabled": True,
+                    "label": DASHBOARD_LABEL[0],
+                    "labelValue": DASHBOARD_LABEL[1],
+                },
+                # ... and every panel names the Prometheus datasource by this uid.
+                "datasources": {"enabled": True, "uid": DATASOURCE_UID},
+                "securityContext": container,
+            },
             "securityContext": _chart_security(),
             "containerSecurityContext": container,
         },

@@ -38,6 +38,53 @@ CACHE_HIT_WARNING_RATIO = 0.80
 DISK_WARNING_RATIO = 0.85
 
 
+# --- what the alerts measure, over a window: the dashboards draw the same (stacks/dashboards)
+
+
+def error_ratio(window: str) -> str:
+    """Each service's share of requests that failed (5xx)."""
+    return (
+        f'sum by (service) (rate({HTTP_REQUESTS}{{status=~"5.."}}[{window}]))'
+        f" / sum by (service) (rate({HTTP_REQUESTS}[{window}]))"
+    )
+
+
+def latency_quantile(quantile: float, window: str) -> str:
+    """Each service's response time at `quantile` (0.95: 95 % of requests were faster)."""
+    buckets = f"rate({HTTP_LATENCY}_bucket[{window}])"
+    return f"histogram_quantile({quantile}, sum by (service, le) ({buckets}))"
+
+
+def cache_hit_ratio(window: str, by: str = "service") -> str:
+    """The share of cache reads that hit, per `by` (labels of cache_requests_total)."""
+    return (
+        f'sum by ({by}) (rate({CACHE_REQUESTS}{{result="hit"}}[{window}]))'
+        f" / sum by ({by}) (rate({CACHE_REQUESTS}[{window}]))"
+    )
+
+
+def pod_cpu_ratio(window: str) -> str:
+    """Each pod's CPU use over its limit (cAdvisor and kube-state-metrics: a cluster's)."""
+    used = f'rate(container_cpu_usage_seconds_total{{container!=""}}[{window}])'
+    return (
+        f"sum by (namespace, pod) ({used})"
+        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="cpu"})'
+    )
+
+
+def pod_memory_ratio() -> str:
+    """Each pod's working set over its memory limit (a cluster's metrics)."""
+    return (
+        'sum by (namespace, pod) (container_memory_working_set_bytes{container!=""})'
+        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="memory"})'
+    )
+
+
+def volume_used_ratio() -> str:
+    """Each persistent volume's used share (the kubelet's metrics)."""
+    return "kubelet_volume_stats_used_bytes / kubelet_volume_stats_capacity_bytes"
+
+
 # What the gateway's HPA scales on: each pod's requests per second, from HAProxy's own
 # Prometheus exporter (its metrics frontend), per scrape target.
 GATEWAY_RPS = "gateway_requests_per_second"
@@ -109,16 +156,14 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "HighErrorRate",
         "critical",
-        f'sum by (service) (rate({HTTP_REQUESTS}{{status=~"5.."}}[5m]))'
-        f" / sum by (service) (rate({HTTP_REQUESTS}[5m])) > {ERROR_RATE_CRITICAL}",
+        f"{error_ratio('5m')} > {ERROR_RATE_CRITICAL}",
         "2m",
         "More than 5 % of a service's requests fail",
     ),
     Alert(
         "SlowResponses",
         "critical",
-        f"histogram_quantile(0.95, sum by (service, le) (rate({HTTP_LATENCY}_bucket[5m])))"
-        f" > {LATENCY_CRITICAL_SECONDS}",
+        f"{latency_quantile(0.95, '5m')} > {LATENCY_CRITICAL_SECONDS}",
         "5m",
         "A service's 95th percentile response time is above 5 seconds",
     ),
@@ -126,34 +171,28 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "HighCpu",
         "warning",
-        'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{container!=""}[5m]))'
-        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="cpu"})'
-        f" > {RESOURCE_WARNING_RATIO}",
+        f"{pod_cpu_ratio('5m')} > {RESOURCE_WARNING_RATIO}",
         "10m",
         "A pod uses more than 80 % of its CPU limit",
     ),
     Alert(
         "HighMemory",
         "warning",
-        'sum by (namespace, pod) (container_memory_working_set_bytes{container!=""})'
-        ' / sum by (namespace, pod) (kube_pod_container_resource_limits{resource="memory"})'
-        f" > {RESOURCE_WARNING_RATIO}",
+        f"{pod_memory_ratio()} > {RESOURCE_WARNING_RATIO}",
         "10m",
         "A pod uses more than 80 % of its memory limit",
     ),
     Alert(
         "LowCacheHitRatio",
         "warning",
-        f'sum by (service) (rate({CACHE_REQUESTS}{{result="hit"}}[10m]))'
-        f" / sum by (service) (rate({CACHE_REQUESTS}[10m])) < {CACHE_HIT_WARNING_RATIO}",
+        f"{cache_hit_ratio('10m')} < {CACHE_HIT_WARNING_RATIO}",
         "15m",
         "A service's cache hit ratio is below 80 %",
     ),
     Alert(
         "DiskFilling",
         "warning",
-        "kubelet_volume_stats_used_bytes / kubelet_volume_stats_capacity_bytes"
-        f" > {DISK_WARNING_RATIO}",
+        f"{volume_used_ratio()} > {DISK_WARNING_RATIO}",
         "10m",
         "A persistent volume is more than 85 % full",
     ),
@@ -238,39 +277,15 @@ CLUSTER_ONLY_METRICS: dict[str, str] = {
     "kube_job_status_failed": "kube-state-metrics",
 }
 
-_PROMQL_WORDS = frozenset(
-    {
-        "sum",
-        "max",
-        "min",
-        "avg",
-        "count",
-        "rate",
-        "irate",
-        "increase",
-        "deriv",
-        "changes",
-        "absent",
-        "histogram_quantile",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-    }
-)
+# PromQL's keywords; a function or an aggregation is a name followed by "(".
+_PROMQL_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset"})
 
 
 def metric_names(expr: str) -> set[str]:
     """The metrics a PromQL expression reads (label matchers, ranges, grouping labels,
     functions and numbers left out): what must exist for the rule to mean anything."""
-    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    grouping = r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+    text = re.sub(rf"\{{[^}}]*\}}|\[[^\]]*\]|{grouping}", " ", expr)
     text = re.sub(r'"[^"]*"', " ", text)
-    names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text)) - _PROMQL_WORDS
-    return {name for name in names if not re.fullmatch(r"[0-9.e+-]+", name)}
+    names = set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", text))
+    return {n for n in names - _PROMQL_KEYWORDS if not re.fullmatch(r"[0-9.e+-]+|Inf|NaN", n)}

@@ -29,6 +29,7 @@ from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, Sha
 from services.kit.migrate import load as load_migrations
 from stacks.alerts import ALERTS, RECORDINGS
 from stacks.config import StackConfig
+from stacks.dashboards import DASHBOARDS
 from stacks.gateway import JWT_KEY_ENV, kubernetes_config
 from stacks.network import service_flows
 from stacks.services import (
@@ -259,6 +260,7 @@ class Platform:
                 slack_webhook_url=secrets["slackWebhookUrl"],
                 slack_channel=config.alerting.slack_channel,
                 business_hours_time_zone=config.alerting.business_hours_time_zone,
+                dashboards=DASHBOARDS,
             ),
             in_cluster,
         )

@@ -102,9 +102,16 @@ def rules_file(
 # role by default: this query (`--extend.query-path`) adds `pg_recovery_in_recovery`, 1 on a
 # standby and 0 on the primary, which the primary-down alert reads.
 PG_IN_RECOVERY = "pg_recovery_in_recovery"  # the exporter names it <query>_<column>
+PG_REPLAY_LAG = "pg_recovery_replay_lag_seconds"
 POSTGRES_QUERIES: dict[str, Any] = {
     "pg_recovery": {
-        "query": "SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS in_recovery",
+        # A standby that has replayed all it received is not behind, however long ago the
+        # last write was (so an idle primary does not look like lag).
+        "query": """SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS in_recovery,
+  CASE WHEN NOT pg_is_in_recovery()
+         OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+       ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+  END AS replay_lag_seconds""",
         "master": True,  # once per server, not per database
         "metrics": [
             {
@@ -112,7 +119,14 @@ POSTGRES_QUERIES: dict[str, Any] = {
                     "usage": "GAUGE",
                     "description": "1 on a standby (in recovery), 0 on the primary",
                 }
-            }
+            },
+            {
+                "replay_lag_seconds": {
+                    "usage": "GAUGE",
+                    "description": "How far a standby's replay is behind what it received "
+                    "(0 on the primary, and on a standby that has replayed everything)",
+                }
+            },
         ],
     }
 }

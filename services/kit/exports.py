@@ -13,6 +13,10 @@ HTTP_REQUESTS = "http_requests_total"  # labels: service, route, method, status
 HTTP_LATENCY = "http_request_duration_seconds"  # histogram; labels: service, route
 CACHE_REQUESTS = "cache_requests_total"  # labels: service, layer (l1|l2|l3), result (hit|miss)
 EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even after re-drives
+DB_QUERY_SECONDS = "db_query_duration_seconds"  # histogram; labels: service, kind (read|write)
+DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # histogram; labels: service, pool
+DB_POOL_CONNECTIONS = "db_pool_connections"  # labels: service, pool, state (in_use|idle)
+DB_POOL_TIMEOUTS = "db_pool_timeouts_total"  # labels: service, pool
 
 # --- one service each --------------------------------------------------------------------------
 # An HPA scales up when a metric rises above target, so the seed's "hit ratio above 85 %" is
@@ -20,6 +24,7 @@ EVENTS_DEAD_LETTERS = "events_dead_letters"  # labels: group; given up even afte
 PRODUCT_CACHE_MISS_RATIO = "product_cache_miss_ratio"
 # First pages of search results, by whether they found anything (result: found|empty).
 PRODUCT_SEARCHES = "product_searches_total"
+RESET_MAILS = "password_reset_mails_total"  # labels: result (sent|skipped|failed)
 # Carts begun (a line put into an empty cart) and carts ordered from: cart abandonment.
 CARTS_STARTED = "carts_started_total"
 CARTS_CHECKED_OUT = "carts_checked_out_total"

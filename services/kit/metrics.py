@@ -31,12 +31,17 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from services.kit.exports import CACHE_REQUESTS, EVENTS_DEAD_LETTERS, HTTP_LATENCY, HTTP_REQUESTS
+from services.kit.exports import (
+    CACHE_REQUESTS,
+    DB_POOL_CONNECTIONS,
+    DB_POOL_TIMEOUTS,
+    DB_POOL_WAIT_SECONDS,
+    DB_QUERY_SECONDS,
+    EVENTS_DEAD_LETTERS,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+)
 
-DB_QUERY_SECONDS = "db_query_duration_seconds"  # labels: service, kind (read|write)
-DB_POOL_WAIT_SECONDS = "db_pool_wait_seconds"  # labels: service, pool
-DB_POOL_CONNECTIONS = "db_pool_connections"  # labels: service, pool, state (in_use|idle)
-DB_POOL_TIMEOUTS = "db_pool_timeouts_total"  # labels: service, pool
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # 1 ms .. 10 s; 5 s is a boundary because the SlowResponses alert fires at p95 > 5 s.

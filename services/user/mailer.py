@@ -26,6 +26,7 @@ import aiosmtplib
 from prometheus_client import CollectorRegistry, Counter
 
 from services.kit.events import Event
+from services.kit.exports import RESET_MAILS
 from services.kit.logs import get_logger
 from services.user.accounts import RESET_TOPIC, Accounts, ResetMail
 
@@ -34,7 +35,6 @@ log = get_logger(__name__)
 GROUP = "user-mailer"
 TOPICS = (RESET_TOPIC,)
 CONCURRENT_SENDS = 4  # SMTP connections per process at once; a batch waits for them
-RESET_MAILS = "password_reset_mails_total"  # labels: result (sent|skipped|failed)
 
 Security = Literal["starttls", "tls", "none"]
 

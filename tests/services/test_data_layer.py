@@ -13,7 +13,8 @@ import pytest
 
 from services.kit.db import Database, DatabaseConfig, Endpoint
 from services.kit.errors import DatabaseBusy
-from services.kit.metrics import DB_POOL_TIMEOUTS, DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS, Metrics
+from services.kit.exports import DB_POOL_TIMEOUTS, DB_POOL_WAIT_SECONDS, DB_QUERY_SECONDS
+from services.kit.metrics import Metrics
 from services.kit.migrate import Migration, MigrationError, load, migrate
 from services.maintenance.partitions import ensure_partitions
 from stacks.local.data_tier import DataTier

@@ -42,6 +42,7 @@ from stacks.alerts import (
     RECORDINGS,
     SEARCH_TOP3_RATIO,
     SEARCH_ZERO_RESULT_RATIO,
+    metric_names,
 )
 
 PROMTOOL = shutil.which("promtool")
@@ -547,3 +548,11 @@ def test_the_local_prometheus_config_passes_promtool_check(rules: Path, tmp_path
     checked = promtool("check", "config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def test_metric_names_leaves_functions_labels_and_windows_out() -> None:
+    expr = (
+        'sum by (pod) (rate(a_total{x="y"}[$__rate_interval])) / on (pod) group_left (node)'
+        " max(b_info) > 0.5e3 or vector(0) and clamp(c, 0, 1)"
+    )
+    assert metric_names(expr) == {"a_total", "b_info", "c"}

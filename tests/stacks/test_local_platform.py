@@ -32,9 +32,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from components.conf import zone_of
+from components.conf.grafana import RATE_INTERVAL
 from components.conf.prometheus import PG_IN_RECOVERY
 from services.kit.exports import CACHE_REQUESTS
-from stacks.alerts import ALERTS, CLUSTER_ONLY_METRICS, GATEWAY_RPS, RECORDINGS, metric_names
+from stacks.alerts import (
+    ALERTS,
+    CART_ABANDONMENT_RATIO,
+    CLUSTER_ONLY_METRICS,
+    GATEWAY_RPS,
+    INVENTORY_TURNOVER_DAILY,
+    PAYMENT_SUCCESS_RATIO,
+    RECORDINGS,
+    SEARCH_TOP3_RATIO,
+    metric_names,
+)
+from stacks.dashboards import DASHBOARDS
 from stacks.local.ports import ZONES, is_taken
 from stacks.local.postgres import PoolNode, pool_nodes
 from stacks.local.process import LocalPlatformError, pid_alive, recorded_processes
@@ -251,6 +263,14 @@ async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> Non
         status, found = await call(http, "GET", f"{g}/api/products/search?q=wireles+laptp")
         assert status == 200 and found["items"]  # typos still match
         assert all("laptop" in hit["name"] for hit in found["items"][:3])
+        # The storefront reports which hit was chosen (search relevance).
+        status, _ = await call(
+            http,
+            "POST",
+            f"{g}/api/products/search/selections",
+            json_body={"position": 2, "action": "click"},
+        )
+        assert status == 204
 
         # A product in stock: its level comes from the inventory service, via the gateway.
         for item in page["items"]:
@@ -322,6 +342,27 @@ async def test_a_shoppers_journey_through_the_gateway(platform: Platform) -> Non
     gateway = scrape(platform.state["gateway_metrics"])
     for backend in ("be_user", "be_product", "be_order", "be_inventory"):
         assert total(gateway, "haproxy_backend_http_responses_total", proxy=backend, code="2xx") > 0
+    # ... and the business dashboard's recordings have a value: a payment the provider took
+    # (the other provider, sent nothing, records NaN), a cart checked out, a hit chosen from
+    # the second place, units sold.
+    expected = {
+        PAYMENT_SUCCESS_RATIO: lambda v: v == 1,
+        CART_ABANDONMENT_RATIO: lambda v: 0 <= v < 1,
+        SEARCH_TOP3_RATIO: lambda v: v == 1,
+        INVENTORY_TURNOVER_DAILY: lambda v: v > 0,
+    }
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        deadline = time.monotonic() + 60
+        while True:
+            values = {}
+            for name in expected:
+                found = await prometheus_query(http, platform.state["prometheus"], name)
+                values[name] = [float(r["value"][1]) for r in found]
+            wrong = {n: v for n, v in values.items() if not any(map(expected[n], v))}
+            if not wrong or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+    assert not wrong, f"business recordings without their value: {wrong}"
 
 
 async def prometheus_query(http: aiohttp.ClientSession, base: str, query: str) -> list[Any]:
@@ -371,6 +412,13 @@ async def test_prometheus_scrapes_everything_and_every_rule_reads_a_live_metric(
                 for s in SERVICE_TABLE
                 if s.scaling.custom_metric
             },
+            **{
+                f"dashboard {d.uid} panel {p.title!r}": set().union(
+                    *(metric_names(q.expr) for q in p.queries)
+                )
+                for d in DASHBOARDS
+                for p in d.panels()
+            },
         }
         deadline = time.monotonic() + 60
         while True:
@@ -388,6 +436,15 @@ async def test_prometheus_scrapes_everything_and_every_rule_reads_a_live_metric(
         # A primary, seen through the exporters' extra query.
         roles = await prometheus_query(http, base, PG_IN_RECOVERY)
         assert sorted(r["value"][1] for r in roles) == ["0", "1", "1", "1"]
+        # Every dashboard query is one this Prometheus evaluates (Grafana's rate window: at
+        # least four scrapes, 20 s here).
+        for dashboard in DASHBOARDS:
+            for panel in dashboard.panels():
+                for query in panel.queries:
+                    expr = query.expr.replace(RATE_INTERVAL, "20s")
+                    async with http.get(f"{base}/api/v1/query", params={"query": expr}) as answer:
+                        evaluated = await answer.json()
+                    assert evaluated["status"] == "success", (dashboard.uid, panel.title, evaluated)
 
         # Load through the gateway: its recorded rate rises above zero.
         for _ in range(10):

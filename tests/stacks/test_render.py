@@ -4,6 +4,7 @@ manifest valid against Kubernetes 1.30, and the platform's hardening visible in 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -15,8 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.conf.grafana import DASHBOARD_LABEL, DATASOURCE_UID, dashboard_json
 from components.conf.pgpool import SPARE_CLIENTS
 from stacks.alerts import RECORDINGS
+from stacks.dashboards import DASHBOARDS
 from stacks.gateway import JWT_KEY_ENV
 from stacks.services import SERVICE_TABLE, SERVICES, Dependency, users_of
 from tests.conftest import STACKS, StackRender
@@ -257,6 +260,33 @@ def test_prod_alerts_carry_the_seeds_thresholds(prod: StackRender) -> None:
     assert routing["route"]["receiver"] == "dashboard-only"  # info never leaves the dashboard
     [hours] = routing["time_intervals"][0]["time_intervals"]
     assert hours["location"] == "Europe/Brussels" and hours["weekdays"] == ["monday:friday"]
+
+
+def test_prod_grafana_loads_the_dashboards_as_code(prod: StackRender) -> None:
+    """Each dashboard a ConfigMap the chart's Grafana sidecar loads, over the datasource uid
+    its panels name; Grafana's admin password generated, not the chart's default."""
+    loaded = {
+        m["metadata"]["name"]: json.loads(next(iter(m["data"].values())))
+        for m in prod.objects("ConfigMap")
+        if m["metadata"]["labels"].get(DASHBOARD_LABEL[0]) == DASHBOARD_LABEL[1]
+    }
+    assert loaded == {f"dashboard-{d.uid}": json.loads(dashboard_json(d)) for d in DASHBOARDS}
+    assert all(
+        m["metadata"]["namespace"] == "monitoring"
+        for m in prod.objects("ConfigMap")
+        if m["metadata"]["name"].startswith("dashboard-")
+    )
+    [stack] = [r for r in prod.inputs("kubernetes:helm.sh/v3:Release") if r["name"] == "prometheus"]
+    grafana = stack["values"]["grafana"]
+    sidecar = grafana["sidecar"]
+    assert (sidecar["dashboards"]["label"], sidecar["dashboards"]["labelValue"]) == DASHBOARD_LABEL
+    assert sidecar["datasources"]["uid"] == DATASOURCE_UID
+    admin = prod.object("Secret", grafana["admin"]["existingSecret"], "monitoring")
+    assert set(admin["stringData"]) == {
+        grafana["admin"]["userKey"],
+        grafana["admin"]["passwordKey"],
+    }
+    assert "adminPassword" not in grafana
 
 
 # --- dev and staging: smaller, still valid -------------------------------------------------------
