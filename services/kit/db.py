@@ -117,6 +117,10 @@ class Database:
         self._primary = await self._pool(self.config.endpoint)
         if self.config.replica is not None:
             self._replica = await self._pool(self.config.replica)
+        for pool in (self._primary, self._replica):
+            if pool is not None and self._metrics is not None:  # each pool's series, at 0
+                self._metrics.db_pool_timeouts.labels(self.service, self._pool_label(pool))
+                self._record_pool(pool)
 
     async def close(self) -> None:
         """Close the pools, waiting at most `close_timeout_s` for connections in use, then

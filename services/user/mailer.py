@@ -88,6 +88,8 @@ class ResetMailer:
             ["result"],
             registry=registry,
         )
+        for result in ("sent", "skipped", "failed"):  # every series exists from the start
+            self.mails.labels(result)
 
     async def handle(self, event: Event) -> None:
         """One reset event: send its e-mail unless it needs none. Raises when sending failed
