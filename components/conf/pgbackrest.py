@@ -5,6 +5,9 @@ Two roles read it. Each PostgreSQL server pushes its WAL (`archive_command`) and
 CronJob on Kubernetes, the local runner's scheduler locally) lists every member, and backs up
 from a standby so the primary only streams WAL. The repository is object storage: GCS in the
 cloud (credentials from Workload Identity), the S3 API locally (moto), or a directory.
+
+The commands an operator runs (backup, info, restore to a point in time) are built here too,
+so the local drills and the GKE runbook run the same ones (`command`, `restore_options`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Repository:
     port: int | None = None
     region: str = "us-east-1"
     verify_tls: bool = True
+    ca_file: str | None = None  # S3 only: the CA of a store with its own certificate
 
     def __post_init__(self) -> None:
         if self.kind != "posix" and not self.bucket:
@@ -58,17 +62,43 @@ class Retention:
             raise ValueError("full_days must be >= 1")
 
 
-def archive_command(config_path: str) -> str:
+def _config(config_path: str | None) -> str:
+    # None: each server's own file, from PGBACKREST_CONFIG (members sharing one postgresql.conf
+    # on one machine, each with its data directory and port).
+    return f"--config={config_path} " if config_path else ""
+
+
+def archive_command(config_path: str | None) -> str:
     """The `archive_command` PostgreSQL runs for each finished WAL segment."""
-    return f"pgbackrest --config={config_path} --stanza={STANZA} archive-push %p"
+    return f"pgbackrest {_config(config_path)}--stanza={STANZA} archive-push %p"
 
 
-def restore_command(config_path: str) -> str:
-    return f'pgbackrest --config={config_path} --stanza={STANZA} archive-get %f "%p"'
+def restore_command(config_path: str | None) -> str:
+    return f'pgbackrest {_config(config_path)}--stanza={STANZA} archive-get %f "%p"'
+
+
+def command(config_path: str, name: str, *options: str) -> list[str]:
+    """One pgBackRest command on the stanza: `command(conf, "backup", "--type=full")`."""
+    return ["pgbackrest", f"--config={config_path}", f"--stanza={STANZA}", *options, name]
+
+
+def restore_options(pg_path: str, target_time: str | None) -> list[str]:
+    """Restore into `pg_path` (an empty directory next to the live one), recovering up to
+    `target_time` (`YYYY-MM-DD HH:MM:SS+00`) or to the end of the archive (None). Recovery
+    then pauses at the target, still read-only, so the result can be checked before anything
+    is promoted; setting `recovery_target_action = 'promote'` makes it the new primary."""
+    options = [f"--pg1-path={pg_path}", "--target-action=pause"]
+    if target_time is not None:
+        options += ["--type=time", f"--target={target_time}", "--target-timeline=current"]
+    return options
 
 
 def _global(
-    repo: Repository, retention: Retention, spool_dir: str, log_dir: str | None
+    repo: Repository,
+    retention: Retention,
+    spool_dir: str,
+    log_dir: str | None,
+    lock_dir: str | None = None,
 ) -> list[str]:
     lines = [
         "[global]",
@@ -89,6 +119,8 @@ def _global(
     ]
     if log_dir:
         lines.append(f"log-path={log_dir}")
+    if lock_dir:  # two local platforms on one machine must not share the default /tmp lock
+        lines.append(f"lock-path={lock_dir}")
     if repo.kind == "gcs":
         lines += [f"repo1-gcs-bucket={repo.bucket}", "repo1-gcs-key-type=auto"]  # Workload Identity
     elif repo.kind == "s3":
@@ -103,6 +135,8 @@ def _global(
             lines.append(f"repo1-storage-port={repo.port}")
         if not repo.verify_tls:
             lines.append("repo1-storage-verify-tls=n")
+        if repo.ca_file:
+            lines.append(f"repo1-storage-ca-file={repo.ca_file}")
     return lines
 
 
@@ -115,9 +149,10 @@ def server_conf(
     retention: Retention = Retention(),
     spool_dir: str = "/var/spool/pgbackrest",
     log_dir: str | None = None,
+    lock_dir: str | None = None,
 ) -> str:
     """pgbackrest.conf on a PostgreSQL server: archive-push, and the TLS server for backups."""
-    lines = _global(repo, retention, spool_dir, log_dir)
+    lines = _global(repo, retention, spool_dir, log_dir, lock_dir)
     if tls:
         lines += [
             "tls-server-address=*",
@@ -146,10 +181,11 @@ def backup_job_conf(
     spool_dir: str = "/tmp/pgbackrest",
     log_dir: str | None = None,
     socket_dir: str | None = None,
+    lock_dir: str | None = None,
 ) -> str:
     """pgbackrest.conf for the backup job: every member, so it finds the primary wherever it
     is after a failover, and copies files from a standby (`backup-standby`)."""
-    lines = _global(repo, retention, spool_dir, log_dir)
+    lines = _global(repo, retention, spool_dir, log_dir, lock_dir)
     lines += ["", f"[{STANZA}]", f"backup-standby={'y' if len(members) > 1 else 'n'}"]
     for i, member in enumerate(members, start=1):
         path = member.data_dir or data_dir
@@ -172,5 +208,6 @@ def backup_job_conf(
 
 def backup_command(config_path: str, kind: Literal["full", "incr", "diff"]) -> list[str]:
     """Create the stanza when it is missing (idempotent), then take the backup."""
-    base = f"pgbackrest --config={config_path} --stanza={STANZA}"
-    return ["sh", "-c", f"{base} stanza-create && {base} check && {base} backup --type={kind}"]
+    steps = (command(config_path, "stanza-create"), command(config_path, "check"))
+    backup = command(config_path, "backup", f"--type={kind}")
+    return ["sh", "-c", " && ".join(" ".join(step) for step in (*steps, backup))]

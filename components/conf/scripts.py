@@ -378,10 +378,12 @@ become_standby_of() {  # HOST PORT
     log "configured as a standby of $1:$2"
 }
 
-# A throw-away server on the Unix socket only, with no synchronous standby to wait for.
+# A throw-away server on the Unix socket only, with no synchronous standby to wait for, and
+# no archiving (its data directory is not yet where the archiver's configuration points).
 start_private() {  # DATADIR
     "$(pgbin postgres)" -D "$1" -p "$self_port" -c config_file="$PG_CONF_DIR/postgresql.conf" \
-        -c listen_addresses='' -c synchronous_standby_names='' -c log_statement=none &
+        -c listen_addresses='' -c synchronous_standby_names='' -c log_statement=none \
+        -c archive_mode=off &
     private_pid=$!
     _i=0
     until "$(pgbin pg_isready)" -q -h "$PG_SOCKET_DIR" -p "$self_port"; do

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from stacks.config import CacheTtls
+from stacks.local.backups import LocalBackups
 from stacks.local.memcached import LocalMemcached
 from stacks.local.ports import PortAllocator
 from stacks.local.postgres import LocalPostgres, PostgresOptions
@@ -66,6 +67,8 @@ class DataTierConfig:
     redis_maxmemory_mb: int = 64
     memcached_nodes: int = 2
     memcached_memory_mb: int = 64
+    # WAL archiving and backups through pgBackRest to a local S3 store (stacks.local.backups).
+    backups: bool = False
     base_port: int | None = None  # None: random free ports; else base, base+1, ...
     start_timeout_s: float = 90.0
 
@@ -97,6 +100,18 @@ class DataTier:
             ),
         )
         self._check_postgres_user()
+        self.backups: LocalBackups | None = None
+        if c.backups:
+            self.backups = LocalBackups(
+                self.state_dir / "backups",
+                self.supervisor,
+                self.ports,
+                self.postgres.user,
+                self.postgres.topology.members,
+                self.postgres.topology.socket_dir,
+                self.postgres.pgpass,
+            )
+            self.postgres.archive_to(self.backups.archive, self.backups.member_env)
         self.redis = LocalRedis(
             self.state_dir / "redis",
             secrets,
@@ -147,7 +162,7 @@ class DataTier:
         self._make_dirs()
         timeout = self.config.start_timeout_s
         parts: dict[str, Callable[[float], None]] = {
-            "postgres": self.postgres.start,
+            "postgres": self._start_postgres,
             "redis": self.redis.start,
             "memcached": self.memcached.start,
         }
@@ -188,6 +203,18 @@ class DataTier:
         self.stop()
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _start_postgres(self, timeout: float) -> None:
+        """With backups: the store first (the primary archives from its first WAL segment),
+        the stanza once the primary runs, before the standbys read the archive."""
+        if self.backups is None:
+            self.postgres.start(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        self.backups.start(timeout)
+        self.postgres.start(
+            max(1.0, deadline - time.monotonic()), after_primary=self.backups.create_stanza
+        )
 
     def _timed(self, name: str, start: Callable[[float], None], timeout: float, t0: float) -> None:
         start(timeout)

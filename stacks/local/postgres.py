@@ -18,6 +18,7 @@ import io
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
@@ -30,7 +31,7 @@ from components.conf.pgpool import (
     pgpool_files,
     pgpool_secret_files,
 )
-from components.conf.postgres import PgMember, PgTopology, PgTuning
+from components.conf.postgres import PgMember, PgTopology, PgTuning, WalArchive
 from components.conf.scripts import (
     POSTGRES_START_SH,
     postgres_env,
@@ -198,6 +199,14 @@ class LocalPostgres:
         self._passwords: dict[str, str] = {}
         self._members: dict[str, Process] = {}
         self._pgpool: Process | None = None
+        self._archive: WalArchive | None = None
+        self._archive_env: Callable[[PgMember], dict[str, str]] = lambda member: {}
+
+    def archive_to(
+        self, archive: WalArchive, member_env: Callable[[PgMember], dict[str, str]]
+    ) -> None:
+        """Archive WAL (before ``start``): each member runs with ``member_env(member)``."""
+        self._archive, self._archive_env = archive, member_env
 
     # --- addresses and credentials ------------------------------------------------------------
 
@@ -237,11 +246,17 @@ class LocalPostgres:
 
     # --- start / stop -----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Primary, then the replicas (in parallel), then pgpool; each waited for."""
+    def start(
+        self, timeout: float = 60.0, after_primary: Callable[[float], None] | None = None
+    ) -> None:
+        """Primary, then the replicas (in parallel), then pgpool; each waited for.
+        ``after_primary(seconds left)`` runs once the primary accepts connections, before any
+        standby starts (the backup stanza, which their restore_command reads)."""
         deadline = time.monotonic() + timeout
         self._write_files()
         self.start_member(self.topology.primary.name, timeout=timeout)
+        if after_primary is not None:
+            after_primary(max(1.0, deadline - time.monotonic()))
         for member in self.topology.standbys:
             self.start_member(member.name, wait=False)
         for member in self.topology.standbys:
@@ -258,7 +273,7 @@ class LocalPostgres:
         process = self.supervisor.start(
             name,
             ["sh", str(self.root / POSTGRES_START_SH)],
-            env={**env, "HOME": str(self.root)},
+            env={**env, **self._archive_env(member), "HOME": str(self.root)},
             user=self.user,
             cwd=self.root,
             stop_signal=signal.SIGINT,  # fast shutdown: roll back sessions, checkpoint, exit
@@ -382,7 +397,7 @@ class LocalPostgres:
             make_dir(self.root / sub, owner=user)
         for directory in (s.conf_dir, s.secrets_dir, s.scripts_dir, s.run_dir, s.log_dir):
             make_dir(Path(directory), owner=user)
-        files = postgres_files(self.topology, USERS, CLIENT_CIDRS, self.tuning)
+        files = postgres_files(self.topology, USERS, CLIENT_CIDRS, self.tuning, self._archive)
         for name, text in files.items():
             where = self.root if name == POSTGRES_START_SH else Path(self.topology.conf_dir)
             write_file(where / name, text, mode=0o600, owner=user)

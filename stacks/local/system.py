@@ -30,6 +30,7 @@ PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 POSTGRES_EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 REDIS_EXPORTER = "/usr/bin/prometheus-redis-exporter"
+PGBACKREST = "/usr/bin/pgbackrest"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program(ALERTMANAGER, "prometheus-alertmanager"),
     Program(POSTGRES_EXPORTER, "prometheus-postgres-exporter"),
     Program(REDIS_EXPORTER, "prometheus-redis-exporter"),
+    # WAL archiving and backups (stacks.local.backups), as the GKE image carries it.
+    Program(PGBACKREST, "pgbackrest"),
 )
 # Installed with the rest by `make system-packages` (make test, make bench), never needed to
 # start the platform: the benchmarks' load generator, and the tools that check and unit-test
