@@ -82,15 +82,18 @@ def command(config_path: str, name: str, *options: str) -> list[str]:
     return ["pgbackrest", f"--config={config_path}", f"--stanza={STANZA}", *options, name]
 
 
-def restore_options(pg_path: str, target_time: str | None) -> list[str]:
-    """Restore into `pg_path` (an empty directory next to the live one), recovering up to
-    `target_time` (`YYYY-MM-DD HH:MM:SS+00`) or to the end of the archive (None). Recovery
-    then pauses at the target, still read-only, so the result can be checked before anything
-    is promoted; setting `recovery_target_action = 'promote'` makes it the new primary."""
-    options = [f"--pg1-path={pg_path}", "--target-action=pause"]
-    if target_time is not None:
-        options += ["--type=time", f"--target={target_time}", "--target-timeline=current"]
-    return options
+def restore_options(pg_path: str, target_time: str) -> list[str]:
+    """Restore into `pg_path` (an empty directory next to the live one) from the newest backup
+    before `target_time` (`YYYY-MM-DD HH:MM:SS.ffffff+00`), recovering up to it. Recovery then
+    pauses at the target, still read-only, so the result can be checked before anything is
+    promoted; `recovery_target_action = 'promote'` then makes it the new primary. (For "the
+    latest", archive the current segment first and take that moment as the target.)"""
+    return [
+        f"--pg1-path={pg_path}",
+        "--type=time",
+        f"--target={target_time}",
+        "--target-action=pause",
+    ]
 
 
 def _global(

@@ -16,6 +16,7 @@ Layout under ``root``::
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import sys
@@ -202,6 +203,23 @@ class LocalBackups:
         self.run("backup", f"--type={kind}", timeout=timeout)
         return self.window().backups[-1]
 
+    def archive_now(self, timeout: float = 120.0) -> datetime:
+        """Close the current WAL segment and wait until it is in the store (`check`): every
+        transaction committed before the returned moment can be recovered."""
+        now = datetime.now(UTC)
+        self.run("check", timeout=timeout)
+        return now
+
+    def restore_copy(self, into: Path, target: datetime, timeout: float = 900.0) -> None:
+        """Restore the newest backup before ``target`` into the empty directory ``into``, set
+        to recover up to ``target`` and pause there."""
+        if into.exists():
+            shutil.rmtree(into)
+        make_dir(into, mode=0o700, owner=self.user)
+        self.run(
+            "restore", *pgbackrest.restore_options(str(into), pg_time(target)), timeout=timeout
+        )
+
     def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
         info = json.loads(self.run("info", "--output=json", timeout=60))
         return recovery_window(info, archived_until)
@@ -219,7 +237,10 @@ class LocalBackups:
         write_file(self.root / "store" / "tls.pem", issued.key_pem + issued.cert_pem, mode=0o600)
         write_file(self.root / "store" / "haproxy.cfg", self._front_config(), mode=0o600)
         for member in self.members:
+            # Each its own spool and locks, as each pod has: two standbys fetching WAL at once
+            # would otherwise wait on each other's archive-get lock.
             spool = make_dir(self.root / "spool" / member.name, owner=user)
+            lock = make_dir(self.root / "lock" / member.name, owner=user)
             conf = pgbackrest.server_conf(
                 member,
                 member.data_dir or "",
@@ -228,7 +249,7 @@ class LocalBackups:
                 tls=None,
                 spool_dir=str(spool),
                 log_dir=str(self.root / "log"),
-                lock_dir=str(self.root / "lock"),
+                lock_dir=str(lock),
             )
             write_file(self.member_config(member), conf, mode=0o600, owner=user)
         job = pgbackrest.backup_job_conf(
@@ -269,6 +290,11 @@ class LocalBackups:
         request = urllib.request.Request(f"{self.store_url}/{BUCKET}", method="PUT")
         with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return bool(response.status == 200)
+
+
+def pg_time(moment: datetime) -> str:
+    """A moment as PostgreSQL's recovery_target_time reads it, in UTC to the microsecond."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
 def _at(epoch: int) -> datetime:

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from stacks.config import CacheTtls
-from stacks.local.backups import LocalBackups
+from stacks.local.backups import LocalBackups, RecoveryWindow
 from stacks.local.memcached import LocalMemcached
 from stacks.local.ports import PortAllocator
 from stacks.local.postgres import LocalPostgres, PostgresOptions
@@ -50,6 +51,18 @@ from stacks.services import Service
 from stacks.wiring import Addresses, SecretFiles, service_environment
 
 MANIFEST = "processes.json"
+
+
+@dataclass(frozen=True)
+class PreparedRestore:
+    """A restored copy, checked, waiting to be swapped in."""
+
+    target: datetime
+    data_dir: Path
+    facts: dict[str, str]  # the copy's last transaction and its number of orders
+    window: RecoveryWindow
+
+
 # The renderers put paths unquoted into command lines and conninfo strings.
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./@:-]+")
 _MAX_SOCKET_PATH = 107  # sun_path, as PostgreSQL and pgpool enforce it
@@ -112,6 +125,7 @@ class DataTier:
                 self.postgres.pgpass,
             )
             self.postgres.archive_to(self.backups.archive, self.backups.member_env)
+            self.restore_check_port = self.ports.take("restored copy (its check)")
         self.redis = LocalRedis(
             self.state_dir / "redis",
             secrets,
@@ -201,6 +215,43 @@ class DataTier:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # --- point-in-time restore (stacks.local.backups) ------------------------------------------
+
+    def prepare_restore(self, target: datetime | None) -> PreparedRestore:
+        """Everything a restore does before it touches the live data: archive the current WAL,
+        check ``target`` (None: that moment) against the recovery window, restore the newest
+        backup before it next to the live data, and check that copy recovers to the target.
+        The live cluster serves throughout; a refusal or a failure leaves it as it was."""
+        backups = self._backups()
+        archived_until = backups.archive_now()
+        window = backups.window(archived_until)
+        target = target or archived_until
+        if window.earliest is None:
+            raise LocalPlatformError("no backup to restore from yet: take one (`make backup`)")
+        if not window.earliest <= target <= archived_until:
+            raise LocalPlatformError(
+                f"{target.isoformat()} is outside the recovery window "
+                f"{window.earliest.isoformat()} .. {archived_until.isoformat()}: choose a "
+                "time in it (or --latest)"
+            )
+        copy = self.state_dir / "postgres" / "data" / "restore"
+        backups.restore_copy(copy, target)
+        facts = self.postgres.check_restored(copy, self.restore_check_port, backups.credentials)
+        return PreparedRestore(target=target, data_dir=copy, facts=facts, window=window)
+
+    def complete_restore(self, prepared: PreparedRestore) -> Path:
+        """Swap the checked copy in (nothing may write meanwhile: stop the services first):
+        the members' data directories are kept aside, in the directory this returns."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = self.state_dir / "postgres" / f"before-restore-{stamp}"
+        self.postgres.replace_data(prepared.data_dir, kept)
+        return kept
+
+    def _backups(self) -> LocalBackups:
+        if self.backups is None:
+            raise LocalPlatformError("this data tier runs without backups (DataTierConfig)")
+        return self.backups
 
     # --- internals ------------------------------------------------------------------------------
 

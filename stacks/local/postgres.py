@@ -365,6 +365,105 @@ class LocalPostgres:
         self.attach_node(node_id, timeout=timeout)
         return True
 
+    # --- restore from a backup (stacks.local.backups) ------------------------------------------
+
+    def check_restored(
+        self, data_dir: Path, port: int, env: dict[str, str], timeout: float = 300.0
+    ) -> dict[str, str]:
+        """Run a private server on a restored data directory until its recovery pauses at the
+        target (read-only, nothing promoted), answer a few facts of it, and stop it.
+
+        A recovery that cannot reach its target (a gap in the archive, a target past the
+        last archived segment) ends the server: that is the failure, named with its log."""
+        process = self.supervisor.start(
+            "restore-check",
+            [
+                f"{PG_BIN_DIR}/postgres",
+                *("-D", str(data_dir), "-p", str(port)),
+                *("-c", f"config_file={self.topology.conf_dir}/postgresql.conf"),
+                *("-c", "listen_addresses=", "-c", "archive_mode=off"),
+                *("-c", "synchronous_standby_names=", "-c", "cluster_name=restore-check"),
+            ],
+            env={**env, "HOME": str(self.root)},
+            user=self.user,
+            cwd=self.root,
+            stop_signal=signal.SIGINT,
+        )
+        socket = f"{self.topology.socket_dir}:{port}"
+        try:
+            self.supervisor.wait_until(
+                lambda: (
+                    self.query(socket, "SELECT pg_get_wal_replay_pause_state()")
+                    == [{"pg_get_wal_replay_pause_state": "paused"}]
+                ),
+                process=process,
+                what="the restored copy recovering to its target",
+                timeout=timeout,
+                interval=0.5,
+            )
+            [facts] = self.query(
+                socket,
+                "SELECT pg_last_xact_replay_timestamp() AS last_transaction, "
+                "(SELECT count(*) FROM orders) AS orders",
+                database=USERS.app_database,
+            )
+            return facts
+        finally:
+            self.supervisor.stop([process], timeout=30)
+
+    def replace_data(self, restored: Path, keep_dir: Path, timeout: float = 120.0) -> None:
+        """Stop pgpool and every member, move their data directories into ``keep_dir``, make
+        ``restored`` the first member's and promote it at its target; then the others clone
+        from it as they would on a fresh start, and pgpool comes back."""
+        deadline = time.monotonic() + timeout
+        self.stop_pgpool()
+        self.supervisor.stop(list(self._members.values()), timeout=30)
+        self._members.clear()
+        make_dir(keep_dir, mode=0o700)
+        for member in self.topology.members:
+            current = Path(self.topology.data_dir_of(member))
+            if current.exists():
+                current.rename(keep_dir / member.name)
+        auto_conf = restored / "postgresql.auto.conf"
+        # pgBackRest wrote a restore_command for the directory it restored into; the member's
+        # own (postgresql.conf, its PGBACKREST_CONFIG) applies once it sits in its place.
+        kept = [
+            line
+            for line in auto_conf.read_text().splitlines()
+            if not line.startswith(("restore_command", "recovery_target_action"))
+        ]
+        write_file(
+            auto_conf,
+            "\n".join([*kept, "recovery_target_action = 'promote'", ""]),
+            mode=0o600,
+            owner=self.user,
+        )
+        first = self.topology.members[0]
+        restored.rename(self.topology.data_dir_of(first))
+        self.start_member(first.name, timeout=deadline - time.monotonic())
+        self.supervisor.wait_until(
+            lambda: (
+                self.query(first.address, "SELECT pg_is_in_recovery()")
+                == [{"pg_is_in_recovery": "f"}]
+            ),
+            process=self._members[first.name],
+            what=f"{first.name} promoted at the restore target",
+            timeout=max(1.0, deadline - time.monotonic()),
+            interval=0.5,
+        )
+        # The standbys clone postgresql.auto.conf too: with the target left in it, each would
+        # stop replaying at that moment and promote itself.
+        for setting in ("recovery_target_time", "recovery_target_action"):
+            self.query(first.address, f"ALTER SYSTEM RESET {setting}")
+        for member in self.topology.standbys:
+            self.start_member(member.name, wait=False)
+        for member in self.topology.standbys:
+            self._wait_accepting(member, max(1.0, deadline - time.monotonic()))
+        self._wait_replication(max(1.0, deadline - time.monotonic()))
+        # pgpool remembers which nodes it had detached: the restored cluster starts afresh.
+        Path(self.pgpool_settings.log_dir, "pgpool_status").unlink(missing_ok=True)
+        self._start_pgpool(max(1.0, deadline - time.monotonic()))
+
     def stop_pgpool(self, timeout: float = 20.0) -> None:
         if self._pgpool is not None:
             self.supervisor.stop([self._pgpool], timeout)
