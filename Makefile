@@ -10,7 +10,8 @@ OUT ?= build/render/$(STACK)
 # checkov pins packages that conflict with pulumi's, so it lives in its own environment.
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: test plan lint checkov-env venv constraints clean system-packages up down status bench
+.PHONY: test plan lint checkov-env venv constraints clean system-packages up down status bench \
+	backup restore
 
 venv: $(VENV)/.installed
 
@@ -63,6 +64,14 @@ down: venv
 
 status: venv
 	@$(PY) -m stacks.local status $(ARGS)
+
+# Backups of the running platform (pgBackRest): `make backup ARGS='--type incr'`, and a
+# point-in-time restore, `make restore ARGS='--target-time 2026-12-06T10:15:00Z'` (or --latest).
+backup: venv
+	@$(PY) -m stacks.local backup $(ARGS)
+
+restore: venv
+	@$(PY) -m stacks.local restore $(ARGS)
 
 # Benchmarks (bench/run.py): the platform under wrk on this machine, bounded in time, 127.0.0.1
 # only; report in build/bench/. ARGS for bench.run, e.g. ARGS='--duration 15' or --use-running.

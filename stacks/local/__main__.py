@@ -2,6 +2,8 @@
 
     python -m stacks.local up [--detach] [--no-demo-data] [--port 8080] [--processes product=2]
     python -m stacks.local status [--json]
+    python -m stacks.local backup [--type full|incr|diff]
+    python -m stacks.local restore (--target-time 2026-12-06T10:15:00Z | --latest)
     python -m stacks.local down
 
 ``up`` runs in the foreground until Ctrl-C (or ``down`` from elsewhere) and then stops
@@ -20,16 +22,23 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from components.conf.haproxy import RateLimit
 from stacks.gateway import SERVER_MAXCONN
+from stacks.local.backups import BackupTool
 from stacks.local.platform import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_METRICS_PORT,
     DEMO_PRODUCTS,
+    FULL_EVERY,
+    RESTORE_REQUEST,
+    RESTORE_RESULT,
     LocalPlatform,
     PlatformConfig,
 )
@@ -41,10 +50,12 @@ from stacks.local.state import (
     TIER_DIR,
     prepare_state_dir,
     probe,
+    read_json,
     read_state,
     runner_alive,
     stop_platform,
     summary,
+    write_json,
 )
 from stacks.services import SERVICE_TABLE
 
@@ -77,6 +88,21 @@ def _service_env(text: str) -> tuple[str, str, str]:
     return service.strip(), name.strip().upper(), value
 
 
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time with its offset (``Z`` for UTC): a restore target is never ambiguous."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-12-06T10:15:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add Z (UTC) or an offset such as +01:00"
+        )
+    return moment
+
+
 def _port(text: str) -> int | None:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -92,8 +118,24 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start the platform (foreground; --detach to return)")
     down = commands.add_parser("down", help="stop everything `up` started")
     status = commands.add_parser("status", help="what runs, where, and whether it answers")
-    for command in (up, down, status):
+    backup = commands.add_parser("backup", help="take a backup of the running platform now")
+    restore = commands.add_parser(
+        "restore", help="restore the platform's database to a point in time"
+    )
+    for command in (up, down, status, backup, restore):
         command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    backup.add_argument("--type", choices=("full", "incr", "diff"), default="full")
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--target-time",
+        type=_moment,
+        metavar="TIME",
+        help="ISO 8601 with its offset, e.g. 2026-12-06T10:15:00Z",
+    )
+    target.add_argument(
+        "--latest", action="store_true", help="the last moment archived (a few seconds ago)"
+    )
+    restore.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for it")
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
     up.add_argument("--no-demo-data", action="store_true", help="no catalog, no demo users")
     up.add_argument("--products", type=int, default=DEMO_PRODUCTS, help="demo catalog size")
@@ -128,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
         help="extra environment for a service's processes (repeatable)",
     )
     up.add_argument("--partition-interval", type=float, default=3600.0, metavar="SECONDS")
+    up.add_argument(
+        "--backup-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help=f"a backup this often (the first at start; every {FULL_EVERY}th full; 0: none)",
+    )
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to get ready")
     up.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
     down.add_argument("--timeout", type=float, default=90.0)
@@ -142,6 +191,7 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         gateway_port=args.port,
         metrics_port=args.metrics_port,
         partition_interval_s=args.partition_interval,
+        backup_interval_s=args.backup_interval or None,
         start_timeout_s=args.timeout,
         rate_limit=RateLimit(requests=args.rate_limit) if args.rate_limit > 0 else None,
         service_env=_env_by_service(args.service_env),
@@ -224,6 +274,8 @@ def _detach(args: argparse.Namespace, state_dir: Path, config: PlatformConfig) -
         str(config.demo_products),
         "--partition-interval",
         str(config.partition_interval_s),
+        "--backup-interval",
+        str(config.backup_interval_s or 0),
         "--timeout",
         str(config.start_timeout_s),
         "--rate-limit",
@@ -336,10 +388,76 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- backup, restore ---------------------------------------------------------------------------
+
+
+def _running_state(state_dir: Path) -> dict[str, Any]:
+    state = read_state(state_dir)
+    if state is None or runner_alive(state) is None or state.get("state") != "ready":
+        raise LocalPlatformError(f"the platform is not running from {state_dir}: `make up` first")
+    return state
+
+
+def _backup(args: argparse.Namespace) -> int:
+    tool = BackupTool.from_state(_running_state(args.state_dir.absolute()))
+    began = time.monotonic()
+    _say(f"taking a {args.type} backup ...")
+    backup = tool.backup(args.type)
+    _say(
+        f"backup {backup.label} ({backup.type}): {backup.size_bytes / 1e6:.1f} MB of data, "
+        f"{backup.stored_bytes / 1e6:.1f} MB stored, in {time.monotonic() - began:.1f} s"
+    )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """Checked here against the recovery window first, then carried out by the runner (it
+    owns every process); its report printed step by step."""
+    state_dir = args.state_dir.absolute()
+    tool = BackupTool.from_state(_running_state(state_dir))
+    target: datetime | None = None if args.latest else args.target_time
+    window = tool.window()
+    if window.earliest is None:
+        raise LocalPlatformError("no backup to restore from yet: take one with `make backup`")
+    if target is not None and not window.earliest <= target <= datetime.now(UTC):
+        raise LocalPlatformError(
+            f"{target.isoformat()} is outside the recovery window: from "
+            f"{window.earliest.isoformat()} (the end of the oldest backup) to now"
+        )
+    ask = {"id": uuid.uuid4().hex, "target": target.isoformat() if target else None}
+    result_file = state_dir / RESTORE_RESULT
+    result_file.unlink(missing_ok=True)
+    write_json(state_dir / RESTORE_REQUEST, ask)
+    _say(f"restoring to {ask['target'] or 'the latest moment archived'} (the runner does it) ...")
+    deadline = time.monotonic() + args.timeout
+    while True:
+        result = read_json(result_file)
+        if result is not None and result.get("id") == ask["id"]:
+            break
+        if time.monotonic() > deadline:
+            raise LocalPlatformError(
+                f"no answer from the runner within {args.timeout:.0f} s "
+                f"(see {state_dir / RUNNER_LOG})"
+            )
+        time.sleep(0.5)
+    if not result["ok"]:
+        raise LocalPlatformError(f"restore not done: {result['error']}")
+    for done in result["steps"]:
+        _say(f"  {done['seconds']:>6.1f} s  {done['step']}")
+    last = result["last_transaction"] or "none after the backup"
+    _say(
+        f"restored to {result['target']} in {result['seconds']:.1f} s: {result['orders']} "
+        f"orders, the last transaction replayed: {last}; the data as it was is kept in "
+        f"{result['kept']} (remove it when you no longer need it)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"up": _up, "down": _down, "status": _status, "backup": _backup}
     try:
-        return {"up": _up, "down": _down, "status": _status}[args.command](args)
+        return {**commands, "restore": _restore}[args.command](args)
     except LocalPlatformError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +70,79 @@ class RecoveryWindow:
     backups: tuple[Backup, ...]
     earliest: datetime | None  # None: no backup yet
     archived_until: datetime | None
+
+
+@dataclass(frozen=True)
+class BackupTool:
+    """pgBackRest's commands on the platform's repository, from any process: the runner, and
+    `make backup` and `make status` (``from_state``)."""
+
+    job_config: Path
+    credentials: Mapping[str, str]
+    pgpass: Path
+    user: str  # the servers' OS user: pgBackRest reads their data directories
+    cwd: Path
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> BackupTool:
+        """From the state file's `backups` entry (its keys are in a 0600 file it names)."""
+        entry = state.get("backups")
+        if not entry:
+            raise LocalPlatformError("this platform runs without backups")
+        credentials = json.loads(Path(entry["credentials_file"]).read_text())
+        return cls(
+            Path(entry["job_config"]),
+            credentials,
+            Path(entry["pgpass"]),
+            entry["user"],
+            Path(entry["root"]),
+        )
+
+    def run(self, name: str, *options: str, timeout: float = 600.0) -> str:
+        """One pgBackRest command with the job's configuration, as the servers' user; its
+        output, or LocalPlatformError naming the command and what pgBackRest said."""
+        argv = pgbackrest.command(str(self.job_config), name, *options)
+        try:
+            result = subprocess.run(
+                argv,
+                env={
+                    "PATH": DEFAULT_PATH,
+                    "LANG": "C.UTF-8",
+                    "PGPASSFILE": str(self.pgpass),
+                    **self.credentials,
+                },
+                cwd=self.cwd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                **OsUser.named(self.user).popen_kwargs(),  # type: ignore[arg-type]
+            )
+        except subprocess.TimeoutExpired:
+            raise LocalPlatformError(
+                f"pgbackrest {name} did not finish within {timeout:.0f} s"
+            ) from None
+        if result.returncode != 0:
+            said = [line for line in result.stdout.splitlines() if "ERROR" in line]
+            detail = "; ".join(said) or result.stderr.strip() or result.stdout.strip()[-500:]
+            raise LocalPlatformError(f"pgbackrest {name} failed: {detail}")
+        return result.stdout
+
+    def backup(self, kind: BackupType = "full", timeout: float = 600.0) -> Backup:
+        """Take a backup (from a standby); the new backup as the repository lists it."""
+        self.run("backup", f"--type={kind}", timeout=timeout)
+        return self.window().backups[-1]
+
+    def archive_now(self, timeout: float = 120.0) -> datetime:
+        """Close the current WAL segment and wait until it is in the store (`check`): every
+        transaction committed before the returned moment can be recovered."""
+        now = datetime.now(UTC)
+        self.run("check", timeout=timeout)
+        return now
+
+    def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
+        info = json.loads(self.run("info", "--output=json", timeout=60))
+        return recovery_window(info, archived_until)
 
 
 class LocalBackups:
@@ -129,6 +202,21 @@ class LocalBackups:
         return {**self.credentials, "PGBACKREST_CONFIG": str(self.member_config(member))}
 
     @property
+    def credentials_file(self) -> Path:
+        return self.root / "conf" / "store-credentials.json"
+
+    def state(self) -> dict[str, str]:
+        """The state file's `backups` entry (paths only: the keys stay in their 0600 file)."""
+        return {
+            "store": self.store_url,
+            "job_config": str(self.job_config),
+            "credentials_file": str(self.credentials_file),
+            "pgpass": str(self.pgpass),
+            "user": self.user.name,
+            "root": str(self.root),
+        }
+
+    @property
     def store_url(self) -> str:
         return f"https://{STORE_HOST}:{self.tls_port}"
 
@@ -166,49 +254,23 @@ class LocalBackups:
         self.run("stanza-create", timeout=timeout)
         self.run("check", timeout=timeout)
 
-    # --- commands ---------------------------------------------------------------------------------
+    # --- commands: the tool, for this process; BackupTool.from_state for any other --------------
+
+    @property
+    def tool(self) -> BackupTool:
+        return BackupTool(self.job_config, self.credentials, self.pgpass, self.user.name, self.root)
 
     def run(self, name: str, *options: str, timeout: float = 600.0) -> str:
-        """One pgBackRest command with the job's configuration, as the servers' user; its
-        output, or LocalPlatformError naming the command and what pgBackRest said."""
-        argv = pgbackrest.command(str(self.job_config), name, *options)
-        try:
-            result = subprocess.run(
-                argv,
-                env={
-                    "PATH": DEFAULT_PATH,
-                    "LANG": "C.UTF-8",
-                    "PGPASSFILE": str(self.pgpass),
-                    **self.credentials,
-                },
-                cwd=self.root,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                **self.user.popen_kwargs(),  # type: ignore[arg-type]
-            )
-        except subprocess.TimeoutExpired:
-            raise LocalPlatformError(
-                f"pgbackrest {name} did not finish within {timeout:.0f} s"
-            ) from None
-        if result.returncode != 0:
-            said = [line for line in result.stdout.splitlines() if "ERROR" in line]
-            detail = "; ".join(said) or result.stderr.strip() or result.stdout.strip()[-500:]
-            raise LocalPlatformError(f"pgbackrest {name} failed: {detail}")
-        return result.stdout
+        return self.tool.run(name, *options, timeout=timeout)
 
     def backup(self, kind: BackupType = "full", timeout: float = 600.0) -> Backup:
-        """Take a backup (from a standby); the new backup as the repository lists it."""
-        self.run("backup", f"--type={kind}", timeout=timeout)
-        return self.window().backups[-1]
+        return self.tool.backup(kind, timeout)
 
     def archive_now(self, timeout: float = 120.0) -> datetime:
-        """Close the current WAL segment and wait until it is in the store (`check`): every
-        transaction committed before the returned moment can be recovered."""
-        now = datetime.now(UTC)
-        self.run("check", timeout=timeout)
-        return now
+        return self.tool.archive_now(timeout)
+
+    def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
+        return self.tool.window(archived_until)
 
     def restore_copy(self, into: Path, target: datetime, timeout: float = 900.0) -> None:
         """Restore the newest backup before ``target`` into the empty directory ``into``, set
@@ -219,10 +281,6 @@ class LocalBackups:
         self.run(
             "restore", *pgbackrest.restore_options(str(into), pg_time(target)), timeout=timeout
         )
-
-    def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
-        info = json.loads(self.run("info", "--output=json", timeout=60))
-        return recovery_window(info, archived_until)
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -263,6 +321,7 @@ class LocalBackups:
             lock_dir=str(self.root / "lock"),
         )
         write_file(self.job_config, job, mode=0o600, owner=user)
+        write_file(self.credentials_file, json.dumps(self.credentials), mode=0o600)
 
     def _front_config(self) -> str:
         # A stopped store answers 503 after `timeout server`: archiving fails fast, and retries.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
+
+import redis
 
 from stacks.config import CacheTtls
 from stacks.local.backups import LocalBackups, RecoveryWindow
@@ -247,6 +250,27 @@ class DataTier:
         kept = self.state_dir / "postgres" / f"before-restore-{stamp}"
         self.postgres.replace_data(prepared.data_dir, kept)
         return kept
+
+    def flush_caches(self) -> None:
+        """Empty Redis (every master; the replicas follow) and every Memcached node."""
+        for node in self.redis.spec.nodes:
+            client = redis.Redis(
+                node.host, node.port, password=self.redis.password, socket_timeout=5
+            )
+            try:
+                client.flushall()
+            except redis.exceptions.ReadOnlyError:
+                pass  # a replica: its master's flush reaches it
+            except redis.RedisError as error:
+                raise LocalPlatformError(f"Redis {node.name}: FLUSHALL: {error}") from None
+            finally:
+                client.close()
+        for address in self.memcached.nodes:
+            host, port = address.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(b"flush_all\r\n")
+                if not conn.recv(64).startswith(b"OK"):
+                    raise LocalPlatformError(f"Memcached {address}: flush_all refused")
 
     def _backups(self) -> LocalBackups:
         if self.backups is None:

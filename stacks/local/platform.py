@@ -44,12 +44,14 @@ three tools; the supervisor here is ~400 lines the tests already exercise.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ from stacks.gateway import (
     local_config,
 )
 from stacks.local.apps import AppProcess, haproxy_servers, http_json, http_status
+from stacks.local.backups import BackupType
 from stacks.local.data_tier import MANIFEST, DataTier, DataTierConfig
 from stacks.local.monitoring import LocalMonitoring
 from stacks.local.ports import HOST, is_taken
@@ -109,6 +112,10 @@ PARTITION_RETRY_S = 60.0  # after a failed partition run (e.g. during a failover
 MEMBER_CHECK_S = 5.0  # how often pgpool's view of the members is read when all seems well
 REATTACH_GRACE_S = 20.0  # a running member detached longer than this is looked at
 MAX_REJOINS = 5  # restarts of one PostgreSQL member within 10 minutes
+FULL_EVERY = 4  # of the scheduled backups (GKE: components.backups.BackupConfig's schedules)
+BACKUP_RETRY_S = 60.0  # after a failed scheduled backup
+RESTORE_REQUEST = "restore-request.json"  # `restore` asks the runner (it owns the processes)
+RESTORE_RESULT = "restore-result.json"
 
 # Each service process's database pool may grow to this many connections; the runner sets it
 # (DATABASE_POOL_MAX) and sizes PgPool-II's children by it.
@@ -130,9 +137,13 @@ class PlatformConfig:
     gateway_port: int | None = DEFAULT_GATEWAY_PORT  # None: any free port
     metrics_port: int | None = DEFAULT_METRICS_PORT
     partition_interval_s: float = 3600.0
-    # How often Prometheus scrapes and evaluates the rules (GKE: 15 s; shorter here, so a
-    # drill sees its alert sooner).
+    # How often Prometheus scrapes and evaluates the rules (GKE: 30 s; shorter here, so a
+    # drill sees its alert sooner; the alerts' holds are scaled to it).
     scrape_interval_s: float = 5.0
+    # pgBackRest: WAL archived continuously, a backup every `backup_interval_s` (the first,
+    # full, once the platform is ready), every FULL_EVERY-th of them full, the others
+    # incremental, as GKE's daily full and 6-hourly incremental. None: no backups at all.
+    backup_interval_s: float | None = 3600.0
     start_timeout_s: float = 300.0
     restart_limit: int = 5  # restarts of one process within RESTART_WINDOW_S, then give up
     # The gateway's per-client budget; None lifts it (a benchmark's load comes from one address).
@@ -205,6 +216,7 @@ def data_tier_config(config: PlatformConfig) -> DataTierConfig:
         redis_masters=redis.masters,
         redis_replicas_per_master=redis.replicas_per_master,
         memcached_nodes=memcached.nodes,
+        backups=config.backup_interval_s is not None,
         start_timeout_s=min(120.0, config.start_timeout_s),
     )
 
@@ -331,6 +343,8 @@ class LocalPlatform:
         self._next_look = 0.0
         self._state = "new"
         self._error: str | None = None
+        self.backup_schedule: dict[str, Any] = {"every_s": c.backup_interval_s, "taken": 0}
+        self._backup_thread: threading.Thread | None = None
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -576,10 +590,14 @@ class LocalPlatform:
 
     def run(self, stop: threading.Event, log: Callable[[str], None] = print) -> None:
         """Until ``stop`` is set: restart crashed processes, rejoin stopped PostgreSQL
-        members once pgpool has failed over, run the partition job on its schedule."""
+        members once pgpool has failed over, run the partition job and the backups on their
+        schedules, and carry out a restore `python -m stacks.local restore` asks for."""
         next_partitions = time.monotonic() + self.config.partition_interval_s
+        next_backup = time.monotonic()  # the first, full, at once
         while not stop.wait(1.0):
             self.check_once(log)
+            if (request := self.state_dir / RESTORE_REQUEST).exists():
+                self._serve_restore(request, log)
             if time.monotonic() >= next_partitions:
                 try:
                     self.run_partitions()
@@ -590,6 +608,109 @@ class LocalPlatform:
                     next_partitions = time.monotonic() + retry
                     log(f"partition maintenance failed, retrying in {retry:.0f} s: {error}")
                 self._write_state(self._state)
+            interval = self.config.backup_interval_s
+            if interval is not None and time.monotonic() >= next_backup and not self._backing_up:
+                kind: BackupType = (
+                    "full" if self.backup_schedule["taken"] % FULL_EVERY == 0 else "incr"
+                )
+                self._backup_thread = threading.Thread(
+                    target=self._scheduled_backup, args=(kind, log), name="backup", daemon=True
+                )
+                self._backup_thread.start()
+                next_backup = time.monotonic() + interval
+
+    @property
+    def _backing_up(self) -> bool:
+        return self._backup_thread is not None and self._backup_thread.is_alive()
+
+    def _scheduled_backup(self, kind: BackupType, log: Callable[[str], None]) -> None:
+        assert self.tier.backups is not None
+        began = time.monotonic()
+        try:
+            backup = self.tier.backups.backup(kind)
+        except LocalPlatformError as error:
+            self.backup_schedule["last_error"] = str(error)
+            log(f"scheduled {kind} backup failed (the next one is on schedule): {error}")
+            return
+        self.backup_schedule["taken"] += 1
+        self.backup_schedule["last_error"] = None
+        log(
+            f"backup {backup.label} ({backup.type}, {backup.stored_bytes / 1e6:.1f} MB stored) "
+            f"in {time.monotonic() - began:.1f} s"
+        )
+        self._write_state(self._state)
+
+    # --- point-in-time restore -----------------------------------------------------------------
+
+    def restore(
+        self, target: datetime | None, log: Callable[[str], None] = print
+    ) -> dict[str, Any]:
+        """Restore the database to ``target`` (None: the latest moment archived).
+
+        1. restore the newest backup before the target next to the live data and check the
+           copy reaches the target (the platform keeps serving; a failure here changes
+           nothing);
+        2. stop the services, swap the copy in (the old data directories are kept), promote
+           it, re-clone the standbys, bring PgPool-II back;
+        3. empty the caches (they hold what the database no longer has: carts, catalog
+           entries, sold-out hints; the platform is built to lose them), start the services.
+        The report: each step with its seconds, the target, what the copy held."""
+        steps: list[dict[str, Any]] = []
+
+        def step(name: str, action: Callable[[], Any]) -> Any:
+            log(f"restore: {name} ...")
+            began = time.monotonic()
+            result = action()
+            steps.append({"step": name, "seconds": round(time.monotonic() - began, 1)})
+            log(f"restore: {name}: {steps[-1]['seconds']} s")
+            return result
+
+        if self._backup_thread is not None:
+            self._backup_thread.join(timeout=600)  # a backup reads a standby we will stop
+        began = time.monotonic()
+        prepared = step(
+            "restore the backup next to the live data and check it reaches the target",
+            lambda: self.tier.prepare_restore(target),
+        )
+        services = self._service_apps()
+        step("stop the services", lambda: self._stop_apps(services))
+        try:
+            kept = step(
+                "swap the restored data in, promote it, re-clone the standbys, restart PgPool-II",
+                lambda: self.tier.complete_restore(prepared),
+            )
+            step("empty the caches (Redis, Memcached)", self.tier.flush_caches)
+        finally:  # whatever happened, the services come back (to a database or to 503s)
+            step(
+                "start the services",
+                lambda: self._start_and_wait(services, time.monotonic() + 120),
+            )
+            self._write_state(self._state)
+        return {
+            "target": prepared.target.isoformat(),
+            "last_transaction": prepared.facts["last_transaction"],
+            "orders": int(prepared.facts["orders"]),
+            "kept": str(kept),
+            "steps": steps,
+            "seconds": round(time.monotonic() - began, 1),
+        }
+
+    def _stop_apps(self, apps: Sequence[AppProcess]) -> None:
+        live = [a.process for a in apps if a.process is not None]
+        self.supervisor.stop(live, timeout=15)
+        for app in apps:
+            app.process = None  # not crashed: check_once leaves them be
+
+    def _serve_restore(self, request: Path, log: Callable[[str], None]) -> None:
+        asked = json.loads(request.read_text())
+        request.unlink()
+        target = datetime.fromisoformat(asked["target"]) if asked.get("target") else None
+        try:
+            result: dict[str, Any] = {"id": asked["id"], "ok": True, **self.restore(target, log)}
+        except LocalPlatformError as error:
+            log(f"restore refused or failed: {error}")
+            result = {"id": asked["id"], "ok": False, "error": str(error)}
+        write_json(self.state_dir / RESTORE_RESULT, result)
 
     def check_once(self, log: Callable[[str], None] = print) -> None:
         for app in self.apps():
@@ -708,6 +829,12 @@ class LocalPlatform:
             components.append({"name": node.name, "kind": "redis", "address": node.endpoint})
         for name, port in memcached.ports.items():
             components.append({"name": name, "kind": "memcached", "address": f"{HOST}:{port}"})
+        if backups := self.tier.backups:  # the S3 API, and the TLS pgBackRest speaks to it
+            for name, port in (
+                ("object-store", backups.store_port),
+                ("object-store-tls", backups.tls_port),
+            ):
+                components.append({"name": name, "kind": "store", "address": f"{HOST}:{port}"})
         for app in self.apps():
             components.append(
                 {"name": app.name, "kind": app.kind, "address": app.address, "url": app.ready_url}
@@ -742,6 +869,9 @@ class LocalPlatform:
             "demo_users": self.demo_users,
             "demo_password": DEMO_PASSWORD if self.demo_users else None,
             "partitions": self.partitions,
+            "backups": {**self.tier.backups.state(), "schedule": self.backup_schedule}
+            if self.tier.backups
+            else None,
             "pgpass": str(pg.pgpass),
             "redis_password_file": str(redis.password_file),
             "jwt_secret_file": str(self.tier.jwt_secret_file),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stacks.local.apps import http_status, tcp_open
+from stacks.local.backups import BackupTool
 from stacks.local.data_tier import MANIFEST
 from stacks.local.ports import is_taken
 from stacks.local.postgres import pool_nodes
@@ -71,11 +72,16 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def read_state(state_dir: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file written by ``write_json``, or None while it does not exist."""
     try:
-        return json.loads((state_dir / STATE_FILE).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    return read_json(state_dir / STATE_FILE)
 
 
 def runner_alive(state: Mapping[str, Any] | None) -> int | None:
@@ -206,7 +212,7 @@ def probe(state: Mapping[str, Any], state_dir: Path) -> list[Row]:
             return Row(name, address, str(pid), (nodes.get(address) or "up") if up else "starting")
         if kind == "redis":
             return Row(name, address, str(pid), _redis_role(address, redis_password))
-        if kind in ("pgpool", "memcached"):
+        if kind in ("pgpool", "memcached", "store"):
             ok = tcp_open(address) and (kind != "pgpool" or bool(nodes))
             return Row(name, address, str(pid), "up" if ok else "not answering")
         status = http_status(c["url"])
@@ -248,6 +254,31 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def backup_lines(state: Mapping[str, Any]) -> list[str]:
+    """The last backups and the recovery window, as pgBackRest reports them now."""
+    entry = state.get("backups")
+    if not entry:
+        return ["backups:  none (--backup-interval 0)"]
+    try:
+        window = BackupTool.from_state(state).window()
+    except LocalPlatformError as error:
+        return [f"backups:  cannot be listed now ({error})"]
+    every = entry["schedule"]["every_s"]
+    lines = [f"backups:  {len(window.backups)} in {entry['store']}, one every {every:.0f} s"]
+    for backup in window.backups[-3:]:
+        lines.append(
+            f"  {backup.label:<34} {backup.type:<4} {backup.finished:%Y-%m-%d %H:%M:%S}Z  "
+            f"{backup.stored_bytes / 1e6:8.1f} MB stored"
+        )
+    if window.earliest is None:
+        lines.append("  none yet: the first is taken once the platform is ready (`make backup`)")
+    else:
+        lines.append(f"  recovery window: {window.earliest:%Y-%m-%d %H:%M:%S}Z .. now")
+    if error := entry["schedule"].get("last_error"):
+        lines.append(f"  the last scheduled backup failed: {error}")
+    return lines
+
+
 def summary(state: Mapping[str, Any], state_dir: Path) -> str:
     """The status table, the gateway URL and two requests to try."""
     url = state["gateway"]
@@ -260,6 +291,7 @@ def summary(state: Mapping[str, Any], state_dir: Path) -> str:
     if "prometheus" in state:
         lines.append(f"prometheus: {state['prometheus']}   alertmanager: {state['alertmanager']}")
         lines.append(f"alerts:   {state['alert_sink']}/notifications   (what Alertmanager sent)")
+    lines += backup_lines(state)
     lines += [
         "try:",
         f"  curl -s '{url}/api/products?category=laptops&page_size=3'",
