@@ -10,7 +10,13 @@ from __future__ import annotations
 import re
 
 from components.conf.haproxy import FRONTEND
-from components.conf.prometheus import PG_IN_RECOVERY, Alert, Recording
+from components.conf.prometheus import (
+    PG_ARCHIVE_FAILED_AT,
+    PG_ARCHIVED_AT,
+    PG_IN_RECOVERY,
+    Alert,
+    Recording,
+)
 from services.kit.exports import (
     CACHE_REQUESTS,
     CARTS_CHECKED_OUT,
@@ -195,6 +201,16 @@ ALERTS: tuple[Alert, ...] = (
         f"{volume_used_ratio()} > {DISK_WARNING_RATIO}",
         "10m",
         "A persistent volume is more than 85 % full",
+    ),
+    Alert(
+        "WalArchivingFailing",
+        "warning",
+        # The primary's last attempt to archive failed and none has succeeded since: the
+        # point-in-time recovery window stops growing, and WAL piles up on its volume.
+        f"{PG_ARCHIVE_FAILED_AT} > {PG_ARCHIVED_AT}",
+        "2m",
+        "WAL segments are not reaching the backup repository: point-in-time recovery stops at "
+        "the last one that did",
     ),
     Alert(
         "PaymentProviderDown",

@@ -103,6 +103,10 @@ def rules_file(
 # standby and 0 on the primary, which the primary-down alert reads.
 PG_IN_RECOVERY = "pg_recovery_in_recovery"  # the exporter names it <query>_<column>
 PG_REPLAY_LAG = "pg_recovery_replay_lag_seconds"
+# The primary's WAL archiving (pg_stat_archiver): when it last succeeded and last failed.
+PG_ARCHIVED_AT = "pg_archiver_last_archived_time"
+PG_ARCHIVE_FAILED_AT = "pg_archiver_last_failed_time"
+PG_ARCHIVE_FAILURES = "pg_archiver_failed_count"
 POSTGRES_QUERIES: dict[str, Any] = {
     "pg_recovery": {
         # A standby that has replayed all it received is not behind, however long ago the
@@ -128,7 +132,30 @@ POSTGRES_QUERIES: dict[str, Any] = {
                 }
             },
         ],
-    }
+    },
+    # Only a primary archives (archive_mode=on): a standby reports zeros.
+    "pg_archiver": {
+        "query": """SELECT failed_count,
+  coalesce(extract(epoch FROM last_archived_time), 0) AS last_archived_time,
+  coalesce(extract(epoch FROM last_failed_time), 0) AS last_failed_time
+FROM pg_stat_archiver""",
+        "master": True,
+        "metrics": [
+            {"failed_count": {"usage": "COUNTER", "description": "WAL segments that failed"}},
+            {
+                "last_archived_time": {
+                    "usage": "GAUGE",
+                    "description": "When a WAL segment last reached the backup repository",
+                }
+            },
+            {
+                "last_failed_time": {
+                    "usage": "GAUGE",
+                    "description": "When archiving a WAL segment last failed",
+                }
+            },
+        ],
+    },
 }
 
 

@@ -205,6 +205,21 @@ PROOFS: dict[str, Proof] = {
             ),
         },
     ),
+    # Archiving fails from minute 3 (the last success at 100 s) until it succeeds at minute 8.
+    "WalArchivingFailing": Proof(
+        firing={
+            'pg_archiver_last_archived_time{pod="pg-0"}': "100x7 500x10",
+            'pg_archiver_last_failed_time{pod="pg-0"}': "0x2 200x15",
+        },
+        labels={"pod": "pg-0"},
+        fires_at="6m",
+        resolved_at="10m",
+        # An old failure, archived since.
+        quiet={
+            'pg_archiver_last_archived_time{pod="pg-0"}': "100x20",
+            'pg_archiver_last_failed_time{pod="pg-0"}': "50x20",
+        },
+    ),
     "PaymentProviderDown": Proof(
         firing={'payment_breaker_state{provider="stripe", pod="a"}': "2x10 0x10"},
         labels={"provider": "stripe"},
