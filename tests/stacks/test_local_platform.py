@@ -872,6 +872,73 @@ async def test_a_point_in_time_restore_brings_back_exactly_the_orders_before_it(
     assert rto < 15 * 60
 
 
+async def alert_state(http: aiohttp.ClientSession, base: str, name: str) -> str | None:
+    """Prometheus's state of one alert: pending, firing, or None (inactive)."""
+    async with http.get(f"{base}/api/v1/alerts") as response:
+        alerts = (await response.json())["data"]["alerts"]
+    return next((a["state"] for a in alerts if a["labels"]["alertname"] == name), None)
+
+
+async def test_wal_archiving_keeps_up_and_a_stopped_store_raises_a_warning(
+    platform: Platform,
+) -> None:
+    """During a burst of orders every WAL segment reaches the store; with the store frozen
+    (SIGSTOP), archiving fails, WalArchivingFailing fires as a warning routed to the chat,
+    and once the store answers again the next segment is archived and the alert resolves."""
+    g, prometheus = platform.gateway, platform.state["prometheus"]
+
+    def archiver() -> dict[str, str]:
+        return primary_rows(
+            platform, "SELECT failed_count, last_archived_wal FROM pg_stat_archiver"
+        )[0]
+
+    def switch_wal() -> str:
+        primary_rows(platform, "CREATE TABLE IF NOT EXISTS wal_drill (at timestamptz)")
+        primary_rows(platform, "INSERT INTO wal_drill VALUES (now())")
+        return primary_rows(platform, "SELECT pg_walfile_name(pg_switch_wal()) AS segment")[0][
+            "segment"
+        ]
+
+    failed_before = int(archiver()["failed_count"])
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        _, page = await call(http, "GET", f"{g}/api/products?page_size=20")
+        skus = [item["sku"] for item in page["items"]]
+        shoppers = [await shopper(http, g) for _ in range(3)]
+        await asyncio.gather(*(place_confirmed(http, g, t, skus, 4) for t in shoppers))
+        closed = switch_wal()
+        deadline = time.monotonic() + 30
+        while archiver()["last_archived_wal"] < closed:
+            assert time.monotonic() < deadline, (closed, archiver(), platform.logs("pg-0"))
+            await asyncio.sleep(0.5)
+        assert int(archiver()["failed_count"]) == failed_before
+
+        store = platform.pids()["object-store"]
+        os.kill(store, signal.SIGSTOP)
+        try:
+            switch_wal()
+            deadline = time.monotonic() + 180
+            while (state := await alert_state(http, prometheus, "WalArchivingFailing")) != "firing":
+                assert time.monotonic() < deadline, (state, archiver())
+                await asyncio.sleep(2)
+            async with http.get(f"{platform.state['alertmanager']}/api/v2/alerts") as answer:
+                routed = [
+                    a
+                    for a in await answer.json()
+                    if a["labels"]["alertname"] == "WalArchivingFailing"
+                ]
+            assert routed and routed[0]["labels"]["severity"] == "warning"
+            assert [r["name"] for r in routed[0]["receivers"]] == ["chat"]
+        finally:
+            os.kill(store, signal.SIGCONT)
+        closed = switch_wal()
+        deadline = time.monotonic() + 120
+        while archiver()["last_archived_wal"] < closed or await alert_state(
+            http, prometheus, "WalArchivingFailing"
+        ):
+            assert time.monotonic() < deadline, (archiver(), platform.logs("pg-0"))
+            await asyncio.sleep(2)
+
+
 async def nodes_now(platform: Platform, timeout_s: float = 30) -> list[PoolNode]:
     """pgpool's view of the members. pgpool restarts its children when a node fails over or
     is attached again, and a query arriving then is dropped: it is asked again."""
