@@ -1,21 +1,33 @@
-"""PostgreSQL backups: a GCS bucket, the identity that writes to it, and the backup schedule.
+"""PostgreSQL backups: GCS buckets, the identity that writes to them, and the backup schedule.
 
 WAL is archived continuously by every PostgreSQL server (pgBackRest `archive-push`); a daily
 full and a 6-hourly incremental backup run as CronJobs that reach the servers' pgBackRest TLS
-endpoints. Together they give the seed's 7-day point-in-time recovery. The bucket's lifecycle
-follows the seed: backups move to a colder class after 7 days and to archive after 90; logs
-are deleted after 30 days.
+endpoints. Together they give the seed's 7-day point-in-time recovery, in a bucket of the
+cluster's region.
+
+The bucket's lifecycle follows what pgBackRest keeps there, not a calendar of its own:
+pgBackRest itself expires backups and WAL past the retention, and rewrites its info files on
+every backup. Everything in the primary bucket is gone within days, so it stays STANDARD
+(Nearline's 30-day minimum storage would bill for objects deleted after a week, and a restore
+would pay to read them); the lifecycle only drops the old versions versioning keeps.
+
+With `secondary_region` (prod), a second repository in a bucket of that region receives every
+WAL segment too (asynchronously, like the first) and a weekly full backup, kept
+`secondary_days` (90: Coldline's minimum storage, so nothing is deleted early) in COLDLINE,
+its WAL only for the newest full: a region lost still leaves a restore to minutes ago, and
+the older weekly copies restore to the moment they finished.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 from pulumi_gcp import serviceaccount, storage
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.conf import pgbackrest
 from components.conf.postgres import PgMember
@@ -36,21 +48,21 @@ BACKUP_APP = "pgbackrest"
 TLS_SECRET = "pgbackrest-tls"
 TLS_DIR = "/etc/pgbackrest/tls"
 CONFIG_DIR = "/etc/pgbackrest/conf"
-LOG_PREFIX = "logs/"
+
+
+COLDLINE_MINIMUM_DAYS = 90  # GCS bills a Coldline object for at least this long
 
 
 class BackupConfig(Inputs):
     full_schedule: str = "0 2 * * *"  # daily at 02:00 UTC
     incremental_schedule: str = "0 */6 * * *"  # every 6 hours
     pitr_days: PositiveInt = 7
-    # Bucket lifecycle (seed): backups to a colder class after 7 days, archive after 90,
-    # logs deleted after 30.
-    nearline_after_days: PositiveInt = 7
-    archive_after_days: PositiveInt = 90
-    delete_logs_after_days: PositiveInt = 30
-    location: str | None = None  # defaults to the region; a multi-region for cross-region copies
+    # The cross-region copy (None: none): a bucket in this region, a weekly full kept there.
+    secondary_region: str | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+\d$")
+    secondary_schedule: str = "0 3 * * 0"  # Sundays at 03:00 UTC
+    secondary_days: PositiveInt = COLDLINE_MINIMUM_DAYS
 
-    @field_validator("full_schedule", "incremental_schedule")
+    @field_validator("full_schedule", "incremental_schedule", "secondary_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         if len(value.split()) != 5:
@@ -58,12 +70,13 @@ class BackupConfig(Inputs):
         return value
 
     @model_validator(mode="after")
-    def _lifecycle(self) -> BackupConfig:
-        if self.archive_after_days <= self.nearline_after_days:
+    def _coldline(self) -> BackupConfig:
+        if self.secondary_days < COLDLINE_MINIMUM_DAYS:
             raise KeyProblem(
-                "archiveAfterDays",
-                f"expected > nearlineAfterDays ({self.nearline_after_days}), "
-                f"got {self.archive_after_days}",
+                "secondaryDays",
+                f"expected >= {COLDLINE_MINIMUM_DAYS} (Coldline bills every object for "
+                f"{COLDLINE_MINIMUM_DAYS} days: deleting sooner saves nothing), "
+                f"got {self.secondary_days}",
             )
         return self
 
@@ -96,52 +109,26 @@ class PostgresBackups(pulumi.ComponentResource):
         labels = args.labels.k8s(BACKUP_APP, "data")
         cfg = args.config
 
-        self.bucket = storage.Bucket(
+        self.bucket = self._bucket(
             f"{name}-bucket",
-            name=f"{args.project}-pg-backups",
-            location=(cfg.location or args.region).upper(),
-            storage_class="STANDARD",
-            uniform_bucket_level_access=True,  # IAM only, no per-object ACLs
-            public_access_prevention="enforced",
-            versioning=storage.BucketVersioningArgs(enabled=True),
-            # Deleting backups must be deliberate; an object survives at least the PITR window.
-            soft_delete_policy=storage.BucketSoftDeletePolicyArgs(
-                retention_duration_seconds=cfg.pitr_days * 24 * 3600
-            ),
-            lifecycle_rules=[
-                storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(
-                        type="SetStorageClass", storage_class="NEARLINE"
-                    ),
-                    condition=storage.BucketLifecycleRuleConditionArgs(
-                        age=cfg.nearline_after_days, matches_storage_classes=["STANDARD"]
-                    ),
-                ),
-                storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(
-                        type="SetStorageClass", storage_class="ARCHIVE"
-                    ),
-                    condition=storage.BucketLifecycleRuleConditionArgs(
-                        age=cfg.archive_after_days, matches_storage_classes=["NEARLINE", "COLDLINE"]
-                    ),
-                ),
-                storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(type="Delete"),
-                    condition=storage.BucketLifecycleRuleConditionArgs(
-                        age=cfg.delete_logs_after_days, matches_prefixes=[LOG_PREFIX]
-                    ),
-                ),
-                # Versioning keeps overwritten objects: drop them once PITR no longer needs them.
-                storage.BucketLifecycleRuleArgs(
-                    action=storage.BucketLifecycleRuleActionArgs(type="Delete"),
-                    condition=storage.BucketLifecycleRuleConditionArgs(
-                        days_since_noncurrent_time=cfg.pitr_days, with_state="ARCHIVED"
-                    ),
-                ),
-            ],
-            labels=args.gcp_labels,
-            force_destroy=False,
-            opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
+            f"{args.project}-pg-backups",
+            args.region,
+            "STANDARD",
+            cfg.pitr_days,
+            args,
+        )
+        # The cross-region copy: kept as long as Coldline bills for anyway.
+        self.secondary_bucket = (
+            self._bucket(
+                f"{name}-secondary-bucket",
+                f"{args.project}-pg-backups-{cfg.secondary_region}",
+                cfg.secondary_region,
+                "COLDLINE",
+                cfg.secondary_days,
+                args,
+            )
+            if cfg.secondary_region
+            else None
         )
 
         # One Google identity for everything that writes backups, bound through Workload
@@ -149,13 +136,15 @@ class PostgresBackups(pulumi.ComponentResource):
         writer = serviceaccount.Account(
             f"{name}-writer", account_id="pg-backups", display_name="PostgreSQL backups", opts=child
         )
-        storage.BucketIAMMember(
-            f"{name}-writer-objects",
-            bucket=self.bucket.name,
-            role="roles/storage.objectAdmin",
-            member=writer.email.apply(lambda e: f"serviceAccount:{e}"),
-            opts=child,
-        )
+        for suffix, bucket in (("", self.bucket), ("-secondary", self.secondary_bucket)):
+            if bucket is not None:
+                storage.BucketIAMMember(
+                    f"{name}-writer-objects{suffix}",
+                    bucket=bucket.name,
+                    role="roles/storage.objectAdmin",
+                    member=writer.email.apply(lambda e: f"serviceAccount:{e}"),
+                    opts=child,
+                )
         accounts = (*args.writer_accounts, BACKUP_APP)
         for account in accounts:
             serviceaccount.IAMMember(
@@ -180,6 +169,16 @@ class PostgresBackups(pulumi.ComponentResource):
         self._certificates(name, args, labels, child)
 
         repo = pgbackrest.Repository(kind="gcs", bucket=f"{args.project}-pg-backups")
+        secondary = (
+            (
+                pgbackrest.Repository(
+                    kind="gcs", bucket=f"{args.project}-pg-backups-{cfg.secondary_region}"
+                ),
+                pgbackrest.Retention(full_days=cfg.secondary_days, wal_for_newest_fulls=1),
+            )
+            if cfg.secondary_region
+            else None
+        )
         tls_paths = pgbackrest.Tls(
             ca_file=f"{TLS_DIR}/ca.crt",
             cert_file=f"{TLS_DIR}/tls.crt",
@@ -187,20 +186,34 @@ class PostgresBackups(pulumi.ComponentResource):
         )
         retention = pgbackrest.Retention(full_days=cfg.pitr_days)
         self.server_config = pgbackrest.server_conf(
-            args.members[0], args.data_dir, "/var/run/postgresql", repo, tls_paths, retention
+            args.members[0],
+            args.data_dir,
+            "/var/run/postgresql",
+            repo,
+            tls_paths,
+            retention,
+            secondary=secondary,
         )
         job_config = k8s.core.v1.ConfigMap(
             f"{name}-job-config",
             metadata=meta(f"{BACKUP_APP}-job", ns, labels),
             data={
                 "pgbackrest.conf": pgbackrest.backup_job_conf(
-                    args.members, args.data_dir, repo, tls_paths, retention
+                    args.members, args.data_dir, repo, tls_paths, retention, secondary=secondary
                 )
             },
             opts=child,
         )
-        for kind, schedule in (("full", cfg.full_schedule), ("incr", cfg.incremental_schedule)):
-            self._cron_job(name, kind, schedule, args, labels, job_account, job_config, child)
+        schedules = [
+            ("full", "full", cfg.full_schedule, 1),
+            ("incr", "incr", cfg.incremental_schedule, 1),
+        ]
+        if secondary:
+            schedules.append(("secondary", "full", cfg.secondary_schedule, 2))
+        for job, kind, schedule, repo_number in schedules:
+            self._cron_job(
+                name, job, kind, repo_number, schedule, args, labels, job_account, job_config, child
+            )
         self.register_outputs({"bucket": self.bucket.url})
 
     def _certificates(
@@ -260,10 +273,49 @@ class PostgresBackups(pulumi.ComponentResource):
                 opts=child,
             )
 
+    def _bucket(
+        self,
+        resource_name: str,
+        bucket_name: str,
+        location: str,
+        storage_class: str,
+        keep_days: int,
+        args: BackupsArgs,
+    ) -> storage.Bucket:
+        return storage.Bucket(
+            resource_name,
+            name=bucket_name,
+            location=location.upper(),
+            storage_class=storage_class,
+            uniform_bucket_level_access=True,  # IAM only, no per-object ACLs
+            public_access_prevention="enforced",
+            versioning=storage.BucketVersioningArgs(enabled=True),
+            # Deleting backups must be deliberate: a deleted object stays recoverable as long
+            # as the repository keeps what it held.
+            soft_delete_policy=storage.BucketSoftDeletePolicyArgs(
+                retention_duration_seconds=min(keep_days, 90) * 24 * 3600
+            ),
+            lifecycle_rules=[
+                # pgBackRest rewrites its info files on every backup and expires old backups
+                # itself; versioning keeps what it replaced, which only the retention needs.
+                storage.BucketLifecycleRuleArgs(
+                    action=storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=keep_days, with_state="ARCHIVED"
+                    ),
+                ),
+            ],
+            labels=args.gcp_labels,
+            force_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
+        )
+
     def _cron_job(
         self,
         name: str,
-        kind: str,
+        job: str,
+        kind: Literal["full", "incr"],
+        repo_number: int,
         schedule: str,
         args: BackupsArgs,
         labels: dict[str, str],
@@ -271,11 +323,11 @@ class PostgresBackups(pulumi.ComponentResource):
         config: k8s.core.v1.ConfigMap,
         child: pulumi.ResourceOptions,
     ) -> None:
-        job_labels = {**labels, "backup": kind}
+        job_labels = {**labels, "backup": job}
         backup = container(
             "backup",
             args.image,
-            pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind),
+            pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind, repo_number),
             ("500m", "512Mi", "2", "1Gi"),
             [
                 mount("config", CONFIG_DIR, read_only=True),
@@ -284,8 +336,8 @@ class PostgresBackups(pulumi.ComponentResource):
             ],
         )
         cron_job(
-            f"{name}-{kind}",
-            meta(f"pg-backup-{kind}", args.namespace, job_labels),
+            f"{name}-{job}",
+            meta(f"pg-backup-{job}", args.namespace, job_labels),
             schedule,
             job_labels,
             pod(

@@ -46,6 +46,20 @@ Peer = Pods | Namespace | Cidr
 ANYWHERE = Cidr("0.0.0.0/0")
 # The public internet, never the VPC: payment providers and Google APIs over HTTPS.
 PUBLIC_INTERNET = Cidr("0.0.0.0/0", PRIVATE_RANGES)
+# Workload Identity: a pod's Google token comes from the GKE metadata server, at
+# 169.254.169.254:80, which Dataplane V2 serves from the node at 169.254.169.252:988.
+# Link-local, so PUBLIC_INTERNET's port 443 never covers it.
+GKE_METADATA_SERVER: tuple[tuple[Cidr, int], ...] = (
+    (Cidr("169.254.169.254/32"), 80),
+    (Cidr("169.254.169.252/32"), 988),
+)
+
+
+def metadata_server(source: Peer) -> list[Flow]:
+    """`source` may ask the metadata server for its Workload Identity token."""
+    return [Flow(source, address, (port,)) for address, port in GKE_METADATA_SERVER]
+
+
 # The monitoring stack's namespace: every component lets it scrape its pods.
 MONITORING_NAMESPACE = "monitoring"
 MONITORING = Namespace(MONITORING_NAMESPACE)

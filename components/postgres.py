@@ -71,7 +71,7 @@ from components.kube import (
     zone_spread,
 )
 from components.microservice import SECRETS_DIR as SERVICE_SECRETS_DIR
-from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods
+from components.network_policy import MONITORING, PUBLIC_INTERNET, Flow, Pods, metadata_server
 
 ENDPOINT = Endpoint("data", "pgpool", 5432)  # the clients' view: PgPool-II
 NAMESPACE = ENDPOINT.namespace
@@ -325,8 +325,12 @@ class PostgresCluster(pulumi.ComponentResource):
             Flow(pool, me, (PORT,)),
             Flow(me, me, (PORT,)),  # replication, pg_basebackup, pg_rewind, role discovery
             Flow(backup, me, (pgbackrest.TLS_PORT,)),
-            Flow(me, PUBLIC_INTERNET, (443,)),  # WAL archive to Cloud Storage
+            # WAL archive and backups to Cloud Storage, as the Google account Workload
+            # Identity maps their Kubernetes accounts to.
+            Flow(me, PUBLIC_INTERNET, (443,)),
             Flow(backup, PUBLIC_INTERNET, (443,)),
+            *metadata_server(me),
+            *metadata_server(backup),
             *(
                 Flow(Pods(NAMESPACE, job), pool, (ENDPOINT.port,))
                 for job in (PARTITIONS_APP, MIGRATIONS_APP)
@@ -390,6 +394,11 @@ class PostgresCluster(pulumi.ComponentResource):
                 mount("socket", socket),
                 mount("spool", spool),
                 mount("tmp", "/tmp"),
+            ],
+            # A backup logs in to the server as the superuser: with the private copy of the
+            # passwords postgres-start.sh keeps in the shared socket directory (mode 0600).
+            env=[
+                k8s.core.v1.EnvVarArgs(name="PGPASSFILE", value=f"{socket}/.pgpass.{member.name}")
             ],
             ports=[
                 k8s.core.v1.ContainerPortArgs(name="pgbackrest", container_port=pgbackrest.TLS_PORT)

@@ -237,6 +237,12 @@ class StackConfig(Inputs):
                 )
         if len(set(self.zones)) != len(self.zones):
             raise KeyProblem("zones", f"expected distinct zones, got {list(self.zones)}")
+        if self.postgres.backups.secondary_region == self.region:
+            raise KeyProblem(
+                "postgres.backups.secondaryRegion",
+                f"expected another region than the cluster's ({self.region}): the copy is there "
+                "for when this region is lost",
+            )
         if self.environment == "prod" and len(self.zones) < 3:
             raise KeyProblem(
                 "zones", f"expected 3 zones in prod (a regional cluster), got {len(self.zones)}"

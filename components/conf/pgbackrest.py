@@ -56,10 +56,16 @@ class Retention:
     # Full backups are kept for this many days, and with them every WAL segment needed to
     # recover to any moment inside the window (the seed's 7-day point-in-time recovery).
     full_days: int = 7
+    # WAL kept only for the newest N full backups (None: for all of them). The older ones
+    # then restore to the moment they finished, not to any moment: a long-kept copy's WAL
+    # would otherwise cost far more than its backups.
+    wal_for_newest_fulls: int | None = None
 
     def __post_init__(self) -> None:
         if self.full_days < 1:
             raise ValueError("full_days must be >= 1")
+        if self.wal_for_newest_fulls is not None and self.wal_for_newest_fulls < 1:
+            raise ValueError("wal_for_newest_fulls must be >= 1")
 
 
 def _config(config_path: str | None) -> str:
@@ -96,19 +102,54 @@ def restore_options(pg_path: str, target_time: str) -> list[str]:
     ]
 
 
+def _repository(n: int, repo: Repository, retention: Retention) -> list[str]:
+    """The options of repository `n` (pgBackRest numbers them repo1, repo2, ...)."""
+    key = f"repo{n}"
+    lines = [
+        f"{key}-type={repo.kind}",
+        f"{key}-path={repo.path}",
+        f"{key}-retention-full-type=time",
+        f"{key}-retention-full={retention.full_days}",
+    ]
+    if retention.wal_for_newest_fulls is not None:
+        lines += [
+            f"{key}-retention-archive-type=full",
+            f"{key}-retention-archive={retention.wal_for_newest_fulls}",
+        ]
+    if repo.kind == "gcs":
+        lines += [
+            f"{key}-gcs-bucket={repo.bucket}",
+            f"{key}-gcs-key-type=auto",
+        ]  # Workload Identity
+    elif repo.kind == "s3":
+        lines += [
+            f"{key}-s3-bucket={repo.bucket}",
+            f"{key}-s3-endpoint={repo.endpoint}",
+            f"{key}-s3-region={repo.region}",
+            f"{key}-s3-uri-style=path",
+            f"{key}-s3-key-type=shared",  # keys from PGBACKREST_REPO<n>_S3_KEY{,_SECRET}
+        ]
+        if repo.port:
+            lines.append(f"{key}-storage-port={repo.port}")
+        if not repo.verify_tls:
+            lines.append(f"{key}-storage-verify-tls=n")
+        if repo.ca_file:
+            lines.append(f"{key}-storage-ca-file={repo.ca_file}")
+    return lines
+
+
 def _global(
-    repo: Repository,
-    retention: Retention,
+    repos: Sequence[tuple[Repository, Retention]],
     spool_dir: str,
     log_dir: str | None,
     lock_dir: str | None = None,
 ) -> list[str]:
-    lines = [
-        "[global]",
-        f"repo1-type={repo.kind}",
-        f"repo1-path={repo.path}",
-        "repo1-retention-full-type=time",
-        f"repo1-retention-full={retention.full_days}",
+    """Every repository (WAL goes to each; a backup to the one its command names), then the
+    options common to all."""
+    lines = ["[global]"]
+    for n, (repo, retention) in enumerate(repos, start=1):
+        lines += _repository(n, repo, retention)
+    lines += [
         # Backups are compressed as they are written (the seed's "compress backups").
         "compress-type=zst",
         "compress-level=3",
@@ -124,22 +165,6 @@ def _global(
         lines.append(f"log-path={log_dir}")
     if lock_dir:  # two local platforms on one machine must not share the default /tmp lock
         lines.append(f"lock-path={lock_dir}")
-    if repo.kind == "gcs":
-        lines += [f"repo1-gcs-bucket={repo.bucket}", "repo1-gcs-key-type=auto"]  # Workload Identity
-    elif repo.kind == "s3":
-        lines += [
-            f"repo1-s3-bucket={repo.bucket}",
-            f"repo1-s3-endpoint={repo.endpoint}",
-            f"repo1-s3-region={repo.region}",
-            "repo1-s3-uri-style=path",
-            "repo1-s3-key-type=shared",  # keys come from PGBACKREST_REPO1_S3_KEY{,_SECRET}
-        ]
-        if repo.port:
-            lines.append(f"repo1-storage-port={repo.port}")
-        if not repo.verify_tls:
-            lines.append("repo1-storage-verify-tls=n")
-        if repo.ca_file:
-            lines.append(f"repo1-storage-ca-file={repo.ca_file}")
     return lines
 
 
@@ -153,9 +178,12 @@ def server_conf(
     spool_dir: str = "/var/spool/pgbackrest",
     log_dir: str | None = None,
     lock_dir: str | None = None,
+    secondary: tuple[Repository, Retention] | None = None,
 ) -> str:
-    """pgbackrest.conf on a PostgreSQL server: archive-push, and the TLS server for backups."""
-    lines = _global(repo, retention, spool_dir, log_dir, lock_dir)
+    """pgbackrest.conf on a PostgreSQL server: archive-push (to every repository), and the
+    TLS server for backups."""
+    repos = [(repo, retention), *([secondary] if secondary else [])]
+    lines = _global(repos, spool_dir, log_dir, lock_dir)
     if tls:
         lines += [
             "tls-server-address=*",
@@ -185,10 +213,12 @@ def backup_job_conf(
     log_dir: str | None = None,
     socket_dir: str | None = None,
     lock_dir: str | None = None,
+    secondary: tuple[Repository, Retention] | None = None,
 ) -> str:
     """pgbackrest.conf for the backup job: every member, so it finds the primary wherever it
     is after a failover, and copies files from a standby (`backup-standby`)."""
-    lines = _global(repo, retention, spool_dir, log_dir, lock_dir)
+    repos = [(repo, retention), *([secondary] if secondary else [])]
+    lines = _global(repos, spool_dir, log_dir, lock_dir)
     lines += ["", f"[{STANZA}]", f"backup-standby={'y' if len(members) > 1 else 'n'}"]
     for i, member in enumerate(members, start=1):
         path = member.data_dir or data_dir
@@ -209,8 +239,10 @@ def backup_job_conf(
     return "\n".join(lines) + "\n"
 
 
-def backup_command(config_path: str, kind: Literal["full", "incr", "diff"]) -> list[str]:
-    """Create the stanza when it is missing (idempotent), then take the backup."""
+def backup_command(
+    config_path: str, kind: Literal["full", "incr", "diff"], repo: int = 1
+) -> list[str]:
+    """Create the stanza when it is missing (idempotent), then take the backup into `repo`."""
     steps = (command(config_path, "stanza-create"), command(config_path, "check"))
-    backup = command(config_path, "backup", f"--type={kind}")
+    backup = command(config_path, "backup", f"--type={kind}", f"--repo={repo}")
     return ["sh", "-c", " && ".join(" ".join(step) for step in (*steps, backup))]

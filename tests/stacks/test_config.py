@@ -303,3 +303,18 @@ def test_a_business_hours_time_zone_that_does_not_exist_names_the_key(
     assert "ecommerce:alerting.businessHoursTimeZone: expected an IANA time zone" in error_of(prod)
     prod["ecommerce:alerting"] = {"businessHoursTimeZone": "America/New_York"}
     assert load(prod).alerting.business_hours_time_zone == "America/New_York"
+
+
+def test_the_backups_copy_must_be_in_another_region(prod: dict[str, Any]) -> None:
+    prod["ecommerce:postgres"]["backups"]["secondaryRegion"] = "europe-west1"
+    message = error_of(prod)
+    assert "ecommerce:postgres.backups.secondaryRegion: expected another region" in message
+
+
+def test_a_coldline_copy_kept_less_than_its_minimum_storage_is_refused(
+    prod: dict[str, Any],
+) -> None:
+    prod["ecommerce:postgres"]["backups"]["secondaryDays"] = 30
+    message = error_of(prod)
+    assert "ecommerce:postgres.backups.secondaryDays: expected >= 90" in message
+    assert "got 30" in message

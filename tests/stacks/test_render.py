@@ -122,27 +122,81 @@ def test_prod_backups_follow_the_seed(prod: StackRender) -> None:
     schedules = {c["metadata"]["name"]: c["spec"]["schedule"] for c in prod.objects("CronJob")}
     assert schedules["pg-backup-full"] == "0 2 * * *"  # daily at 02:00 UTC
     assert schedules["pg-backup-incr"] == "0 */6 * * *"  # every 6 hours
+    assert schedules["pg-backup-secondary"] == "0 3 * * 0"  # the weekly cross-region full
     assert "partition-maintenance" in schedules
-
-    (bucket,) = prod.inputs("gcp:storage/bucket:Bucket")
-    assert bucket["uniformBucketLevelAccess"] is True
-    assert bucket["publicAccessPrevention"] == "enforced"
-    rules = {
-        (r["action"]["type"], r["action"].get("storageClass")): r["condition"]
-        for r in bucket["lifecycleRules"]
-    }
-    assert rules[("SetStorageClass", "NEARLINE")]["age"] == 7
-    assert rules[("SetStorageClass", "ARCHIVE")]["age"] == 90
-    log_rule = next(r for r in bucket["lifecycleRules"] if r["condition"].get("matchesPrefixes"))
-    assert (log_rule["action"]["type"], log_rule["condition"]["age"]) == ("Delete", 30)
+    secondary = prod.object("CronJob", "pg-backup-secondary", "data")
+    [command] = pod_spec(secondary)["containers"][0]["command"][2:]
+    assert command.endswith("--type=full --repo=2 backup")
 
     backrest = configparser.ConfigParser()
     backrest.read_string(
         prod.object("ConfigMap", "pgbackrest-job", "data")["data"]["pgbackrest.conf"]
     )
-    assert backrest["global"]["repo1-type"] == "gcs"
-    assert backrest["global"]["repo1-retention-full-type"] == "time"
-    assert backrest["global"]["repo1-retention-full"] == "7"  # 7-day point-in-time recovery
+    repo = backrest["global"]
+    assert (repo["repo1-type"], repo["repo2-type"]) == ("gcs", "gcs")
+    assert repo["repo1-retention-full-type"] == "time"
+    assert repo["repo1-retention-full"] == "7"  # 7-day point-in-time recovery
+    assert repo["repo2-retention-full"] == "90"
+    assert (repo["repo2-retention-archive-type"], repo["repo2-retention-archive"]) == ("full", "1")
+    # The servers push every WAL segment to both repositories.
+    server = configparser.ConfigParser()
+    server.read_string(
+        prod.object("ConfigMap", "postgres-config", "data")["data"]["pgbackrest.conf"]
+    )
+    assert server["global"]["repo2-gcs-bucket"] == repo["repo2-gcs-bucket"]
+
+
+def test_the_bucket_lifecycles_agree_with_what_pgbackrest_keeps(prod: StackRender) -> None:
+    """pgBackRest expires its own backups and WAL and rewrites its info files: no rule moves
+    an object to a class whose minimum storage outlives it, nothing targets a prefix no one
+    writes, and old versions go once the retention no longer needs them."""
+    backrest = configparser.ConfigParser()
+    backrest.read_string(
+        prod.object("ConfigMap", "pgbackrest-job", "data")["data"]["pgbackrest.conf"]
+    )
+    repos = {
+        backrest["global"][f"repo{n}-gcs-bucket"]: int(
+            backrest["global"][f"repo{n}-retention-full"]
+        )
+        for n in (1, 2)
+    }
+    buckets = {b["name"]: b for b in prod.inputs("gcp:storage/bucket:Bucket")}
+    assert set(buckets) == set(repos)
+    minimum_days = {"STANDARD": 0, "NEARLINE": 30, "COLDLINE": 90, "ARCHIVE": 365}
+    for name, keep_days in repos.items():
+        bucket = buckets[name]
+        assert bucket["uniformBucketLevelAccess"] is True
+        assert bucket["publicAccessPrevention"] == "enforced"
+        assert minimum_days[bucket["storageClass"]] <= keep_days, name
+        for rule in bucket["lifecycleRules"]:
+            assert rule["action"]["type"] == "Delete", rule  # no class transitions
+            assert "matchesPrefixes" not in rule["condition"], rule
+            assert rule["condition"]["daysSinceNoncurrentTime"] == keep_days, rule
+        assert bucket["softDeletePolicy"]["retentionDurationSeconds"] == min(keep_days, 90) * 86400
+    primary, secondary = sorted(buckets.values(), key=lambda b: b["name"])
+    assert (primary["location"], primary["storageClass"]) == ("EUROPE-WEST1", "STANDARD")
+    assert (secondary["location"], secondary["storageClass"]) == ("EUROPE-WEST4", "COLDLINE")
+
+
+def test_only_the_backup_writers_reach_the_metadata_server(prod: StackRender) -> None:
+    """Workload Identity hands out Google tokens from the GKE metadata server: egress to it is
+    allowed exactly from the pods that write backups (the servers archive WAL)."""
+    reaching = set()
+    for policy in prod.objects("NetworkPolicy"):
+        spec = policy["spec"]
+        for rule in spec.get("egress", []):
+            blocks = {peer.get("ipBlock", {}).get("cidr") for peer in rule.get("to", [])}
+            if blocks & {"169.254.169.254/32", "169.254.169.252/32"}:
+                app = spec["podSelector"].get("matchLabels", {}).get("app")
+                reaching.add((policy["metadata"]["namespace"], app))
+    assert reaching == {("data", "postgres"), ("data", "pgbackrest")}
+    members = [s for s in prod.objects("StatefulSet") if s["metadata"]["name"].startswith("pg-")]
+    for member in members:
+        sidecar = next(c for c in pod_spec(member)["containers"] if c["name"] == "pgbackrest")
+        name = member["metadata"]["name"]
+        assert {"name": "PGPASSFILE", "value": f"/var/run/postgresql/.pgpass.{name}"} in sidecar[
+            "env"
+        ]
 
 
 def test_prod_caches(prod: StackRender) -> None:
