@@ -20,6 +20,7 @@ the older weekly copies restore to the moment they finished.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -194,7 +195,9 @@ class PostgresBackups(pulumi.ComponentResource):
             retention,
             secondary=secondary,
         )
-        job_config = k8s.core.v1.ConfigMap(
+        self._image, self._namespace, self._labels = args.image, ns, labels
+        self._job_account = job_account
+        self._job_config = k8s.core.v1.ConfigMap(
             f"{name}-job-config",
             metadata=meta(f"{BACKUP_APP}-job", ns, labels),
             data={
@@ -211,9 +214,7 @@ class PostgresBackups(pulumi.ComponentResource):
         if secondary:
             schedules.append(("secondary", "full", cfg.secondary_schedule, 2))
         for job, kind, schedule, repo_number in schedules:
-            self._cron_job(
-                name, job, kind, repo_number, schedule, args, labels, job_account, job_config, child
-            )
+            self._cron_job(name, job, kind, repo_number, schedule, args, labels, child)
         self.register_outputs({"bucket": self.bucket.url})
 
     def _certificates(
@@ -310,6 +311,55 @@ class PostgresBackups(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
         )
 
+    def _job_pod(self, command: list[str], restart_policy: str) -> k8s.core.v1.PodSpecArgs:
+        """A pod running one pgBackRest command with the job's configuration and identity."""
+        backup = container(
+            "backup",
+            self._image,
+            command,
+            ("500m", "512Mi", "2", "1Gi"),
+            [
+                mount("config", CONFIG_DIR, read_only=True),
+                mount("tls", TLS_DIR, read_only=True),
+                mount("tmp", "/tmp"),
+            ],
+        )
+        return pod(
+            [backup],
+            [
+                config_map_volume("config", self._job_config.metadata.name),
+                secret_volume("tls", f"{TLS_SECRET}-client"),
+                empty_dir("tmp", "1Gi"),
+            ],
+            "databases",
+            # The GKE metadata server hands out the Workload Identity token without the
+            # Kubernetes API token being mounted.
+            service_account_name=self._job_account.metadata.name,
+            restart_policy=restart_policy,
+        )
+
+    def stanza_job(self, name: str, members: Sequence[pulumi.Resource]) -> k8s.batch.v1.Job:
+        """Create the stanza once the members run (idempotent): until it exists every
+        archive-push fails, and WAL would pile up on the primary until the first backup."""
+        conf = f"{CONFIG_DIR}/pgbackrest.conf"
+        steps = " && ".join(
+            " ".join(pgbackrest.command(conf, step)) for step in ("stanza-create", "check")
+        )
+        labels = {**self._labels, "backup": "stanza"}
+        return k8s.batch.v1.Job(
+            f"{name}-stanza",
+            metadata=meta("pg-backup-stanza", self._namespace, labels),
+            spec=k8s.batch.v1.JobSpecArgs(
+                backoff_limit=10,
+                active_deadline_seconds=1800,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=self._job_pod(["sh", "-c", steps], "OnFailure"),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(members)),
+        )
+
     def _cron_job(
         self,
         name: str,
@@ -319,40 +369,16 @@ class PostgresBackups(pulumi.ComponentResource):
         schedule: str,
         args: BackupsArgs,
         labels: dict[str, str],
-        account: k8s.core.v1.ServiceAccount,
-        config: k8s.core.v1.ConfigMap,
         child: pulumi.ResourceOptions,
     ) -> None:
         job_labels = {**labels, "backup": job}
-        backup = container(
-            "backup",
-            args.image,
-            pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind, repo_number),
-            ("500m", "512Mi", "2", "1Gi"),
-            [
-                mount("config", CONFIG_DIR, read_only=True),
-                mount("tls", TLS_DIR, read_only=True),
-                mount("tmp", "/tmp"),
-            ],
-        )
+        command = pgbackrest.backup_command(f"{CONFIG_DIR}/pgbackrest.conf", kind, repo_number)
         cron_job(
             f"{name}-{job}",
             meta(f"pg-backup-{job}", args.namespace, job_labels),
             schedule,
             job_labels,
-            pod(
-                [backup],
-                [
-                    config_map_volume("config", config.metadata.name),
-                    secret_volume("tls", f"{TLS_SECRET}-client"),
-                    empty_dir("tmp", "1Gi"),
-                ],
-                "databases",
-                # The GKE metadata server hands out the Workload Identity token without the
-                # Kubernetes API token being mounted.
-                service_account_name=account.metadata.name,
-                restart_policy="Never",
-            ),
+            self._job_pod(command, "Never"),
             deadline_seconds=6 * 3600,  # pgBackRest holds a lock: backups never stack up
             opts=child,
         )

@@ -226,6 +226,11 @@ class GkeCluster(pulumi.ComponentResource):
                 gce_persistent_disk_csi_driver_config=container.ClusterAddonsConfigGcePersistentDiskCsiDriverConfigArgs(
                     enabled=True
                 ),
+                # Backup for GKE's agent: namespaces' volumes and Secrets on a schedule
+                # (components/volume_backups.py).
+                gke_backup_agent_config=container.ClusterAddonsConfigGkeBackupAgentConfigArgs(
+                    enabled=True
+                ),
             ),
             opts=child,
         )

@@ -312,6 +312,7 @@ class PostgresCluster(pulumi.ComponentResource):
             self._member(name, member, args, labels, config, account, headless)
             for member in self.topology.members
         ]
+        backups.stanza_job(f"{name}-backups", members)
 
         # --- PgPool-II --------------------------------------------------------------------------
         self._pgpool(name, args, pgpool, tuning, all_passwords, pcp_password, members)

@@ -29,6 +29,7 @@ from components.inputs import Inputs, KeyProblem, PositiveInt
 from components.memcached import MemcachedConfig
 from components.postgres import PostgresConfig
 from components.redis import RedisConfig
+from components.volume_backups import VolumeBackupConfig
 from stacks.services import SERVICES, Dependency, users_of
 
 PROJECT = "ecommerce"
@@ -217,6 +218,7 @@ class StackConfig(Inputs):
     postgres: PostgresConfig = PostgresConfig()
     redis: RedisConfig = RedisConfig()
     memcached: MemcachedConfig = MemcachedConfig()
+    volume_backups: VolumeBackupConfig = VolumeBackupConfig()
     cache_ttl: CacheTtls = CacheTtls()
     services: dict[str, ServiceOverride] = {}
     images: ImagesConfig = ImagesConfig()

@@ -23,9 +23,12 @@ from components.monitoring import Monitoring, MonitoringArgs
 from components.namespaces import Namespaces, NamespacesArgs
 from components.network import Network, NetworkArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
+from components.postgres import ENDPOINT as POSTGRES_ENDPOINT
 from components.postgres import DatabaseJobs, PostgresArgs, PostgresCluster
+from components.redis import ENDPOINT as REDIS_ENDPOINT
 from components.redis import RedisArgs, RedisCluster
 from components.secrets import SecretCopies, SecretCopiesArgs, SharedSecret, SharedSecretArgs
+from components.volume_backups import VolumeBackups, VolumeBackupsArgs
 from services.kit.migrate import load as load_migrations
 from stacks.alerts import ALERTS, RECORDINGS
 from stacks.config import StackConfig
@@ -137,6 +140,17 @@ class Platform:
                 config=config.memcached, image=self.images.refs["memcached"], labels=labels
             ),
             in_cluster,
+        )
+        # The stateful namespaces' volumes, Secrets and manifests (Backup for GKE).
+        VolumeBackups(
+            "volumes",
+            VolumeBackupsArgs(
+                cluster_id=self.cluster.cluster.id,
+                region=config.region,
+                namespaces=(POSTGRES_ENDPOINT.namespace, REDIS_ENDPOINT.namespace),
+                config=config.volume_backups,
+                gcp_labels=labels.gcp("volume-backups", "data"),
+            ),
         )
 
         addresses = Addresses(

@@ -318,3 +318,9 @@ def test_a_coldline_copy_kept_less_than_its_minimum_storage_is_refused(
     message = error_of(prod)
     assert "ecommerce:postgres.backups.secondaryDays: expected >= 90" in message
     assert "got 30" in message
+
+
+def test_a_volume_backup_lock_longer_than_its_retention_is_refused(prod: dict[str, Any]) -> None:
+    prod["ecommerce:volumeBackups"] = {"retainDays": 3, "deleteLockDays": 7}
+    message = error_of(prod)
+    assert "ecommerce:volumeBackups.deleteLockDays: expected 0..retainDays (3), got 7" in message

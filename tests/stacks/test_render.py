@@ -124,6 +124,11 @@ def test_prod_backups_follow_the_seed(prod: StackRender) -> None:
     assert schedules["pg-backup-incr"] == "0 */6 * * *"  # every 6 hours
     assert schedules["pg-backup-secondary"] == "0 3 * * 0"  # the weekly cross-region full
     assert "partition-maintenance" in schedules
+    # The stanza exists once the members run, before any backup: archiving works from the start.
+    [stanza] = pod_spec(prod.object("Job", "pg-backup-stanza", "data"))["containers"][0]["command"][
+        2:
+    ]
+    assert "stanza-create" in stanza and stanza.endswith("check")
     secondary = prod.object("CronJob", "pg-backup-secondary", "data")
     [command] = pod_spec(secondary)["containers"][0]["command"][2:]
     assert command.endswith("--type=full --repo=2 backup")
@@ -176,6 +181,19 @@ def test_the_bucket_lifecycles_agree_with_what_pgbackrest_keeps(prod: StackRende
     primary, secondary = sorted(buckets.values(), key=lambda b: b["name"])
     assert (primary["location"], primary["storageClass"]) == ("EUROPE-WEST1", "STANDARD")
     assert (secondary["location"], secondary["storageClass"]) == ("EUROPE-WEST4", "COLDLINE")
+
+
+def test_prod_backs_up_the_stateful_namespaces_with_backup_for_gke(prod: StackRender) -> None:
+    (plan,) = prod.inputs("gcp:gkebackup/backupPlan:BackupPlan")
+    config = plan["backupConfig"]
+    assert config["selectedNamespaces"]["namespaces"] == ["data", "cache"]
+    assert config["includeVolumeData"] is True and config["includeSecrets"] is True
+    assert plan["backupSchedule"]["cronSchedule"] == "0 1 * * *"
+    retention = plan["retentionPolicy"]
+    assert retention["backupRetainDays"] >= 7  # at least pgBackRest's recovery window
+    assert 0 < retention["backupDeleteLockDays"] <= retention["backupRetainDays"]
+    (cluster,) = prod.inputs("gcp:container/cluster:Cluster")
+    assert cluster["addonsConfig"]["gkeBackupAgentConfig"] == {"enabled": True}
 
 
 def test_only_the_backup_writers_reach_the_metadata_server(prod: StackRender) -> None:
