@@ -227,7 +227,12 @@ class DataTier:
         backup before it next to the live data, and check that copy recovers to the target.
         The live cluster serves throughout; a refusal or a failure leaves it as it was."""
         backups = self._backups()
-        archived_until = backups.archive_now()
+        archived_until = datetime.now(UTC)
+        # A commit after every possible target: recovery stops at the first commit past its
+        # target, and refuses to end short of it if the archive holds none (an idle database).
+        primary = next(n for n in self.postgres.pool_nodes() if n.role == "primary")
+        self.postgres.query(primary.address, "SELECT txid_current()")
+        backups.archive_now()
         window = backups.window(archived_until)
         target = target or archived_until
         if window.earliest is None:

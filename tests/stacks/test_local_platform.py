@@ -799,6 +799,14 @@ async def place_confirmed(
     return ids
 
 
+async def first_backup(platform: Platform) -> None:
+    """Wait for the backup the runner takes once the platform is ready."""
+    deadline = time.monotonic() + 120
+    while not platform.state["backups"]["schedule"]["taken"]:
+        assert time.monotonic() < deadline, platform.logs()
+        await asyncio.sleep(1)
+
+
 def primary_rows(platform: Platform, sql: str) -> list[dict[str, str]]:
     primary = next(n for n in platform.pool_nodes() if n.role == "primary")
     return psql(primary.address, sql, Path(platform.state["pgpass"]), database=USERS.app_database)
@@ -812,10 +820,7 @@ async def test_a_point_in_time_restore_brings_back_exactly_the_orders_before_it(
     new orders. RTO is the restore's wall time, RPO what was lost of what was acknowledged
     before T; both against the seed's 15 minutes and 1 hour."""
     g = platform.gateway
-    deadline = time.monotonic() + 120  # the runner takes the first backup once ready
-    while not platform.state["backups"]["schedule"]["taken"]:
-        assert time.monotonic() < deadline, platform.logs()
-        await asyncio.sleep(1)
+    await first_backup(platform)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
         # A shopper per phase: the fraud rules allow a shopper 5 payments an hour.
         token, other = await shopper(http, g), await shopper(http, g)
@@ -870,6 +875,36 @@ async def test_a_point_in_time_restore_brings_back_exactly_the_orders_before_it(
         assert status == 200 and {o["id"] for o in history} == set(before)
         assert await place_confirmed(http, g, token, skus, 1)
     assert rto < 15 * 60
+
+
+async def test_a_restore_outside_the_window_is_refused_and_latest_keeps_every_order(
+    platform: Platform,
+) -> None:
+    """`status` lists the backups and the window; a target outside it, or without a time zone,
+    is refused naming why, with nothing changed; `restore --latest` loses no order."""
+    state_dir = str(platform.state_dir)
+    await first_backup(platform)
+    status = cli("status", "--state-dir", state_dir)
+    assert "recovery window:" in status.stdout and " full " in status.stdout, status.stdout
+
+    def servers() -> dict[str, int]:  # the long-running ones (jobs come and go)
+        return {n: pid for n, pid in platform.pids().items() if n.startswith(("pg", "product"))}
+
+    before = servers()
+    early = cli("restore", "--state-dir", state_dir, "--target-time", "2020-01-01T00:00:00Z")
+    assert early.returncode == 1 and "outside the recovery window" in early.stderr, early.stderr
+    vague = cli("restore", "--state-dir", state_dir, "--target-time", "2026-12-06T10:15:00")
+    assert vague.returncode == 2 and "has no time zone" in vague.stderr, vague.stderr
+    assert servers() == before  # nothing was stopped or restarted
+    g = platform.gateway
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        token = await shopper(http, g)
+        _, page = await call(http, "GET", f"{g}/api/products?page_size=5")
+        [order_id] = await place_confirmed(http, g, token, [page["items"][0]["sku"]], 1)
+        latest = cli("restore", "--state-dir", state_dir, "--latest", timeout=600)
+        assert latest.returncode == 0, latest.stdout + latest.stderr + platform.logs()
+        status, order = await read_until_answered(http, f"{g}/api/orders/{order_id}", token)
+        assert status == 200 and order["status"] in ("confirmed", "shipped"), order
 
 
 async def alert_state(http: aiohttp.ClientSession, base: str, name: str) -> str | None:
