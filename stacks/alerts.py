@@ -153,6 +153,17 @@ ALERTS: tuple[Alert, ...] = (
         "No PostgreSQL primary is up: writes are failing until PgPool-II promotes a replica",
     ),
     Alert(
+        "DatabaseFailover",
+        "critical",
+        # A member changed role in the last 10 minutes: a standby was promoted because the
+        # primary failed (PgPool-II fails over in seconds, under DatabasePrimaryDown's hold,
+        # but the seed pages on a master failure), or an old primary came back as a standby.
+        f"max(changes({PG_IN_RECOVERY}[10m])) > 0",
+        "0m",
+        "A PostgreSQL member changed role: the primary failed over (or was restored); check "
+        "the old primary and the replication before the next failure",
+    ),
+    Alert(
         "PaymentServiceUnavailable",
         "critical",
         'sum(up{namespace="payments", service="payment"}) < 1 or absent(up{service="payment"})',

@@ -276,6 +276,7 @@ class ScrapeJob:
     name: str
     targets: Mapping[str, Mapping[str, str]]
     metrics_path: str = "/metrics"
+    interval: str | None = None  # None: the global scrape_interval
 
 
 def prometheus_config(
@@ -300,6 +301,7 @@ def prometheus_config(
             {
                 "job_name": job.name,
                 "metrics_path": job.metrics_path,
+                **({"scrape_interval": job.interval} if job.interval else {}),
                 "static_configs": [
                     {"targets": [address], "labels": dict(labels)}
                     for address, labels in job.targets.items()

@@ -42,6 +42,11 @@ from stacks.services import SERVICES
 TIME_ZONE = AlertingConfig().business_hours_time_zone  # the stacks' default
 # Locally a notification should not wait minutes: the drills read it.
 LOCAL_TIMING = Timing(group_wait="1s", group_interval="5s", repeat_interval="1h")
+# The rules are evaluated every second, and the PostgreSQL members scraped as often: a local
+# failover takes 5-10 s, and DatabasePrimaryDown's hold, scaled to this pace, must see the
+# gap (at GKE's 30 s pace a failover faster than its 30 s hold pages no one).
+EVALUATION_INTERVAL_S = 1.0
+POSTGRES_SCRAPE_INTERVAL = "1s"
 
 
 class LocalMonitoring:
@@ -58,9 +63,9 @@ class LocalMonitoring:
         self.dir = state_dir / "monitoring"
         self.tier = tier
         self.scrape_interval = f"{scrape_interval_s:g}s"
-        # Prometheus here scrapes and evaluates faster than on GKE, and every alert's hold is
-        # shortened by as much: a drill sees an alert fire in seconds, as GKE would in minutes.
-        self.hold_scale = scrape_interval_s / GKE_INTERVAL_S
+        # Prometheus here evaluates faster than on GKE, and every alert's hold is shortened by
+        # as much: a drill sees an alert fire in seconds, as GKE would in minutes.
+        self.hold_scale = EVALUATION_INTERVAL_S / GKE_INTERVAL_S
         ports = tier.ports
         self.prometheus_port = ports.take("prometheus")
         self.alertmanager_port = ports.take("alertmanager")
@@ -92,7 +97,7 @@ class LocalMonitoring:
                 )
             )
             pg_targets[f"{HOST}:{port}"] = {"namespace": "data", "pod": member.name}
-        jobs.append(ScrapeJob("postgres", pg_targets))
+        jobs.append(ScrapeJob("postgres", pg_targets, interval=POSTGRES_SCRAPE_INTERVAL))
         redis_targets: dict[str, dict[str, str]] = {}
         for node in tier.redis.spec.nodes:
             port = ports.take(f"{node.name} exporter")
@@ -228,6 +233,6 @@ class LocalMonitoring:
                 rule_files=[str(self.dir / "rules.yaml")],
                 alertmanagers=[f"{HOST}:{self.alertmanager_port}"],
                 scrape_interval=self.scrape_interval,
-                evaluation_interval=self.scrape_interval,
+                evaluation_interval=f"{EVALUATION_INTERVAL_S:g}s",
             ),
         )

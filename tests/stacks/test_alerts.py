@@ -82,6 +82,20 @@ PROOFS: dict[str, Proof] = {
             'pg_recovery_in_recovery{instance="pg-1"}': "1x20",
         },
     ),
+    # pg-1 is promoted at 5 m: a page at once, quiet again once 10 minutes hold no change.
+    "DatabaseFailover": Proof(
+        firing={
+            'pg_recovery_in_recovery{instance="pg-0"}': "0x4 _x25",
+            'pg_recovery_in_recovery{instance="pg-1"}': "1x4 0x25",
+        },
+        labels={},
+        fires_at="6m",
+        resolved_at="16m",
+        quiet={
+            'pg_recovery_in_recovery{instance="pg-0"}': "0x20",
+            'pg_recovery_in_recovery{instance="pg-1"}': "1x20",
+        },
+    ),
     "PaymentServiceUnavailable": Proof(
         firing={'up{namespace="payments", service="payment", pod="p-0"}': "1x5 0x10 1x10"},
         labels={},

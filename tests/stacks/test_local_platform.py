@@ -747,7 +747,7 @@ async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
         assert sorted(n.role for n in await nodes_now(platform)) == ["primary"] + ["standby"] * 3
 
         # While no member was a primary, the critical database alert fired and paged (its
-        # hold scaled as the local Prometheus's pace is); the new primary resolved it.
+        # hold scaled to the local Prometheus's pace: 1 s); the new primary resolved it.
         sink = platform.state["alert_sink"]
         firing = await notified(http, sink, "DatabasePrimaryDown", "firing", 30)
         assert firing, "DatabasePrimaryDown never reached the pager"
@@ -755,6 +755,9 @@ async def test_a_zone_lost_while_orders_are_placed_loses_no_acknowledged_order(
         assert firing[0]["alerts"][0]["labels"]["severity"] == "critical"
         resolved = await notified(http, sink, "DatabasePrimaryDown", "resolved", 60)
         assert resolved, "DatabasePrimaryDown never resolved after the new primary took over"
+        # The failover itself pages too (on GKE it is over before DatabasePrimaryDown's hold).
+        failover = await notified(http, sink, "DatabaseFailover", "firing", 30)
+        assert failover and {n["receiver"] for n in failover} == {"pager"}, failover
 
         # Every acknowledged order is there, on the new primary's timeline. (An attach makes
         # pgpool restart its children, which drops the services' pooled connections: a read
