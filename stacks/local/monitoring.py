@@ -42,11 +42,11 @@ from stacks.services import SERVICES
 TIME_ZONE = AlertingConfig().business_hours_time_zone  # the stacks' default
 # Locally a notification should not wait minutes: the drills read it.
 LOCAL_TIMING = Timing(group_wait="1s", group_interval="5s", repeat_interval="1h")
-# The rules are evaluated every second, and the PostgreSQL members scraped as often: a local
+# The rules are evaluated every second, and the PostgreSQL members scraped every 2 s: a local
 # failover takes 5-10 s, and DatabasePrimaryDown's hold, scaled to this pace, must see the
 # gap (at GKE's 30 s pace a failover faster than its 30 s hold pages no one).
 EVALUATION_INTERVAL_S = 1.0
-POSTGRES_SCRAPE_INTERVAL = "1s"
+POSTGRES_SCRAPE_INTERVAL = "2s"
 
 
 class LocalMonitoring:
