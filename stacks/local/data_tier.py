@@ -10,7 +10,7 @@ Everything lives under the state directory::
 
     processes.json   what runs (PIDs with their start times: `down` stops them from elsewhere)
     logs/<process>.log   secrets/ (0600 password files the services read)
-    postgres/   redis/
+    postgres/   redis/   backups/ (with DataTierConfig.backups: stacks.local.backups)
 
     python -m stacks.local.data_tier up STATE_DIR     # start, print, run until Ctrl-C
     python -m stacks.local.data_tier down STATE_DIR   # stop what an `up` left running

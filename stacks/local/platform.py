@@ -5,7 +5,10 @@ and configuration renderers as the GKE stacks:
 
 1. the data tier (``DataTier``): PostgreSQL primary + replicas with synchronous replication
    behind PgPool-II, the Redis cluster, the Memcached nodes, sized like the stack config's
-   defaults (``stacks.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes);
+   defaults (``stacks.config``: 3 replicas, 3 + 3 Redis nodes, 3 Memcached nodes), and WAL
+   archiving and backups through pgBackRest to a local S3 store (``stacks.local.backups``):
+   the runner takes a backup every ``backup_interval_s`` and carries out the point-in-time
+   restores ``python -m stacks.local restore`` asks for (``LocalPlatform.restore``);
 2. the simulators of the outside parties (the payment providers, the warehouse), and the
    mail sink (``services.mailsink``, a real SMTP server) the user service sends reset e-mails to;
 3. the jobs GKE runs as Jobs / CronJobs: migrations, the partition maintenance (then again
