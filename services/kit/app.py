@@ -160,6 +160,7 @@ def create_app(
     for dependency in dependencies:
         add_dependency(app, dependency)
     if revocations is not None:  # not a readiness dependency: public routes serve without it
+        app.on_startup.append(lambda _app: revocations.warm_up())
         app.on_cleanup.append(lambda _app: revocations.close())
     return app
 

@@ -20,6 +20,7 @@ accepted unchecked.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
@@ -29,6 +30,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from services.kit.errors import ServiceUnavailable, Unauthorized
+from services.kit.logs import get_logger
+
+log = get_logger(__name__)
 
 MAX_ACCESS_TTL = timedelta(minutes=60)  # no access token lives longer (kit.auth.Tokens)
 KEEP_S = int(MAX_ACCESS_TTL.total_seconds()) + 60
@@ -95,6 +99,18 @@ class Revocations:
         await self._revoke(keys=[_key(subject)], args=["before", repr(time.time()), KEEP_S])
         for remembered in [key for key in self._verdicts if key[0] == subject]:
             self._verdicts.pop(remembered, None)
+
+    async def warm_up(self, timeout_s: float = 5.0) -> None:
+        """Connect before the first request needs it (`create_app` calls this at start): a
+        cluster client first learns the slots and opens connections, which can take longer
+        than a check's short timeout on a busy machine, and then the first authenticated
+        request would answer 503. Best effort: without Redis the service starts anyway."""
+        if not self._owns_client:
+            return  # the service's own client, started with its dependencies
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout_s)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("revocations: Redis not reachable at start", error=str(error))
 
     async def close(self) -> None:
         """Close the Redis client, if it is the revocations' own (`create_app` calls this)."""

@@ -125,3 +125,24 @@ async def test_revocations_need_redis_to_answer() -> None:
             await nowhere.refuse_if_revoked("user-1", "s-1", time.time())
     finally:
         await nowhere.redis.aclose()
+
+
+async def test_a_warm_up_connects_its_own_client_and_never_stops_a_start(
+    data_tier: DataTier,
+) -> None:
+    """At start the revocations' own cluster client learns the slots and connects, so the
+    first authenticated request does not pay for it within its short timeout; with no Redis
+    the warm-up gives up quietly (public routes serve without it)."""
+    nodes = [HostPort(host, int(port)) for host, port in _split(data_tier.redis.nodes)]
+    own = Revocations(client(nodes, data_tier.redis.password, timeout_s=0.5), owns_client=True)
+    nowhere = Revocations(client([HostPort("127.0.0.1", 9)], None, timeout_s=0.2), owns_client=True)
+    try:
+        assert own.redis.get_nodes() == []  # a cluster client learns its nodes when it first runs
+        await own.warm_up()
+        assert len(own.redis.get_primaries()) == data_tier.config.redis_masters
+        began = time.monotonic()
+        await nowhere.warm_up(timeout_s=2)
+        assert time.monotonic() - began < 3
+    finally:
+        await own.close()
+        await nowhere.close()
