@@ -437,13 +437,17 @@ async def test_sigterm_drains_in_flight_requests_then_closes_dependencies(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
+            deadline = time.monotonic() + 30  # a cold start imports (and compiles) the kit
+            while True:
                 try:
                     async with session.get(f"{base}/readyz") as ready:
                         if ready.status == 200:
                             break
                 except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+                    pass
+                assert process.poll() is None, "the service exited before it was ready"
+                assert time.monotonic() < deadline, "the service was not ready within 30 s"
+                await asyncio.sleep(0.05)
             in_flight = asyncio.create_task(session.get(f"{base}/api/slow?s=1.5"))
             await asyncio.sleep(0.3)
             process.send_signal(signal.SIGTERM)

@@ -596,7 +596,7 @@ async def test_the_simulator_runs_as_a_command() -> None:
     )
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
+            for _ in range(600):  # up to 30 s: a cold start imports (and compiles) the module
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/_sim/behaviour") as response:
                         assert (await response.json())["mode"] == "ok"
