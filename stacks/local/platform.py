@@ -530,6 +530,12 @@ class LocalPlatform:
         self._start_apps([self.gateway])
         assert self.gateway.process is not None
 
+        self._wait_gateway_serving(deadline)
+
+    def _wait_gateway_serving(self, deadline: float) -> None:
+        """Until the gateway answers and its health checks have every server UP."""
+        assert self.gateway.process is not None
+
         def serving() -> bool:
             if http_status(self.gateway.ready_url) != 200:
                 return False
@@ -689,6 +695,11 @@ class LocalPlatform:
                 lambda: self._start_and_wait(services, time.monotonic() + 120),
             )
             self._write_state(self._state)
+        # Done once shoppers get through again: the gateway's health checks see every server.
+        step(
+            "wait for the gateway to route to every service",
+            lambda: self._wait_gateway_serving(time.monotonic() + 60),
+        )
         return {
             "target": prepared.target.isoformat(),
             "last_transaction": prepared.facts["last_transaction"],
