@@ -28,11 +28,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 from pulumi_gcp import serviceaccount, storage
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from components.conf import pgbackrest
 from components.conf.postgres import PgMember
-from components.inputs import Inputs, KeyProblem, PositiveInt
+from components.inputs import CronSchedule, Inputs, KeyProblem, PositiveInt
 from components.kube import (
     Labels,
     config_map_volume,
@@ -55,20 +55,13 @@ COLDLINE_MINIMUM_DAYS = 90  # GCS bills a Coldline object for at least this long
 
 
 class BackupConfig(Inputs):
-    full_schedule: str = "0 2 * * *"  # daily at 02:00 UTC
-    incremental_schedule: str = "0 */6 * * *"  # every 6 hours
+    full_schedule: CronSchedule = "0 2 * * *"  # daily at 02:00 UTC
+    incremental_schedule: CronSchedule = "0 */6 * * *"  # every 6 hours
     pitr_days: PositiveInt = 7
     # The cross-region copy (None: none): a bucket in this region, a weekly full kept there.
     secondary_region: str | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+\d$")
-    secondary_schedule: str = "0 3 * * 0"  # Sundays at 03:00 UTC
+    secondary_schedule: CronSchedule = "0 3 * * 0"  # Sundays at 03:00 UTC
     secondary_days: PositiveInt = COLDLINE_MINIMUM_DAYS
-
-    @field_validator("full_schedule", "incremental_schedule", "secondary_schedule")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _coldline(self) -> BackupConfig:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def _cron(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+    return value
+
+
+# A schedule as CronJobs and Backup for GKE read it (UTC).
+CronSchedule = Annotated[str, AfterValidator(_cron)]
 
 
 class Inputs(BaseModel):

@@ -12,23 +12,16 @@ from dataclasses import dataclass
 
 import pulumi
 from pulumi_gcp import gkebackup
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
-from components.inputs import Inputs, KeyProblem, PositiveInt
+from components.inputs import CronSchedule, Inputs, KeyProblem, PositiveInt
 
 
 class VolumeBackupConfig(Inputs):
-    schedule: str = "0 1 * * *"  # daily at 01:00 UTC, before pgBackRest's full backup
+    schedule: CronSchedule = "0 1 * * *"  # daily at 01:00 UTC, before pgBackRest's full backup
     retain_days: PositiveInt = 14
     # Backups cannot be deleted for this long, by anyone (0: no lock).
     delete_lock_days: int = 7
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _lock(self) -> VolumeBackupConfig:

@@ -56,6 +56,10 @@ def _rate(metric: str, by: str, matchers: str = "") -> str:
     return f"sum by ({by}) (rate({metric}{{{matchers}}}[{W}]))"
 
 
+def _hit_ratio(hits: str, misses: str, by: str = "pod") -> str:
+    return f"{_rate(hits, by)} / ({_rate(hits, by)} + {_rate(misses, by)})"
+
+
 def _quantile(histogram: str, by: str, quantile: float = 0.95) -> str:
     return f"histogram_quantile({quantile}, sum by ({by}, le) (rate({histogram}_bucket[{W}])))"
 
@@ -300,9 +304,7 @@ DATA = Dashboard(
                     "Buffer cache hit ratio",
                     (
                         Query(
-                            f"{_rate('pg_stat_database_blks_hit', 'pod')} / ("
-                            f"{_rate('pg_stat_database_blks_hit', 'pod')}"
-                            f" + {_rate('pg_stat_database_blks_read', 'pod')})",
+                            _hit_ratio("pg_stat_database_blks_hit", "pg_stat_database_blks_read"),
                             "{{pod}}",
                         ),
                     ),
@@ -376,9 +378,7 @@ CACHE = Dashboard(
                     "Keyspace hit ratio",
                     (
                         Query(
-                            f"{_rate('redis_keyspace_hits_total', 'pod')} / ("
-                            f"{_rate('redis_keyspace_hits_total', 'pod')}"
-                            f" + {_rate('redis_keyspace_misses_total', 'pod')})",
+                            _hit_ratio("redis_keyspace_hits_total", "redis_keyspace_misses_total"),
                             "{{pod}}",
                         ),
                     ),

@@ -65,11 +65,10 @@ class Backup:
 @dataclass(frozen=True)
 class RecoveryWindow:
     """Where a point-in-time restore can go: from the end of the oldest backup to the last WAL
-    segment archived (`archived_until`: up to `archive_timeout` behind the present)."""
+    segment archived (up to `archive_timeout` behind the present; `archive_now` closes it)."""
 
     backups: tuple[Backup, ...]
     earliest: datetime | None  # None: no backup yet
-    archived_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -133,16 +132,13 @@ class BackupTool:
         self.run("backup", f"--type={kind}", timeout=timeout)
         return self.window().backups[-1]
 
-    def archive_now(self, timeout: float = 120.0) -> datetime:
+    def archive_now(self, timeout: float = 120.0) -> None:
         """Close the current WAL segment and wait until it is in the store (`check`): every
-        transaction committed before the returned moment can be recovered."""
-        now = datetime.now(UTC)
+        transaction committed before the call can be recovered."""
         self.run("check", timeout=timeout)
-        return now
 
-    def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
-        info = json.loads(self.run("info", "--output=json", timeout=60))
-        return recovery_window(info, archived_until)
+    def window(self) -> RecoveryWindow:
+        return recovery_window(json.loads(self.run("info", "--output=json", timeout=60)))
 
 
 class LocalBackups:
@@ -176,6 +172,10 @@ class LocalBackups:
             ca_file=str(self.ca_file),
         )
         self._processes: list[Process] = []
+        # pgBackRest's commands on this repository (BackupTool.from_state in another process).
+        self.tool = BackupTool(
+            self.job_config, self.credentials, self.pgpass, self.user.name, self.root
+        )
 
     # --- what the PostgreSQL members need -------------------------------------------------------
 
@@ -251,26 +251,10 @@ class LocalBackups:
 
     def create_stanza(self, timeout: float = 120.0) -> None:
         """The stanza (idempotent), then `check`: a WAL segment reaches the store."""
-        self.run("stanza-create", timeout=timeout)
-        self.run("check", timeout=timeout)
+        self.tool.run("stanza-create", timeout=timeout)
+        self.tool.run("check", timeout=timeout)
 
-    # --- commands: the tool, for this process; BackupTool.from_state for any other --------------
-
-    @property
-    def tool(self) -> BackupTool:
-        return BackupTool(self.job_config, self.credentials, self.pgpass, self.user.name, self.root)
-
-    def run(self, name: str, *options: str, timeout: float = 600.0) -> str:
-        return self.tool.run(name, *options, timeout=timeout)
-
-    def backup(self, kind: BackupType = "full", timeout: float = 600.0) -> Backup:
-        return self.tool.backup(kind, timeout)
-
-    def archive_now(self, timeout: float = 120.0) -> datetime:
-        return self.tool.archive_now(timeout)
-
-    def window(self, archived_until: datetime | None = None) -> RecoveryWindow:
-        return self.tool.window(archived_until)
+    # --- a restore's copy ---------------------------------------------------------------------
 
     def restore_copy(self, into: Path, target: datetime, timeout: float = 900.0) -> None:
         """Restore the newest backup before ``target`` into the empty directory ``into``, set
@@ -278,7 +262,7 @@ class LocalBackups:
         if into.exists():
             shutil.rmtree(into)
         make_dir(into, mode=0o700, owner=self.user)
-        self.run(
+        self.tool.run(
             "restore", *pgbackrest.restore_options(str(into), pg_time(target)), timeout=timeout
         )
 
@@ -360,9 +344,9 @@ def _at(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def recovery_window(info: list[dict[str, Any]], archived_until: datetime | None) -> RecoveryWindow:
-    """The stanza's backups and recovery window, from `pgbackrest info --output=json` and the
-    primary's `pg_stat_archiver.last_archived_time` (pgBackRest names segments, not times)."""
+def recovery_window(info: list[dict[str, Any]]) -> RecoveryWindow:
+    """The stanza's backups and where its recovery window starts, from `pgbackrest info
+    --output=json` (it names WAL segments, not times: the window ends at the last archived)."""
     stanza = info[0] if info else {}
     backups = tuple(
         Backup(
@@ -379,5 +363,4 @@ def recovery_window(info: list[dict[str, Any]], archived_until: datetime | None)
     return RecoveryWindow(
         backups=backups,
         earliest=backups[0].finished if backups else None,
-        archived_until=archived_until,
     )

@@ -34,7 +34,7 @@ from types import FrameType, TracebackType
 import redis
 
 from stacks.config import CacheTtls
-from stacks.local.backups import LocalBackups, RecoveryWindow
+from stacks.local.backups import LocalBackups
 from stacks.local.memcached import LocalMemcached
 from stacks.local.ports import PortAllocator
 from stacks.local.postgres import LocalPostgres, PostgresOptions
@@ -63,7 +63,6 @@ class PreparedRestore:
     target: datetime
     data_dir: Path
     facts: dict[str, str]  # the copy's last transaction and its number of orders
-    window: RecoveryWindow
 
 
 # The renderers put paths unquoted into command lines and conninfo strings.
@@ -232,8 +231,8 @@ class DataTier:
         # target, and refuses to end short of it if the archive holds none (an idle database).
         primary = next(n for n in self.postgres.pool_nodes() if n.role == "primary")
         self.postgres.query(primary.address, "SELECT txid_current()")
-        backups.archive_now()
-        window = backups.window(archived_until)
+        backups.tool.archive_now()
+        window = backups.tool.window()
         target = target or archived_until
         if window.earliest is None:
             raise LocalPlatformError("no backup to restore from yet: take one (`make backup`)")
@@ -246,7 +245,7 @@ class DataTier:
         copy = self.state_dir / "postgres" / "data" / "restore"
         backups.restore_copy(copy, target)
         facts = self.postgres.check_restored(copy, self.restore_check_port, backups.credentials)
-        return PreparedRestore(target=target, data_dir=copy, facts=facts, window=window)
+        return PreparedRestore(target=target, data_dir=copy, facts=facts)
 
     def complete_restore(self, prepared: PreparedRestore) -> Path:
         """Swap the checked copy in (nothing may write meanwhile: stop the services first):

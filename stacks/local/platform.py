@@ -636,7 +636,7 @@ class LocalPlatform:
         assert self.tier.backups is not None
         began = time.monotonic()
         try:
-            backup = self.tier.backups.backup(kind)
+            backup = self.tier.backups.tool.backup(kind)
         except LocalPlatformError as error:
             self.backup_schedule["last_error"] = str(error)
             log(f"scheduled {kind} backup failed (the next one is on schedule): {error}")
